@@ -1,0 +1,134 @@
+"""The ``advdim`` command (Typer + Rich).
+
+Every command prints a readable table for people and, with ``--json``, machine-readable JSON on
+stdout.  Bad input is a one-line message on stderr and exit status 2, never a traceback.  The
+theory, simulate and empirical layers add their commands through ``register(app)`` in their
+private ``_cli`` modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from advdim.errors import AdvdimError
+
+app = typer.Typer(
+    name="advdim",
+    help="Check how adversarial vulnerability scales with input dimension "
+    "(Simon-Gabriel et al., ICML 2019): theory, Monte Carlo simulation and training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+arch_app = typer.Typer(help="Architecture specs and families.", no_args_is_help=True)
+app.add_typer(arch_app, name="arch")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "value"):
+        return obj.value
+    raise TypeError(type(obj).__name__)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    """Write ``obj`` as strict JSON (non-finite floats as null) on stdout."""
+    sys.stdout.write(json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2) + "\n")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(str(v) for v in r))
+    return t
+
+
+@arch_app.command("show")
+def arch_show(
+    spec: str = typer.Argument(..., help="family name, family(key=value,...) or a spec text 'CxHxW > layer > ...'"),
+    size: int = typer.Option(None, "--size", "-s", help="input side s (inputs are C x s x s)"),
+    channels: int = typer.Option(3, "--channels", "-c", help="input channels C"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Print the layer table of a family member or a spec: output shape, in-degree, parameters."""
+    from advdim.arch import resolve
+
+    s = resolve(spec, size, channels)
+    rows = s.table()
+    if as_json:
+        emit_json({"spec": s.to_text(), "input_shape": list(s.input_shape), "d": s.d,
+                   "params": s.n_params(), "layers": rows, "json": s.to_json()})
+        return
+    out.print(table(s.to_text(), ["#", "layer", "output shape", "in-degree", "params"],
+                    [[r["index"], r["layer"], "x".join(map(str, r["out_shape"])), r["in_degree"], r["params"]]
+                     for r in rows]))
+    out.print(f"input {'x'.join(map(str, s.input_shape))}: d = {s.d}; parameters: {s.n_params()}")
+
+
+@arch_app.command("families")
+def arch_families(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the registered families with their defaults."""
+    from advdim.arch import FAMILIES, family
+
+    rows = [[name, ft.doc, family(name).to_text()] for name, ft in FAMILIES.items()]
+    if as_json:
+        emit_json([{"family": r[0], "doc": r[1], "default": r[2]} for r in rows])
+        return
+    out.print(table("families", ["name", "rule", "default"], rows))
+
+
+_LAYERS = ("advdim.theory._cli", "advdim.simulate._cli", "advdim.empirical._cli", "advdim._verify_cli")
+for _name in _LAYERS:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning :class:`AdvdimError` into a one-line message and exit 2."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except AdvdimError as e:
+        err.print(f"advdim: error: {e}", highlight=False, soft_wrap=True)
+        return 2
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            err.print(f"advdim: error: {e.format_message()}", highlight=False, soft_wrap=True)
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            err.print("advdim: aborted")
+            return 130
+        if isinstance(e, click.exceptions.Exit):
+            return int(e.exit_code)
+        raise
+    except SystemExit as e:
+        return int(e.code or 0)
+    return rc if isinstance(rc, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())
