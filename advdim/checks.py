@@ -30,9 +30,24 @@ class Scale(enum.Enum):
 
 @dataclass(frozen=True)
 class Budget:
+    """What a check may spend, and where it may write.
+
+    Attributes:
+        scale: the size of the study (``TINY`` for the test suite).
+        seed: seed of every random draw.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        plant_exponent: a deliberate error for the planted-false-claim test: checks that measure
+            gradient norms multiply them by ``d ** plant_exponent`` (0 = no error; any other value
+            must make the slope verdicts fail).
+        out_dir: a folder where a check may write its own plot files (``None``: write none); the
+            paths go into ``Verdict.extra["plots"]`` and the report embeds them.
+    """
+
     scale: Scale = Scale.DEFAULT
     seed: int = 0
     device: str = "auto"
+    plant_exponent: float = 0.0
+    out_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,16 @@ class Verdict:
         interval: the acceptance interval or confidence interval ``(lo, hi)`` around ``measured``.
         passed: True, False, or None when there is nothing to compare.
         detail: one line on how the tolerance was derived, sample sizes, seeds.
-        extra: machine-readable details.
+        extra: machine-readable details.  Two keys are read by the report (``advdim.report``):
+
+            - ``"series"``: data of a plot, drawn by the report from the record (a dict, or a list
+              of dicts for several lines): ``{"figure": title shared by the verdicts drawn on
+              the same axes, "label": legend text, "x": [...], "y": [...], "lo": [...],
+              "hi": [...] (optional interval of y), "predicted": [...] (optional predicted y at
+              x), "fit": [...] (optional fitted y at x), "xlabel": str, "ylabel": str,
+              "loglog": bool}``; lists of equal length.
+            - ``"plots"``: paths of PNG or SVG files a check drew itself (under
+              ``Budget.out_dir``); the report embeds them.
     """
 
     claim: str
