@@ -87,6 +87,20 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+class GlobalPool(nn.Module):
+    """(B, C, H, W) -> (B, C): mean or maximum over the map."""
+
+    def __init__(self, maximum: bool) -> None:
+        super().__init__()
+        self.maximum = maximum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3)) if self.maximum else x.mean(dim=(2, 3))
+
+    def extra_repr(self) -> str:
+        return "max" if self.maximum else "mean"
+
+
 def _module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
     if isinstance(layer, Conv):
         mode: Literal["zeros", "reflect", "circular"] = (
@@ -101,9 +115,9 @@ def _module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
     if isinstance(layer, MaxPool):
         return nn.MaxPool2d(layer.size)
     if isinstance(layer, GlobalAvgPool):
-        return nn.AdaptiveAvgPool2d(1)  # followed by a flatten below
+        return GlobalPool(maximum=False)
     if isinstance(layer, GlobalMaxPool):
-        return nn.AdaptiveMaxPool2d(1)
+        return GlobalPool(maximum=True)
     if isinstance(layer, Flatten):
         return nn.Flatten()
     if isinstance(layer, ReLU):
@@ -181,8 +195,6 @@ def build(
     modules: list[nn.Module] = []
     for layer, shape in zip(spec.layers, shapes):
         modules.append(_module(layer, shape))
-        if isinstance(layer, (GlobalAvgPool, GlobalMaxPool)):
-            modules.append(nn.Flatten())
     net = SpecNet(spec, modules).to(dtype=dtype)
     init_weights(net, init, generator)
     return net.to(resolve_device(device))

@@ -20,6 +20,11 @@ from rich.table import Table
 
 from advdim.errors import AdvdimError
 
+try:  # Typer >= 0.16 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older Typer depends on click
+    from click.exceptions import ClickException as _ClickException
+
 app = typer.Typer(
     name="advdim",
     help="Check how adversarial vulnerability scales with input dimension "
@@ -113,18 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     except AdvdimError as e:
         err.print(f"advdim: error: {e}", highlight=False, soft_wrap=True)
         return 2
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
-            err.print(f"advdim: error: {e.format_message()}", highlight=False, soft_wrap=True)
+    except typer.Abort:
+        err.print("advdim: aborted")
+        return 130
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except _ClickException as e:  # usage errors: unknown option, bad value, ...
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
-            err.print("advdim: aborted")
-            return 130
-        if isinstance(e, click.exceptions.Exit):
-            return int(e.exit_code)
-        raise
+        err.print(f"advdim: error: {e.format_message()}", highlight=False, soft_wrap=True)
+        return int(e.exit_code)
     except SystemExit as e:
         return int(e.code or 0)
     return rc if isinstance(rc, int) else 0

@@ -73,6 +73,7 @@ def run_sweep(
     resume: bool = True,
     progress: bool = True,
     description: str = "",
+    connect_timeout: float = 30.0,
 ) -> list[Result]:
     """Compute ``fn`` on every config, storing each finished cell at once.
 
@@ -86,6 +87,7 @@ def run_sweep(
         resume: reuse cells already in the store.  Without it, a store that already holds
             any of these cells is an error (stored results are never overwritten).
         progress: show a progress bar on stderr.
+        connect_timeout: seconds to wait for the Dask scheduler.
     Returns:
         The results, in the order of ``configs``.
     """
@@ -119,7 +121,7 @@ def run_sweep(
 
     with _progress(len(todo), description or kind, progress) as advance:
         if scheduler:
-            _run_dask(scheduler, todo, fn, finish, advance)
+            _run_dask(scheduler, connect_timeout, todo, fn, finish, advance)
         elif workers:
             threads = max(1, (os.cpu_count() or 1) // workers)
             ctx = multiprocessing.get_context("spawn")
@@ -137,14 +139,14 @@ def run_sweep(
     return [done[k] for k in keys]
 
 
-def _run_dask(address: str, todo: list[tuple[str, Config]], fn: Callable[[Config], Result],
+def _run_dask(address: str, timeout: float, todo: list[tuple[str, Config]], fn: Callable[[Config], Result],
               finish: Callable[[str, Config, Result], None], advance: Callable[[], None]) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError:  # pragma: no cover - distributed is a dependency
         raise AdvdimError("the Dask executor needs the 'distributed' package") from None
     try:
-        client = Client(address, timeout="30s")
+        client = Client(address, timeout=f"{timeout}s")
     except (OSError, TimeoutError) as e:
         raise AdvdimError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
     try:
