@@ -23,7 +23,7 @@ from advdim.errors import AdvdimError
 try:  # Typer >= 0.16 vendors click
     from typer._click.exceptions import ClickException as _ClickException
 except ImportError:  # pragma: no cover - older Typer depends on click
-    from click.exceptions import ClickException as _ClickException
+    from click.exceptions import ClickException as _ClickException  # type: ignore[assignment]
 
 app = typer.Typer(
     name="advdim",
