@@ -1,30 +1,96 @@
-"""The ``advdim verify`` command: run every registered check and print one verdict table."""
+"""The ``advdim verify`` command (run every registered check, print one verdict table, write the
+report folder) and the ``advdim measure`` command (a user's own model, same report form)."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
+import traceback
+from typing import Any
 
 import typer
 
-from advdim.checks import Budget, Part, Scale, all_checks
+from advdim.checks import Budget, Check, Part, Scale, all_checks
 from advdim.errors import AdvdimError
+from advdim.verdict import Verdict
+
+COLUMNS = ["#", "claim", "paper", "predicted", "measured", "interval", "verdict"]
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4g}"
+def command_line() -> str:
+    """The exact command that is running, shell-quoted."""
+    prog = "advdim" if sys.argv and sys.argv[0].endswith("advdim") else (sys.argv[0] if sys.argv else "advdim")
+    return " ".join(shlex.quote(a) for a in [prog, *sys.argv[1:]])
+
+
+def run_check(check: Check, budget: Budget) -> tuple[list[Verdict], float]:
+    """Run one check and time it.  A check that raises becomes one failed verdict naming the error
+    (a crashed check must fail ``verify``, never pass it silently)."""
+    t0 = time.perf_counter()
+    try:
+        verdicts = list(check.run(budget))
+        for v in verdicts:
+            if not isinstance(v, Verdict):
+                raise TypeError(f"check {check.name!r} returned {type(v).__name__}, not Verdict")
+    except Exception as e:  # noqa: BLE001 - reported as a failed verdict
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+        verdicts = [Verdict(f"check '{check.name}' ran to completion", "-", None, None, None, False,
+                            f"{type(e).__name__}: {e}{where}", {"error": type(e).__name__})]
+    return verdicts, time.perf_counter() - t0
+
+
+def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
+    from advdim.cli import out, table
+    from advdim.report import fmt, fmt_interval, status
+
+    styled = []
+    for i, r in enumerate(rows):
+        st = status(r["passed"])
+        st = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]"}.get(st, st)
+        styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
+                       fmt_interval(r["interval"]), st])
+    out.print(table(title, COLUMNS, styled))
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("measure")
+    def measure(
+        target: str = typer.Argument(..., help="MODULE:FACTORY (module or .py file; FACTORY returns an nn.Module)"),
+        input_shape: str = typer.Option(..., "--input-shape", help="base input shape C,H,W, e.g. 3,32,32"),
+        sizes: str = typer.Option("1,2,4", help="pixel-copy up-sampling factors of the base shape"),
+        q: str = typer.Option("1,2,inf", "--q", help="gradient norm orders (>= 1 or inf)"),
+        inputs: int = typer.Option(64, help="Gaussian inputs per size"),
+        eps: float = typer.Option(0.004, help="l_inf attack size for the vulnerability, in input units"),
+        steps: int = typer.Option(10, help="PGD steps"),
+        seed: int = typer.Option(0, help="seed of the inputs, labels and bootstrap"),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        out_dir: str = typer.Option("report-measure", "--out", help="report folder"),
+        as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
+    ) -> int:
+        """Measure how YOUR model's input gradients and vulnerability scale with the input dimension."""
+        from advdim.measure import main
+
+        return main(target, input_shape, sizes, q, inputs, eps, steps, seed, device, out_dir, as_json)
+
     @app.command("verify")
     def verify(
-        scale: str = typer.Option("default", help="tiny | default | paper"),
-        only: str = typer.Option(None, help="core | theory | simulate | empirical"),
+        scale: str = typer.Option("default", help="tiny (seconds) | default (2-core CPU) | paper (GPU/cluster)"),
+        only: str = typer.Option(None, help="run one part: core | theory | simulate | empirical"),
         seed: int = typer.Option(0, help="seed of every random draw"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
-        as_json: bool = typer.Option(False, "--json"),
+        out_dir: str = typer.Option("report", "--out", help="report folder (HTML, plots, CSV/Parquet, runs.sqlite)"),
+        as_json: bool = typer.Option(False, "--json", help="print the verdicts as JSON on stdout"),
+        plant_exponent: float = typer.Option(0.0, "--plant-exponent", hidden=True,
+                                             help="multiply measured gradient norms by d**X (planted false claim)"),
     ) -> int:
-        """Check the paper's claims end to end; exit 0 if every check passes, 1 otherwise."""
-        from advdim.cli import emit_json, err, out, table
+        """Check the paper's claims end to end; exit 0 if every check passes, 1 if a claim fails."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from advdim.build import resolve_device
+        from advdim.cli import emit_json, err, out
+        from advdim.report import RunInfo, verdict_rows, write_report
 
         try:
             sc = Scale(scale)
@@ -34,26 +100,64 @@ def register(app: typer.Typer) -> None:
             part = None if only is None else Part(only)
         except ValueError:
             raise AdvdimError(f"unknown part {only!r} (core, theory, simulate or empirical)") from None
-        budget = Budget(sc, seed, device)
-        checks = [c for c in all_checks() if part is None or c.part is part]
-        present = {c.part for c in all_checks()}
+        dev = resolve_device(device)
+        if plant_exponent != plant_exponent or abs(plant_exponent) == float("inf"):
+            raise AdvdimError(f"--plant-exponent must be a finite number, got {plant_exponent}")
+        report_dir = _report_dir(out_dir)
+        budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"))
+        (report_dir / "plots").mkdir(parents=True, exist_ok=True)
+        registered = all_checks()
+        checks = [c for c in registered if part is None or c.part is part]
+        present = {c.part for c in registered}
         missing = [p.value for p in Part if p not in present and (part is None or p is part)]
-        rows, records = [], []
-        for check in checks:
-            t0 = time.perf_counter()
-            verdicts = check.run(budget)
-            dt = time.perf_counter() - t0
-            for v in verdicts:
-                records.append({"check": check.name, "part": check.part.value, "seconds": dt, **v.to_json()})
-                status = {True: "pass", False: "FAIL", None: "n/a"}[v.passed]
-                interval = "-" if v.interval is None else f"[{v.interval[0]:.4g}, {v.interval[1]:.4g}]"
-                rows.append([v.claim, v.reference, _fmt(v.predicted), _fmt(v.measured), interval, status])
-        failed = [r for r in records if r["passed"] is False]
+        rows: list[dict[str, Any]] = []
+        t_start = time.perf_counter()
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task("verify", total=len(checks))
+            for check in checks:
+                bar.update(task, description=f"{check.part.value}: {check.name}")
+                verdicts, dt = run_check(check, budget)
+                rows += verdict_rows(check.name, check.part.value, dt, verdicts)
+                bar.advance(task)
+        seconds = time.perf_counter() - t_start
+        notes = [f"not yet available: the {m} checks (this part of advdim is not built yet)" for m in missing]
+        if plant_exponent:
+            notes.append(f"planted error: measured gradient norms multiplied by d^{plant_exponent:g} "
+                         "(the slope verdicts are expected to FAIL)")
+        info = RunInfo(title="advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)", command=command_line(),
+                       seed=seed, device=_device_text(dev), scale=sc.value, seconds=seconds, notes=tuple(notes),
+                       settings={"parts": only or "all", "checks": str(len(checks))})
+        files = write_report(report_dir, rows, info)
+        failed = [r for r in rows if r["passed"] is False]
         if as_json:
-            emit_json({"verdicts": records, "not_yet_available": missing, "passed": not failed})
+            emit_json({"verdicts": rows, "not_yet_available": missing, "passed": not failed,
+                       "report": str(files.html), "seconds": seconds})
         else:
-            out.print(table("advdim verify", ["claim", "paper", "predicted", "measured", "interval", "verdict"], rows))
-            for m in missing:
-                err.print(f"not yet available: the {m} checks (this part of advdim is not built yet)")
-            out.print(f"{len(records) - len(failed)} passed, {len(failed)} failed")
+            print_verdicts("advdim verify", rows)
+            for note in notes:
+                err.print(note)
+            out.print(f"{len(rows) - len(failed)} passed, {len(failed)} failed in {seconds:.1f} s; "
+                      f"report: {files.html}", soft_wrap=True)
         return 1 if failed else 0
+
+
+def _report_dir(path: str) -> Any:
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise AdvdimError(f"--out {path!r} exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AdvdimError(f"cannot create the report folder {path!r}: {e.strerror}") from None
+    return p
+
+
+def _device_text(dev: Any) -> str:
+    import torch
+
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

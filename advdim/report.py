@@ -1,0 +1,506 @@
+"""The report of ``advdim verify`` and ``advdim measure``: a folder people can read at a glance.
+
+:func:`write_report` stores every verdict as a record in the folder's run store
+(``runs.sqlite``), then reads the records back and derives everything else from them alone
+(STYLE point 10: plots and reports read only from records):
+
+- ``report.html``: self-contained (CSS inline, every plot embedded as a base64 ``data:`` image):
+  the overall outcome, the verdict table, the plots with how to read them, the exact command,
+  versions, seeds, device and the time each check took;
+- ``plots/*.png`` and ``plots/*.svg``: each plot in both formats;
+- ``verdicts.csv`` / ``verdicts.parquet`` (one row per verdict) and ``series.csv`` /
+  ``series.parquet`` (the data points of every plot, long form).
+
+Plots come from the verdicts' ``extra`` (see :class:`advdim.verdict.Verdict`): ``"series"`` are
+drawn here from the record's numbers; ``"plots"`` are files a check drew itself, embedded as they
+are.  Every report also has the *verdict overview* (each verdict's measured and predicted value
+placed in its interval) and the *timings* plot.
+
+    >>> import tempfile
+    >>> from advdim.verdict import Verdict
+    >>> v = Verdict("slope of E||d_x f||_1 in d", "Theorem 4", 0.5, 0.49, (0.45, 0.53), True)
+    >>> rows = verdict_rows("demo", "core", 0.1, [v])
+    >>> info = RunInfo(title="demo", command="advdim verify", seed=0, device="cpu")
+    >>> files = write_report(tempfile.mkdtemp(), rows, info)
+    >>> sorted(p.name for p in files.tables)
+    ['series.csv', 'series.parquet', 'verdicts.csv', 'verdicts.parquet']
+    >>> "Theorem 4" in files.html.read_text()
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advdim.store import RunStore, versions
+from advdim.verdict import Verdict
+
+#: colours of the three outcomes (also used in the HTML)
+COLOURS = {True: "#1a7f37", False: "#cf222e", None: "#6e7781"}
+_PART_COLOURS = {"core": "#6e7781", "theory": "#8250df", "simulate": "#0969da", "empirical": "#bf8700",
+                 "measure": "#0969da"}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the report says about the run itself (stored as the ``run`` record).
+
+    Attributes:
+        title: heading of the report.
+        command: the exact command line.
+        seed: seed of every random draw.
+        device: the device the numbers were computed on (resolved, e.g. ``"cpu"``).
+        scale: the budget scale (``None`` when not applicable).
+        seconds: wall-clock time of the whole run.
+        notes: lines shown under the heading (e.g. parts not yet available, a model measured at
+            one size only).
+        settings: other settings worth printing (name -> text).
+    """
+
+    title: str
+    command: str
+    seed: int
+    device: str
+    scale: str | None = None
+    seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files :func:`write_report` wrote."""
+
+    folder: Path
+    html: Path
+    store: Path
+    plots: tuple[Path, ...]
+    tables: tuple[Path, ...]
+    run_id: str
+
+
+def verdict_rows(check: str, part: str, seconds: float, verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
+    """Flatten the verdicts of one check into report rows (``Verdict.to_json`` plus the check's
+    name, part and run time)."""
+    return [{"check": check, "part": part, "seconds": float(seconds), **v.to_json()} for v in verdicts]
+
+
+def status(passed: bool | None) -> str:
+    """``"pass"``, ``"FAIL"`` or ``"n/a"``."""
+    return {True: "pass", False: "FAIL", None: "n/a"}[passed]
+
+
+def fmt(v: Any) -> str:
+    """A number in 4 significant digits, ``-`` for none."""
+    if v is None:
+        return "-"
+    if isinstance(v, str):  # the store writes infinities as strings
+        return v
+    return f"{v:.4g}"
+
+
+def fmt_interval(iv: Any) -> str:
+    return "-" if not iv else f"[{fmt(iv[0])}, {fmt(iv[1])}]"
+
+
+def git_commit() -> str | None:
+    """The commit of the advdim checkout, when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+def _store_run(store: RunStore, rows: list[dict[str, Any]], info: RunInfo) -> str:
+    run_id = uuid.uuid4().hex
+    meta = {**asdict(info), "notes": list(info.notes), "versions": versions(), "git": git_commit(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - info.seconds))}
+    store.put("run", {"run": run_id}, meta)
+    for i, row in enumerate(rows):
+        store.put("verdict", {"run": run_id, "index": i}, row)
+    return run_id
+
+
+def _load_run(store: RunStore, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    meta = store.get("run", {"run": run_id})
+    assert meta is not None
+    recs = [r for r in store.records("verdict") if r["config"]["run"] == run_id]
+    recs.sort(key=lambda r: r["config"]["index"])
+    return meta, [r["result"] for r in recs]
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return {"inf": math.inf, "-inf": -math.inf}.get(v)
+    return float(v)
+
+
+def _series_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    s = (row.get("extra") or {}).get("series")
+    if not s:
+        return []
+    return [x for x in (s if isinstance(s, list) else [s]) if isinstance(x, dict) and x.get("x") and x.get("y")]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "plot"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Figure:
+    name: str  # file stem
+    title: str
+    caption: str
+    png: Path
+    svg: Path | None
+
+
+def _save(fig: Any, folder: Path, name: str) -> tuple[Path, Path]:
+    png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    fig.savefig(svg, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return png, svg
+
+
+def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
+    """Each verdict with an interval: measured and predicted placed in the interval mapped to [-1, 1]."""
+    import matplotlib.pyplot as plt
+
+    items = []
+    for i, r in enumerate(rows):
+        iv = r.get("interval")
+        if not iv:
+            continue
+        lo, hi = _num(iv[0]), _num(iv[1])
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+            continue
+        c, h = (lo + hi) / 2, (hi - lo) / 2
+        if h <= 0:
+            h = max(abs(c) * 1e-9, 1e-12)
+
+        def pos(v: Any, c: float = c, h: float = h) -> float | None:
+            x = _num(v)
+            return None if x is None or not math.isfinite(x) else max(-3.0, min(3.0, (x - c) / h))
+
+        items.append((i + 1, r, pos(r.get("measured")), pos(r.get("predicted"))))
+    if not items:
+        return None
+    n = len(items)
+    fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.3 * n))
+    for k, (_, r, m, p) in enumerate(items):
+        y = n - 1 - k
+        col = COLOURS[r.get("passed")]
+        ax.plot([-1, 1], [y, y], color="#d0d7de", lw=6, solid_capstyle="butt", zorder=1)
+        if p is not None:
+            ax.plot(p, y, marker="D", ms=6, mfc="white", mec="black", zorder=3)
+        if m is not None:
+            ax.plot(m, y, marker="o", ms=7, color=col, zorder=4)
+    labels = [f"#{idx} {r['claim'][:60]}" for idx, r, _, _ in items]
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(labels[::-1], fontsize=8)
+    for tick, (_, r, _, _) in zip(ax.get_yticklabels(), items[::-1]):
+        tick.set_color(COLOURS[r.get("passed")])
+    ax.axvline(0, color="#8c959f", lw=0.8, ls=":")
+    ax.set_xlim(-3.2, 3.2)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("position in the verdict's interval (-1 = low end, +1 = high end; clipped at +-3)")
+    ax.plot([], [], "o", color=COLOURS[True], label="measured (pass)")
+    ax.plot([], [], "o", color=COLOURS[False], label="measured (FAIL)")
+    ax.plot([], [], "D", mfc="white", mec="black", label="predicted")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / (0.9 + 0.3 * n) - 0.08), ncol=3, fontsize=8,
+              frameon=False)
+    ax.set_title("Verdict overview")
+    png, svg = _save(fig, folder, "verdicts")
+    return _Figure("verdicts", "Verdict overview",
+                   "One row per verdict that has an interval. The grey bar is the interval, rescaled so that its "
+                   "ends sit at -1 and +1; the dot is the measured value (green: pass, red: FAIL), the white "
+                   "diamond the predicted value. A claim holds when the prediction and the measurement agree "
+                   "within the interval: both marks inside the bar.", png, svg)
+
+
+def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for r in rows:
+        for s in _series_of(r):
+            groups.setdefault(str(s.get("figure") or r["claim"]), []).append((r, s))
+    figs = []
+    used: set[str] = set()
+    for title, members in groups.items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        loglog = all(bool(s.get("loglog", False)) for _, s in members)
+        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for k, (r, s) in enumerate(members):
+            col = cycle[k % len(cycle)]
+            x = [_num(v) for v in s["x"]]
+            y = [_num(v) for v in s["y"]]
+            label = str(s.get("label") or r["claim"])
+            mark = "" if r.get("passed") is None else f" ({status(r.get('passed'))})"
+            if s.get("lo") and s.get("hi"):
+                ax.fill_between(x, [_num(v) for v in s["lo"]], [_num(v) for v in s["hi"]], color=col, alpha=0.18,
+                                lw=0)
+            ax.plot(x, y, "o", color=col, label=f"{label}{mark}", zorder=3)
+            if s.get("fit"):
+                ax.plot(x, [_num(v) for v in s["fit"]], "-", color=col, lw=1.2)
+            if s.get("predicted"):
+                ax.plot(x, [_num(v) for v in s["predicted"]], "--", color=col, lw=1.2, alpha=0.9)
+        if loglog:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(str(members[0][1].get("xlabel", "x")))
+        ax.set_ylabel(str(members[0][1].get("ylabel", "y")))
+        ax.set_title(title, fontsize=10)
+        ax.plot([], [], "k-", lw=1.2, label="fitted")
+        ax.plot([], [], "k--", lw=1.2, label="predicted")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.25)
+        name = "series-" + _slug(title)
+        while name in used:
+            name += "-"
+        used.add(name)
+        png, svg = _save(fig, folder, name)
+        figs.append(_Figure(name, title,
+                            "Points: measured values (band: their confidence interval); solid line: the fitted law; "
+                            "dashed line: the law the paper predicts"
+                            + (" (log-log axes: a power law d^a is a straight line of slope a)." if loglog else "."),
+                            png, svg))
+    return figs
+
+
+def _timing_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
+    import matplotlib.pyplot as plt
+
+    seen: dict[str, tuple[str, float]] = {}
+    for r in rows:
+        seen.setdefault(r["check"], (r["part"], float(r["seconds"])))
+    if not seen:
+        return None
+    names = list(seen)
+    fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.32 * len(names)))
+    ax.barh(range(len(names))[::-1], [seen[n][1] for n in names],
+            color=[_PART_COLOURS.get(seen[n][0], "#6e7781") for n in names])
+    ax.set_yticks(range(len(names))[::-1])
+    ax.set_yticklabels([f"{n} ({seen[n][0]})" for n in names], fontsize=8)
+    ax.set_xlabel("seconds")
+    ax.set_title("Time per check")
+    png, svg = _save(fig, folder, "timings")
+    return _Figure("timings", "Time per check", "Wall-clock seconds each check took, coloured by part.", png, svg)
+
+
+def _external_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
+    figs, seen = [], set()
+    for r in rows:
+        for p in (r.get("extra") or {}).get("plots") or []:
+            src = Path(p)
+            if src.suffix.lower() not in (".png", ".svg") or not src.is_file() or src in seen:
+                continue
+            seen.add(src)
+            dst = folder / src.name
+            if src.resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
+            twin = src.with_suffix(".svg" if src.suffix.lower() == ".png" else ".png")
+            if src.suffix.lower() == ".svg" and twin.is_file():
+                continue  # the PNG twin is embedded; the SVG is linked
+            svg = None
+            if twin.is_file() and twin.suffix == ".svg":
+                svg = folder / twin.name
+                if twin.resolve() != svg.resolve():
+                    shutil.copyfile(twin, svg)
+            figs.append(_Figure(dst.stem, f"{r['claim']}", f"Drawn by the check '{r['check']}' ({r['reference']}).",
+                                dst, svg))
+    return figs
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def _write_tables(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
+    import pandas as pd
+
+    flat = []
+    for i, r in enumerate(rows):
+        iv = r.get("interval") or [None, None]
+        flat.append({"index": i + 1, "check": r["check"], "part": r["part"], "seconds": r["seconds"],
+                     "claim": r["claim"], "reference": r["reference"], "predicted": _num(r.get("predicted")),
+                     "measured": _num(r.get("measured")), "lo": _num(iv[0]), "hi": _num(iv[1]),
+                     "verdict": status(r.get("passed")), "detail": r.get("detail", ""),
+                     "extra": json.dumps(r.get("extra") or {}, sort_keys=True)})
+    series = []
+    for i, r in enumerate(rows):
+        for s in _series_of(r):
+            for j in range(len(s["x"])):
+                def at(key: str, s: dict[str, Any] = s, j: int = j) -> float | None:
+                    vals = s.get(key)
+                    return _num(vals[j]) if vals and j < len(vals) else None
+
+                series.append({"index": i + 1, "check": r["check"], "claim": r["claim"],
+                               "figure": str(s.get("figure") or r["claim"]), "label": str(s.get("label") or ""),
+                               "x": at("x"), "y": at("y"), "lo": at("lo"), "hi": at("hi"),
+                               "predicted": at("predicted"), "fit": at("fit")})
+    cols = ["index", "check", "claim", "figure", "label", "x", "y", "lo", "hi", "predicted", "fit"]
+    out = []
+    for name, data, columns in (("verdicts", flat, None), ("series", series, cols)):
+        df = pd.DataFrame(data, columns=columns) if columns else pd.DataFrame(data)
+        for c in ("predicted", "measured", "lo", "hi", "x", "y", "fit"):
+            if c in df:
+                df[c] = df[c].astype("float64")
+        df.to_csv(folder / f"{name}.csv", index=False)
+        df.to_parquet(folder / f"{name}.parquet", index=False)
+        out += [folder / f"{name}.csv", folder / f"{name}.parquet"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+main{max-width:1200px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 6px}
+h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+.badge{display:inline-block;padding:6px 14px;border-radius:6px;color:#fff;font-weight:600;font-size:16px}
+.pass-bg{background:#1a7f37}.fail-bg{background:#cf222e}.na-bg{background:#6e7781}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
+th,td{border:1px solid #d0d7de;padding:5px 8px;text-align:left;vertical-align:top}
+th{background:#eaeef2}td.num{font-family:ui-monospace,Menlo,monospace;white-space:nowrap}
+tr.fail td{background:#ffebe9}tr.fail td.v{color:#cf222e;font-weight:700}tr.pass td.v{color:#1a7f37;font-weight:600}
+tr.na td.v{color:#6e7781}.detail{color:#57606a;font-size:11px;margin-top:2px}
+pre{background:#fff;border:1px solid #d0d7de;padding:8px;overflow-x:auto;font-size:12px}
+.figs{display:flex;flex-wrap:wrap;gap:16px}
+figure{background:#fff;border:1px solid #d0d7de;margin:0;padding:10px;max-width:100%}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#57606a;max-width:640px;margin-top:6px}
+.wide img{max-width:1140px}.note{color:#9a6700}
+"""
+
+
+def _img(path: Path) -> str:
+    mime = "image/svg+xml" if path.suffix.lower() == ".svg" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _figure_html(f: _Figure, wide: bool = False) -> str:
+    links = f'<a href="plots/{html.escape(f.png.name)}">PNG</a>'
+    if f.svg is not None:
+        links += f' · <a href="plots/{html.escape(f.svg.name)}">SVG</a>'
+    return (f'<figure class="{"wide" if wide else ""}" id="fig-{html.escape(f.name)}">'
+            f'<img alt="{html.escape(f.title)}" src="{_img(f.png)}">'
+            f"<figcaption><b>{html.escape(f.title)}.</b> {html.escape(f.caption)} {links}</figcaption></figure>")
+
+
+def _html(meta: dict[str, Any], rows: list[dict[str, Any]], overview: _Figure | None, figs: list[_Figure],
+          timing: _Figure | None, files: list[str]) -> str:
+    e = html.escape
+    n_fail = sum(r.get("passed") is False for r in rows)
+    n_pass = sum(r.get("passed") is True for r in rows)
+    n_na = len(rows) - n_fail - n_pass
+    if n_fail:
+        badge = f'<span class="badge fail-bg" id="outcome">FAIL: {n_fail} of {len(rows)} verdicts failed</span>'
+    elif rows:
+        badge = f'<span class="badge pass-bg" id="outcome">PASS: all {n_pass} compared claims hold</span>'
+    else:
+        badge = '<span class="badge na-bg" id="outcome">no verdicts</span>'
+    body = [f"<h1>{e(meta['title'])}</h1>", badge,
+            f"<p>{n_pass} passed, {n_fail} failed, {n_na} without a prediction to compare. "
+            f"Scale <b>{e(str(meta.get('scale') or '-'))}</b>, seed <b>{meta['seed']}</b>, device "
+            f"<b>{e(meta['device'])}</b>, {meta['seconds']:.2f} s.</p>"]
+    for note in meta.get("notes") or []:
+        body.append(f'<p class="note">{e(note)}</p>')
+    body.append('<h2>Verdicts</h2><table id="verdicts"><thead><tr><th>#</th><th>claim</th><th>paper</th>'
+                "<th>predicted</th><th>measured</th><th>interval</th><th>verdict</th><th>check</th></tr></thead><tbody>")
+    for i, r in enumerate(rows):
+        cls = {True: "pass", False: "fail", None: "na"}[r.get("passed")]
+        detail = f'<div class="detail">{e(r.get("detail") or "")}</div>' if r.get("detail") else ""
+        body.append(
+            f'<tr class="verdict {cls}"><td>{i + 1}</td><td>{e(r["claim"])}{detail}</td><td>{e(r["reference"])}</td>'
+            f'<td class="num">{e(fmt(r.get("predicted")))}</td><td class="num">{e(fmt(r.get("measured")))}</td>'
+            f'<td class="num">{e(fmt_interval(r.get("interval")))}</td><td class="v">{status(r.get("passed"))}</td>'
+            f'<td>{e(r["check"])} <span class="detail">({e(r["part"])})</span></td></tr>')
+    body.append("</tbody></table>")
+    if overview is not None:
+        body.append("<h2>At a glance</h2>" + _figure_html(overview, wide=True))
+    if figs:
+        body.append('<h2>Plots</h2><div class="figs">' + "".join(_figure_html(f) for f in figs) + "</div>")
+    body.append("<h2>Run</h2><p>Command:</p><pre>" + e(meta["command"]) + "</pre>")
+    settings = {"scale": meta.get("scale") or "-", "seed": str(meta["seed"]), "device": meta["device"],
+                "started": meta.get("started", "-"), "wall time": f"{meta['seconds']:.1f} s",
+                "git commit": meta.get("git") or "-", **(meta.get("settings") or {}),
+                **{f"version of {k}": v for k, v in (meta.get("versions") or {}).items()}}
+    body.append('<table id="run"><tbody>' + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>"
+                                                   for k, v in settings.items()) + "</tbody></table>")
+    checks: dict[str, tuple[str, float, int]] = {}
+    for r in rows:
+        part, sec, n = checks.get(r["check"], (r["part"], float(r["seconds"]), 0))
+        checks[r["check"]] = (part, sec, n + 1)
+    body.append('<h2>Timings</h2><table id="timings"><thead><tr><th>check</th><th>part</th><th>verdicts</th>'
+                "<th>seconds</th></tr></thead><tbody>" +
+                "".join(f'<tr><td>{e(k)}</td><td>{e(p)}</td><td>{n}</td><td class="num">{s:.2f}</td></tr>'
+                        for k, (p, s, n) in checks.items()) + "</tbody></table>")
+    if timing is not None:
+        body.append(_figure_html(timing))
+    body.append("<h2>Files</h2><ul>" + "".join(f'<li><a href="{e(f)}">{e(f)}</a></li>' for f in files) + "</ul>")
+    body.append('<p class="detail">How to read every plot and verdict: docs/user-guide.md of advdim.</p>')
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{e(meta['title'])}</title><style>{_CSS}</style></head><body><main>"
+            + "\n".join(body) + "</main></body></html>\n")
+
+
+def write_report(folder: str | Path, rows: list[dict[str, Any]], info: RunInfo) -> ReportFiles:
+    """Store ``rows`` (from :func:`verdict_rows`) and write the report folder from the stored records.
+
+    Args:
+        folder: the report folder (created; an existing run store in it is appended to, other
+            files are overwritten).
+        rows: the verdict rows of this run.
+        info: the run's description.
+    Returns:
+        The paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    plots_dir = out / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    store_path = out / "runs.sqlite"
+    with RunStore(store_path) as store:
+        run_id = _store_run(store, rows, info)
+        meta, recs = _load_run(store, run_id)
+    overview = _overview_plot(recs, plots_dir)
+    figs = _series_plots(recs, plots_dir) + _external_plots(recs, plots_dir)
+    timing = _timing_plot(recs, plots_dir)
+    tables = _write_tables(recs, out)
+    all_figs = [f for f in [overview, *figs, timing] if f is not None]
+    plot_files = [p for f in all_figs for p in (f.png, f.svg) if p is not None]
+    files = ["runs.sqlite", *(t.name for t in tables), *(f"plots/{p.name}" for p in plot_files)]
+    page = out / "report.html"
+    page.write_text(_html(meta, recs, overview, figs, timing, files), encoding="utf-8")
+    return ReportFiles(out, page, store_path, tuple(plot_files), tuple(tables), run_id)
