@@ -2,8 +2,99 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+#: the default CPU study: every family, 200 topologies, 2 draws x 2 inputs per cell
+DEFAULT_NETS = 200
+DEFAULT_DRAWS = 2
+DEFAULT_INPUTS = 2
+
+
+def _sizes(text: str) -> list[int]:
+    from advdim.errors import AdvdimError
+
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise AdvdimError(f"--sizes must be integers separated by commas, got {text!r}") from None
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to ``app``."""
+
+    @app.command("simulate")
+    def simulate(
+        families: list[str] = typer.Option(None, "--family", "-f", help="family name (repeatable); default: all"),
+        sizes: str = typer.Option("8,16,32,64", help="input sides s, comma-separated (d = channels * s^2)"),
+        channels: int = typer.Option(3, help="input channels"),
+        nets: int = typer.Option(DEFAULT_NETS, help="random topologies per family"),
+        inputs: int = typer.Option(DEFAULT_INPUTS, help="Gaussian inputs per weight draw"),
+        draws: int = typer.Option(DEFAULT_DRAWS, help="independent weight draws per topology and size"),
+        seed: int = typer.Option(0, help="seed of every random draw"),
+        device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+        target: str = typer.Option("logit", help="logit (f_0) | loss (cross-entropy)"),
+        exact_shortcuts: bool = typer.Option(True, "--exact-shortcuts/--no-exact-shortcuts",
+                                             help="exact conditional sampling for dense chains"),
+        workers: int = typer.Option(0, help="local worker processes (0: in-process)"),
+        scheduler: str = typer.Option(None, help="Dask distributed scheduler address, e.g. tcp://host:8786"),
+        store: Path = typer.Option(None, help="run store (SQLite) receiving every finished cell"),
+        resume: bool = typer.Option(False, "--resume", help="reuse the cells already in --store"),
+        out_dir: Path = typer.Option(None, "--out", help="write plots (PNG+SVG) and results.json here"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable output on stdout"),
+    ) -> None:
+        """Monte Carlo check of E||d_x f||_q ~ d^(1/q - 1/2) over random He-initialised topologies."""
+        from advdim.arch import FAMILIES
+        from advdim.cli import emit_json, out, table
+        from advdim.errors import AdvdimError
+        from advdim.simulate._plot import plot_family
+        from advdim.simulate._study import study
+        from advdim.store import RunStore
+
+        names = list(families) if families else list(FAMILIES)
+        for name in names:
+            if name not in FAMILIES:
+                raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+        if resume and store is None:
+            raise AdvdimError("--resume needs --store")
+        run_store = RunStore(store) if store is not None else None
+        results = []
+        try:
+            for name in names:
+                results.append(study(name, _sizes(sizes), channels, nets, inputs, seed, device, target,
+                                     exact_shortcuts, store=run_store, draws=draws, workers=workers,
+                                     scheduler=scheduler, resume=resume, progress=not as_json))
+                if run_store is not None:
+                    run_store.put("simulate.family", {"family": name, "sizes": _sizes(sizes), "channels": channels,
+                                                      "nets": nets, "draws": draws, "inputs": inputs, "seed": seed,
+                                                      "target": target, "shortcuts": exact_shortcuts},
+                                  results[-1].to_record())
+        finally:
+            if run_store is not None:
+                run_store.close()
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for r in results:
+                plot_family(r, out_dir)
+            (out_dir / "results.json").write_text(json.dumps([r.to_record() for r in results], indent=1))
+        if as_json:
+            emit_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
+            return
+        rows = []
+        for r in results:
+            for key, q in r.q.items():
+                status = {True: "pass", False: "FAIL", None: "no prediction"}[q.passed]
+                rows.append([r.family, key, _fmt(q.predicted_slope), _fmt(q.measured_slope),
+                             f"[{q.ci[0]:.3f}, {q.ci[1]:.3f}]", status])
+            ratio = "-" if r.prefactor_ratio is None else f"{r.prefactor_ratio:.3f} +- {r.prefactor_se:.3f}"
+            rows.append([r.family, "E||.||_2^2", "theory" if r.sq_predicted else "-",
+                         " ".join(f"{v:.3g}" for v in r.sq_measured), f"ratio {ratio}", ""])
+        out.print(table("advdim simulate: slope of log E||d_x f||_q vs log d",
+                        ["family", "q", "predicted", "measured", "95% CI", "verdict"], rows))
+        out.print(f"{nets} topologies x {draws} draws x {inputs} inputs per size; sizes {sizes}; seed {seed}")

@@ -1,0 +1,405 @@
+"""Batched Monte Carlo engine: ``||d_x f_k||_q`` (or ``||d_x L||_q``) of many He-initialised nets at once.
+
+R nets of one spec are evaluated in one autograd call.  Their weights are stacked along a
+leading net axis (a :class:`Stack`), never built as ``R`` modules.  Two batching schemes for
+convolutions, chosen per device and map size (see ``docs/performance.md`` for the measurements):
+
+- ``Scheme.GROUPED``: the nets are stacked into the channel dimension and every convolution is
+  one ``conv2d`` call with ``groups=R`` (fast where per-net overhead dominates: small maps, GPU);
+- ``Scheme.SPLIT``: one ``conv2d`` call per net on the whole input batch, inside one graph and one
+  backward pass (fast on CPU at large maps, where grouped convolutions are slow).
+
+Dense layers always run as one batched matmul (``einsum`` over the net axis).
+
+Exact shortcut (Theorem 4's setting, ``dense`` family): for a chain of dense layers with i.i.d.
+``N(0, s_l^2)`` weights and zero biases, write ``e = h/||h||`` for the layer input and
+``a = W e`` (i.i.d. ``N(0, s^2)``).  Then ``W h = ||h|| a`` fixes the forward pass, and
+``W^T v = (a.v) e + P_perp W^T v`` where ``P_perp W^T v ~ N(0, s^2 ||v||^2 P_perp)`` is
+independent of ``a`` and of everything downstream.  Sampling ``a`` forward and the projected
+Gaussian backward draws ``d_x f_k`` exactly in distribution at cost ``O(d + sum_l n_l)`` per
+sample instead of ``O(sum_l n_{l-1} n_l)``, each sample with its own fresh weights.
+
+    >>> from advdim.arch import family
+    >>> spec = family("dense", widths=(32,)).spec(4, channels=1)
+    >>> out = sample_norms(spec, nets=3, inputs=2, seed=0)
+    >>> sorted(out), out["2"].shape
+    (['1', '2', 'inf', 'sq2'], (3, 2))
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from advdim.arch import (
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    Layer,
+    MaxPool,
+    Padding,
+    ReLU,
+    Spec,
+)
+from advdim.build import Init, resolve_device
+from advdim.errors import AdvdimError, SpecError
+from advdim.gradients import Target, lp_norm
+
+#: the norm orders every evaluation reports (keys of the result dicts)
+Q_KEYS = ("1", "2", "inf")
+_BN_EPS = 1e-5  # torch's BatchNorm eps: in eval mode at init BN is the scaling 1/sqrt(1 + eps)
+
+
+class Scheme(enum.Enum):
+    """How R nets of one spec share the convolution calls."""
+
+    AUTO = "auto"
+    GROUPED = "grouped"
+    SPLIT = "split"
+
+    @classmethod
+    def parse(cls, text: str | Scheme) -> Scheme:
+        if isinstance(text, Scheme):
+            return text
+        try:
+            return cls(str(text).strip().lower())
+        except ValueError:
+            raise AdvdimError(f"unknown batching scheme {text!r} (auto, grouped or split)") from None
+
+
+#: on CPU, maps with at least this many pixels at the first conv use the SPLIT scheme (measured:
+#: with 4 nets grouped conv is ~2x faster at 8x8-16x16 and on par or slower from 64x64 on a 2-core CPU; see docs)
+SPLIT_FROM_PIXELS = 64 * 64
+
+
+def choose_scheme(spec: Spec, device: torch.device) -> Scheme:
+    """The batching scheme for ``spec`` on ``device`` (GROUPED on GPU and for small maps)."""
+    if device.type != "cpu":
+        return Scheme.GROUPED
+    _, h, w = spec.input_shape
+    return Scheme.SPLIT if h * w >= SPLIT_FROM_PIXELS else Scheme.GROUPED
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The weights of R nets of one spec, stacked along a leading net axis.
+
+    Attributes:
+        spec: the architecture.
+        weights: per layer, ``(R, out, in)`` (dense), ``(R, out, in, k, k)`` (conv) or ``None``.
+        biases: per layer, ``(R, out)`` or ``None``.
+    """
+
+    spec: Spec
+    weights: tuple[torch.Tensor | None, ...]
+    biases: tuple[torch.Tensor | None, ...]
+
+    @property
+    def nets(self) -> int:
+        return next(w.shape[0] for w in self.weights if w is not None)
+
+
+def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = Init.HE,
+               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Stack:
+    """Draw the weights of ``nets`` independent nets: i.i.d. ``N(0, Var)`` per ``init``, biases 0.
+
+    Drawn on the CPU from ``generator`` (so the same seed gives the same nets on every device).
+    Only Gaussian schemes (He, LeCun, Glorot) are supported.
+    """
+    if init not in (Init.HE, Init.LECUN, Init.GLOROT):
+        raise AdvdimError(f"the engine draws Gaussian weights only (he, lecun, glorot), not {init.value}")
+    if nets < 1:
+        raise AdvdimError(f"nets must be positive, got {nets}")
+    dev = torch.device(device)
+    weights: list[torch.Tensor | None] = []
+    biases: list[torch.Tensor | None] = []
+    for layer, shape in zip(spec.layers, spec.shapes()):
+        if isinstance(layer, Conv):
+            wshape: tuple[int, ...] = (layer.out_channels, shape[0], layer.kernel, layer.kernel)
+            fan_in, fan_out = shape[0] * layer.kernel**2, layer.out_channels * layer.kernel**2
+        elif isinstance(layer, Dense):
+            wshape = (layer.out_features, shape[0])
+            fan_in, fan_out = shape[0], layer.out_features
+        else:
+            weights.append(None)
+            biases.append(None)
+            continue
+        std = math.sqrt(init.weight_variance(fan_in, fan_out))
+        w = torch.randn((nets, *wshape), generator=generator, dtype=torch.float64) * std
+        weights.append(w.to(device=dev, dtype=dtype))
+        biases.append(torch.zeros(nets, wshape[0], dtype=dtype, device=dev) if layer.bias else None)
+    return Stack(spec, tuple(weights), tuple(biases))
+
+
+def stack_modules(nets: Sequence[nn.Module], spec: Spec) -> Stack:
+    """Stack the weights of modules built by :func:`advdim.build.build` from ``spec``."""
+    per_net = []
+    for net in nets:
+        params = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        per_net.append(params)
+    weights: list[torch.Tensor | None] = []
+    biases: list[torch.Tensor | None] = []
+    i = 0
+    for layer in spec.layers:
+        if isinstance(layer, (Conv, Dense)):
+            weights.append(torch.stack([p[i].weight.detach() for p in per_net]))
+            bias = per_net[0][i].bias
+            biases.append(None if bias is None else torch.stack([p[i].bias.detach() for p in per_net]))
+            i += 1
+        else:
+            weights.append(None)
+            biases.append(None)
+    return Stack(spec, tuple(weights), tuple(biases))
+
+
+# --------------------------------------------------------------------------------------------
+# Plain batched forward + autograd
+# --------------------------------------------------------------------------------------------
+
+_PAD_MODE = {Padding.CIRCULAR: "circular", Padding.REFLECT: "reflect", Padding.ZEROS: "constant"}
+
+
+def _pad(h: torch.Tensor, layer: Conv) -> torch.Tensor:
+    if layer.pad == 0:
+        return h
+    p = layer.pad
+    return F.pad(h, (p, p, p, p), mode=_PAD_MODE[layer.padding])
+
+
+def _conv(h: torch.Tensor | list[torch.Tensor], layer: Conv, w: torch.Tensor, b: torch.Tensor | None,
+          scheme: Scheme) -> torch.Tensor | list[torch.Tensor]:
+    r = w.shape[0]
+    if scheme is Scheme.GROUPED:
+        assert isinstance(h, torch.Tensor)
+        wf = w.reshape(r * w.shape[1], *w.shape[2:])
+        bf = None if b is None else b.reshape(-1)
+        return F.conv2d(_pad(h, layer), wf, bf, stride=layer.stride, dilation=layer.dilation, groups=r)
+    assert isinstance(h, list)
+    return [F.conv2d(_pad(hi, layer), w[i], None if b is None else b[i], stride=layer.stride,
+                     dilation=layer.dilation) for i, hi in enumerate(h)]
+
+
+def _map(h: torch.Tensor | list[torch.Tensor], fn: object) -> torch.Tensor | list[torch.Tensor]:
+    f = fn  # a callable on one tensor
+    return [f(x) for x in h] if isinstance(h, list) else f(h)  # type: ignore[operator]
+
+
+def _to_flat(h: torch.Tensor | list[torch.Tensor], r: int, how: str) -> torch.Tensor:
+    """Map representation -> (B, R, n): flatten, global average or global max."""
+    if isinstance(h, list):
+        t = torch.stack(h, dim=1)  # (B, R, C, H, W)
+    else:
+        t = h.reshape(h.shape[0], r, -1, *h.shape[2:])
+    if how == "flatten":
+        return t.reshape(t.shape[0], r, -1)
+    if how == "avg":
+        return t.mean(dim=(3, 4))
+    return t.amax(dim=(3, 4))
+
+
+def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED) -> torch.Tensor:
+    """Logits of every net on its own inputs: ``x`` of shape ``(B, R, C, H, W)`` -> ``(B, R, K)``."""
+    spec = stack.spec
+    r = stack.nets
+    if x.dim() != 5 or x.shape[1] != r or tuple(x.shape[2:]) != spec.input_shape:
+        raise AdvdimError(f"x must have shape (B, {r}, {', '.join(map(str, spec.input_shape))}), "
+                          f"got {tuple(x.shape)}")
+    b = x.shape[0]
+    h: torch.Tensor | list[torch.Tensor]
+    h = x.reshape(b, r * x.shape[2], *x.shape[3:]) if scheme is Scheme.GROUPED else list(x.unbind(1))
+    flat = False
+    for layer, w, bias in zip(spec.layers, stack.weights, stack.biases):
+        if isinstance(layer, Conv):
+            assert w is not None
+            h = _conv(h, layer, w, bias, scheme)
+        elif isinstance(layer, Dense):
+            assert w is not None and isinstance(h, torch.Tensor) and flat
+            h = torch.einsum("brn,rmn->brm", h, w)
+            if bias is not None:
+                h = h + bias
+        elif isinstance(layer, ReLU):
+            h = _map(h, F.relu)
+        elif isinstance(layer, BatchNorm):
+            h = _map(h, lambda t: t / math.sqrt(1.0 + _BN_EPS))
+        elif isinstance(layer, AvgPool):
+            size = layer.size
+            h = _map(h, lambda t: F.avg_pool2d(t, size))
+        elif isinstance(layer, MaxPool):
+            size = layer.size
+            h = _map(h, lambda t: F.max_pool2d(t, size))
+        elif isinstance(layer, (Flatten, GlobalAvgPool, GlobalMaxPool)):
+            if not flat:
+                how = "flatten" if isinstance(layer, Flatten) else "avg" if isinstance(layer, GlobalAvgPool) else "max"
+                h = _to_flat(h, r, how)
+                flat = True
+        else:
+            raise SpecError(f"the engine has no rule for layer {layer!r}")
+    assert isinstance(h, torch.Tensor)
+    return h
+
+
+def input_gradients(stack: Stack, x: torch.Tensor, target: Target = Target.LOGIT, logit: int = 0,
+                    labels: torch.Tensor | None = None, scheme: Scheme = Scheme.GROUPED) -> torch.Tensor:
+    """Per (input, net) gradient ``d f_logit / d x`` or ``d L / d x``; shape of ``x`` ``(B, R, C, H, W)``.
+
+    One forward and one backward pass for all R nets (the nets do not interact, so the gradient
+    of the summed output is each net's own gradient).
+    """
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = forward(stack, xg, scheme)
+        if target is Target.LOGIT:
+            if not 0 <= logit < out.shape[2]:
+                raise AdvdimError(f"logit index {logit} out of range for {out.shape[2]} logits")
+            scalar = out[..., logit].sum()
+        else:
+            if labels is None or labels.shape != out.shape[:2]:
+                raise AdvdimError(f"the loss gradient needs labels of shape {tuple(out.shape[:2])}")
+            scalar = F.cross_entropy(out.reshape(-1, out.shape[2]), labels.reshape(-1), reduction="sum")
+        (g,) = torch.autograd.grad(scalar, xg)
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# Exact shortcut for dense chains
+# --------------------------------------------------------------------------------------------
+
+
+def shortcut_applies(spec: Spec, init: Init = Init.HE) -> bool:
+    """True when ``spec`` is ``flatten > (dense > relu)* > dense`` with Gaussian i.i.d. weights."""
+    layers = spec.layers
+    if init not in (Init.HE, Init.LECUN, Init.GLOROT) or not layers or not isinstance(layers[0], Flatten):
+        return False
+    body = layers[1:]
+    if not body or not isinstance(body[-1], Dense):
+        return False
+    pairs = body[:-1]
+    if len(pairs) % 2:
+        return False
+    return all(isinstance(a, Dense) and isinstance(b, ReLU) for a, b in zip(pairs[::2], pairs[1::2]))
+
+
+def shortcut_gradients(spec: Spec, x: torch.Tensor, generator: torch.Generator, target: Target = Target.LOGIT,
+                       logit: int = 0, labels: torch.Tensor | None = None, init: Init = Init.HE) -> torch.Tensor:
+    """Exact-in-distribution draw of ``d_x f_logit`` (or ``d_x L``), one fresh net per sample.
+
+    Args:
+        spec: a dense chain (see :func:`shortcut_applies`).
+        x: inputs ``(S, C, H, W)``; sample ``i`` gets its own independent weights.
+        generator: the generator all weight-related draws come from (on ``x``'s device).
+    Returns:
+        ``(S, C, H, W)``.  Cost ``O(d + sum_l n_l)`` per sample.
+    """
+    if not shortcut_applies(spec, init):
+        raise AdvdimError(f"the dense shortcut does not apply to {spec.to_text()}")
+    dense = [layer for layer in spec.layers if isinstance(layer, Dense)]
+    dims = [spec.d] + [layer.out_features for layer in dense]
+    s, dt, dev = x.shape[0], x.dtype, x.device
+    h = x.reshape(s, -1)
+    es, avecs, zs = [], [], []
+    for i in range(len(dense)):
+        fan_in, fan_out = dims[i], dims[i + 1]
+        std = math.sqrt(init.weight_variance(fan_in, fan_out))
+        r = torch.linalg.vector_norm(h, dim=1, keepdim=True)
+        e = h / torch.where(r > 0, r, torch.ones_like(r))
+        a = torch.randn((s, fan_out), generator=generator, dtype=dt, device=dev) * std
+        z = r * a
+        es.append(e)
+        avecs.append(a)
+        zs.append(z)
+        h = F.relu(z)
+    out = zs[-1]
+    if target is Target.LOGIT:
+        v = torch.zeros_like(out)
+        v[:, logit] = 1.0
+    else:
+        if labels is None or labels.shape != (s,):
+            raise AdvdimError(f"the loss gradient needs labels of shape ({s},)")
+        v = torch.softmax(out, dim=1) - F.one_hot(labels, out.shape[1]).to(dt)
+    for i in reversed(range(len(dense))):
+        fan_in, fan_out = dims[i], dims[i + 1]
+        std = math.sqrt(init.weight_variance(fan_in, fan_out))
+        e = es[i]
+        xi = torch.randn((s, fan_in), generator=generator, dtype=dt, device=dev)
+        xi = xi - (xi * e).sum(dim=1, keepdim=True) * e
+        u = (avecs[i] * v).sum(dim=1, keepdim=True) * e + std * torch.linalg.vector_norm(v, dim=1, keepdim=True) * xi
+        v = u * (zs[i - 1] > 0).to(dt) if i > 0 else u
+    return v.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# The one entry point of a simulation cell
+# --------------------------------------------------------------------------------------------
+
+
+def _norms(g: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat = g.reshape(g.shape[0], -1).to(torch.float64)
+    return {"1": lp_norm(flat, 1), "2": lp_norm(flat, 2), "inf": lp_norm(flat, math.inf),
+            "sq2": (flat**2).sum(dim=1)}
+
+
+def sample_norms(
+    spec: Spec,
+    nets: int,
+    inputs: int,
+    seed: int | np.random.SeedSequence = 0,
+    target: Target | str = Target.LOGIT,
+    logit: int = 0,
+    exact_shortcuts: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    scheme: Scheme | str = Scheme.AUTO,
+    images: torch.Tensor | None = None,
+    init: Init = Init.HE,
+) -> dict[str, np.ndarray]:
+    """Gradient norms of ``nets`` random nets of ``spec`` on ``inputs`` inputs each.
+
+    Inputs are i.i.d. ``N(0, 1)`` per coordinate unless ``images`` ``(M, C, H, W)`` is given (then
+    each net gets ``inputs`` images drawn from it with replacement); loss labels are uniform.
+
+    Returns:
+        ``{"1", "2", "inf", "sq2"}`` -> float64 arrays of shape ``(nets, inputs)`` holding
+        ``||g||_1, ||g||_2, ||g||_inf, ||g||_2^2``.  With the dense shortcut every entry comes
+        from its own independent net (same marginal law, see :func:`shortcut_gradients`).
+    """
+    target = Target.parse(target)
+    dev = resolve_device(device)
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
+    s_w, s_x, s_y, s_sc = (int(c.generate_state(1)[0]) for c in ss.spawn(4))
+    gx = torch.Generator().manual_seed(s_x)
+    n = nets * inputs
+    if images is None:
+        x = torch.randn((n, *spec.input_shape), generator=gx, dtype=torch.float64)
+    else:
+        if tuple(images.shape[1:]) != spec.input_shape:
+            raise AdvdimError(f"images of shape {tuple(images.shape[1:])} do not fit {spec.input_shape}")
+        idx = torch.randint(0, images.shape[0], (n,), generator=gx)
+        x = images[idx].to(torch.float64)
+    x = x.to(device=dev, dtype=dtype)
+    k = spec.n_classes
+    labels = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(s_y)).to(dev)
+    if exact_shortcuts and shortcut_applies(spec, init):
+        gen = torch.Generator(device=dev).manual_seed(s_sc)
+        g = shortcut_gradients(spec, x, gen, target, logit, labels, init)
+        norms = _norms(g)
+    else:
+        stack = draw_stack(spec, nets, torch.Generator().manual_seed(s_w), init, dtype, dev)
+        sch = Scheme.parse(scheme)
+        if sch is Scheme.AUTO:
+            sch = choose_scheme(spec, dev)
+        xb = x.reshape(nets, inputs, *spec.input_shape).transpose(0, 1)  # (B, R, ...)
+        yb = labels.reshape(nets, inputs).transpose(0, 1)
+        g = input_gradients(stack, xb, target, logit, yb, sch)
+        norms = _norms(g.transpose(0, 1).reshape(n, *spec.input_shape))
+    return {key: v.reshape(nets, inputs).cpu().numpy() for key, v in norms.items()}

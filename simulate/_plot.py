@@ -1,0 +1,78 @@
+"""Plots of a family study: log-log ``E||d_x f||_q`` against ``d`` and per-topology slope histograms.
+
+Reads only the :class:`~advdim.simulate._study.FamilyResult` record; writes PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from advdim.simulate._study import FamilyResult
+
+
+def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
+    """Write ``<family>_loglog.{png,svg}`` and ``<family>_hist.{png,svg}`` into ``out_dir``.
+
+    Log-log panel per q (1, 2, inf): measured means with their 95% bootstrap interval, the
+    fitted line, and the predicted finite-d line (when the theory gives one).  Histogram panel
+    per q: per-topology slopes against the predicted slope.
+
+    Returns:
+        The written paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    d = np.array(result.d, dtype=np.float64)
+    keys = list(result.q)
+    written: list[Path] = []
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        r = result.q[key]
+        m, lo, hi = np.array(r.means), np.array(r.lo), np.array(r.hi)
+        ax.errorbar(d, m, yerr=[m - lo, hi - m], fmt="o", color="C0", capsize=3, label="measured (95% CI)")
+        intercept = np.log(m).mean() - r.measured_slope * np.log(d).mean()
+        ax.plot(d, np.exp(intercept + r.measured_slope * np.log(d)), "-", color="C0",
+                label=f"fit: slope {r.measured_slope:.3f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]")
+        if r.predicted_means is not None and r.predicted_slope is not None:
+            ax.plot(d, r.predicted_means, "--", color="C3", label=f"theory: slope {r.predicted_slope:.3f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("input dimension d")
+        ax.set_ylabel(f"E ||d_x f||_{key}")
+        verdict = {True: "pass", False: "FAIL", None: "no prediction"}[r.passed]
+        ax.set_title(f"{result.family}, q={key}: {verdict}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result.family}: {result.nets} topologies x {result.draws} draws x {result.inputs} inputs "
+                 f"(seed {result.seed})", fontsize=9)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        path = out / f"{result.family}_loglog.{ext}"
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        r = result.q[key]
+        ax.hist(r.per_topology, bins=30, color="C0", alpha=0.7, label="per-topology slope")
+        ax.axvline(r.measured_slope, color="C0", label="slope of the mean")
+        if r.predicted_slope is not None:
+            ax.axvline(r.predicted_slope, color="C3", linestyle="--", label="theory")
+        ax.set_xlabel(f"slope of log ||d_x f||_{key} vs log d")
+        ax.set_title(f"{result.family}, q={key}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        path = out / f"{result.family}_hist.{ext}"
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    plt.close(fig)
+    return written

@@ -1,0 +1,350 @@
+"""A family study: random topologies x sizes -> sweep cells -> slope fits -> verdicts.
+
+A topology (a random member of a family, e.g. ``strided(channels=8,kernel=5,final=2,...)``) is
+drawn once and instantiated at every input side ``s`` (``d = C s^2``), so slopes are measured
+within topologies.  One *cell* is one topology at one size: ``draws`` independent weight draws
+of it, each on ``inputs`` Gaussian inputs, evaluated in one batched engine call.  Cells are run
+by :func:`advdim.sweep.run_sweep` (in-process, local processes or Dask) and stored one by one.
+
+    >>> res = study("dense", sizes=(4, 8), channels=1, nets=3, draws=2, inputs=2, seed=0,
+    ...             progress=False, with_theory=False)
+    >>> res.q["2"].measured_slope == res.q["2"].measured_slope
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from advdim.arch import FAMILIES, Family, family, sample_family
+from advdim.errors import AdvdimError, SpecError
+from advdim.gradients import Target
+from advdim.store import RunStore
+from advdim.verdict import Verdict
+from advdim.simulate._engine import Q_KEYS, sample_norms
+from advdim.simulate._fit import ALPHA, DELTA, SE_FOR_POWER, fit_slope, power, ratio_fit, slope_test, z_value
+
+KIND = "simulate.cell"
+REFERENCES = {"dense": "Theorem 4", "strided": "Theorem 5 / Corollary 6", "gap": "Theorem 5 / Corollary 6",
+              "avgpool": "Appendix B", "maxpool": "Section 3.2 (no law: max pooling breaks H1-H3)"}
+
+
+# --------------------------------------------------------------------------------------------
+# Topologies and cells
+# --------------------------------------------------------------------------------------------
+
+
+def _fam_code(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def topologies(name: str, n: int, seed: int, sizes: Sequence[int], channels: int = 3) -> list[Family]:
+    """``n`` random members of family ``name`` valid at every size (seeded, reproducible).
+
+    Topology ``t`` depends only on ``(seed, name, t)``, so a larger ``n`` extends a smaller one.
+    """
+    if name not in FAMILIES:
+        raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+    out = []
+    for t in range(n):
+        rng = np.random.default_rng([seed, _fam_code(name), t])
+        for _ in range(200):
+            fam = sample_family(name, rng)
+            try:
+                for s in sizes:
+                    fam.spec(int(s), channels)
+            except SpecError:
+                continue
+            out.append(fam)
+            break
+        else:
+            raise AdvdimError(f"family {name}: no random member is valid at every size {list(sizes)}")
+    return out
+
+
+def cell_config(fam: Family, t: int, size: int, channels: int, draws: int, inputs: int, seed: int,
+                target: Target, exact_shortcuts: bool, dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
+    return {"family": fam.name, "params": fam.to_json(), "topology": t, "size": size, "channels": channels,
+            "draws": draws, "inputs": inputs, "seed": seed, "target": target.value,
+            "shortcuts": exact_shortcuts, "dtype": dtype, "device": device}
+
+
+def run_cell(config: dict[str, Any]) -> dict[str, Any]:
+    """Sweep cell function: evaluate one topology at one size (module level: picklable)."""
+    import torch
+
+    params = {k: v for k, v in config["params"].items() if k != "family"}
+    fam = family(config["family"], **params)
+    spec = fam.spec(int(config["size"]), int(config["channels"]))
+    ss = np.random.SeedSequence([int(config["seed"]), _fam_code(fam.name), int(config["topology"]),
+                                 int(config["size"])])
+    t0 = time.perf_counter()
+    norms = sample_norms(spec, int(config["draws"]), int(config["inputs"]), ss, Target(config["target"]),
+                         exact_shortcuts=bool(config["shortcuts"]), device=config["device"],
+                         dtype=getattr(torch, config["dtype"]))
+    out: dict[str, Any] = {"d": spec.d, "n": int(norms["2"].size), "seconds": time.perf_counter() - t0}
+    for key, v in norms.items():
+        out[key] = float(v.mean())
+        out[f"{key}_per_draw"] = [float(x) for x in v.mean(axis=1)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Theory adapter (advdim.theory.predict, see the contract in docs/simulate.md)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopologyLaw:
+    """The theory's finite-d prediction for one topology (``None`` entries: no prediction)."""
+
+    norms: dict[str, tuple[float, ...] | None]  # q -> E||d_x f_k||_q per size
+    sq: tuple[float, ...] | None  # E||d_x f_k||_2^2 per size
+    slopes: dict[str, float | None]
+
+
+def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> TopologyLaw | None:
+    """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available."""
+    try:
+        from advdim.theory import predict  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    pred = predict(fam, sizes=tuple(sizes), channels=channels)
+    if not pred.has_law:
+        return TopologyLaw({q: None for q in Q_KEYS}, None, {q: None for q in Q_KEYS})
+    norms: dict[str, tuple[float, ...] | None] = {}
+    for key in Q_KEYS:
+        q = math.inf if key == "inf" else float(key)
+        vals = [pred.expected_norm(q, s) for s in sizes]
+        norms[key] = None if any(v is None for v in vals) else tuple(float(v) for v in vals)
+    try:
+        sq: tuple[float, ...] | None = tuple(float(pred.grad_sq_norm(s)) for s in sizes)
+    except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
+        sq = None
+    return TopologyLaw(norms, sq, {k: pred.predicted_slope.get(k) for k in Q_KEYS})
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QResult:
+    """Measured vs predicted slope of ``log E||d_x f||_q`` against ``log d`` for one q."""
+
+    q: str
+    measured_slope: float
+    se: float
+    ci: tuple[float, float]
+    predicted_slope: float | None
+    tol: float | None
+    passed: bool | None
+    power: float
+    means: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    predicted_means: tuple[float, ...] | None
+    per_topology: tuple[float, ...]
+    topologies_used: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"predicted_slope": self.predicted_slope, "measured_slope": self.measured_slope,
+                "ci": list(self.ci), "pass": self.passed}
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """The outcome of :func:`study` for one family (frozen record; ``to_json`` for the CLI)."""
+
+    family: str
+    sizes: tuple[int, ...]
+    d: tuple[int, ...]
+    channels: int
+    nets: int
+    draws: int
+    inputs: int
+    seed: int
+    target: str
+    exact_shortcuts: bool
+    plant_exponent: float
+    has_law: bool | None  # None: the theory layer is not available
+    q: dict[str, QResult]
+    sq_measured: tuple[float, ...]
+    sq_predicted: tuple[float, ...] | None
+    prefactor_ratio: float | None
+    prefactor_se: float | None
+    values: dict[str, list[list[float]]] = field(repr=False)  # q -> per topology, per size
+    topologies: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def reference(self) -> str:
+        return REFERENCES.get(self.family, "Theorem 5")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"family": self.family, "sizes": list(self.sizes), "nets": self.nets,
+                "q": {k: v.to_json() for k, v in self.q.items()}}
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything (for the run store and ``--out``): the JSON keys plus fits, prefactor, per-net values."""
+        rec = self.to_json()
+        rec.update({"d": list(self.d), "channels": self.channels, "draws": self.draws, "inputs": self.inputs,
+                    "seed": self.seed, "target": self.target, "exact_shortcuts": self.exact_shortcuts,
+                    "plant_exponent": self.plant_exponent, "has_law": self.has_law,
+                    "prefactor": {"measured": list(self.sq_measured),
+                                  "predicted": None if self.sq_predicted is None else list(self.sq_predicted),
+                                  "ratio": self.prefactor_ratio, "se": self.prefactor_se},
+                    "values": self.values, "topologies": list(self.topologies)})
+        for k, v in self.q.items():
+            rec["q"][k].update({"se": v.se, "tol": v.tol, "power_at_0.05": v.power, "means": list(v.means),
+                                "predicted_means": None if v.predicted_means is None else list(v.predicted_means),
+                                "per_topology_slopes": list(v.per_topology), "topologies_used": v.topologies_used})
+        return rec
+
+    def verdicts(self) -> list[Verdict]:
+        """One verdict per q (slope) plus one for the prefactor E||d_x f||_2^2."""
+        out = []
+        what = "d_x L" if self.target == "loss" else "d_x f_k"
+        for key, r in self.q.items():
+            claim = f"{self.family}: slope of E||{what}||_{key} vs d"
+            if r.predicted_slope is None:
+                reason = ("theory layer not available" if self.has_law is None
+                          else "the theory gives no law for this family")
+                out.append(Verdict(claim, self.reference, None, r.measured_slope, r.ci, None,
+                                   f"no prediction ({reason}); 95% bootstrap CI over {self.nets} topologies",
+                                   {"se": r.se}))
+                continue
+            assert r.tol is not None
+            out.append(Verdict(
+                claim, self.reference, r.predicted_slope, r.measured_slope,
+                (r.measured_slope - r.tol, r.measured_slope + r.tol), r.passed,
+                f"|measured - predicted| <= z*se = {z_value():.3f}*{r.se:.4f}: false rejection {ALPHA:g}, "
+                f"power {r.power:.3f} at +-{DELTA} (needs se <= {SE_FOR_POWER:.4f}); "
+                f"{r.topologies_used} topologies x {self.draws} draws x {self.inputs} inputs, seed {self.seed}",
+                {"se": r.se, "ci95": list(r.ci), "power": r.power, "plant_exponent": self.plant_exponent}))
+        if self.prefactor_ratio is not None and self.prefactor_se is not None:
+            tol = z_value() * self.prefactor_se
+            out.append(Verdict(
+                f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, self.prefactor_ratio,
+                (self.prefactor_ratio - tol, self.prefactor_ratio + tol), abs(self.prefactor_ratio - 1.0) <= tol,
+                f"ratio of sums over topologies and sizes; bootstrap se {self.prefactor_se:.4f}, "
+                f"two-sided alpha {ALPHA:g}", {"measured": list(self.sq_measured),
+                                                "predicted": list(self.sq_predicted or [])}))
+        return out
+
+
+def _parse_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(int(s) for s in sizes)
+    if len(out) < 2 or len(set(out)) != len(out) or any(s < 1 for s in out):
+        raise AdvdimError(f"sizes must be at least 2 distinct positive sides, got {list(sizes)}")
+    return tuple(sorted(out))
+
+
+def study(
+    family: str,
+    sizes: Sequence[int] = (8, 16, 32, 64),
+    channels: int = 3,
+    nets: int = 200,
+    inputs: int = 4,
+    seed: int = 0,
+    device: str = "cpu",
+    target: Target | str = Target.LOGIT,
+    exact_shortcuts: bool = True,
+    plant_exponent: float = 0.0,
+    store: RunStore | None = None,
+    *,
+    draws: int = 4,
+    workers: int = 0,
+    scheduler: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    dtype: str = "float32",
+    with_theory: bool = True,
+) -> FamilyResult:
+    """Monte Carlo study of ``E||d_x f_k||_q`` against ``d`` for a family (Theorems 4-5, Appendix B).
+
+    Args:
+        family: family name (``dense``, ``strided``, ``avgpool``, ``maxpool``, ``gap``).
+        sizes: input sides ``s`` (``d = channels * s**2``).
+        nets: number of random topologies (the bootstrap resamples them).
+        inputs: Gaussian inputs per weight draw; ``draws``: weight draws per topology and size.
+        target: ``logit`` (``f_0``) or ``loss`` (cross-entropy with uniform labels).
+        exact_shortcuts: use the exact dense-chain sampler where it applies.
+        plant_exponent: multiply every measured norm by ``d**plant_exponent`` (a planted error,
+            to show that the verdicts reject a wrong law).
+        store: run store; every finished cell is written at once (``resume`` reuses them).
+        workers, scheduler: executors of :func:`advdim.sweep.run_sweep`.
+        with_theory: ask ``advdim.theory.predict`` for the finite-d prediction.
+    Returns:
+        A :class:`FamilyResult`; ``.verdicts()`` compares it with the theory.
+    """
+    from advdim.build import resolve_device
+    from advdim.sweep import run_sweep
+
+    sizes_t = _parse_sizes(sizes)
+    tgt = Target.parse(target)
+    if nets < 2 or inputs < 1 or draws < 1:
+        raise AdvdimError(f"need nets >= 2, inputs >= 1, draws >= 1 (got {nets}, {inputs}, {draws})")
+    dev = resolve_device(device).type
+    topos = topologies(family, nets, seed, sizes_t, channels)
+    configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev)
+               for t, fam in enumerate(topos) for s in sizes_t]
+    results = run_sweep(KIND, configs, run_cell, store, workers=workers, scheduler=scheduler, resume=resume,
+                        progress=progress, description=f"simulate {family}")
+    n_s = len(sizes_t)
+    d = np.array([channels * s * s for s in sizes_t], dtype=np.float64)
+    plant = d**plant_exponent
+    values = {k: np.array([r[k] for r in results], dtype=np.float64).reshape(nets, n_s) * plant
+              for k in Q_KEYS}
+    sq = np.array([r["sq2"] for r in results], dtype=np.float64).reshape(nets, n_s) * plant**2
+
+    laws = [predict_topology(f, sizes_t, channels) for f in topos] if with_theory else [None] * nets
+    theory_available = all(law is not None for law in laws)
+    has_law: bool | None = None
+    if theory_available:
+        has_law = any(law is not None and any(v is not None for v in law.norms.values()) for law in laws)
+    qres: dict[str, QResult] = {}
+    for i, key in enumerate(Q_KEYS):
+        fit = fit_slope(d, values[key], seed=seed + i)
+        pred_slope: float | None = None
+        pred_means: tuple[float, ...] | None = None
+        tol: float | None = None
+        passed: bool | None = None
+        used = nets
+        if theory_available:
+            mask = np.array([law is not None and law.norms[key] is not None for law in laws])
+            used = int(mask.sum())
+            if used >= 2:
+                pm = np.array([law.norms[key] for law, m in zip(laws, mask) if m and law is not None],
+                              dtype=np.float64).mean(axis=0)
+                from advdim.simulate._fit import ols_slope
+
+                pred_slope = float(ols_slope(np.log(d), np.log(pm)))
+                pred_means = tuple(map(float, pm))
+                if used < nets:
+                    fit = fit_slope(d, values[key][mask], seed=seed + i)
+                passed, tol = slope_test(fit.slope, pred_slope, fit.se)
+            else:
+                used = nets
+        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(fit.se), fit.means,
+                            fit.lo, fit.hi, pred_means, fit.per_topology, used)
+
+    sq_pred: tuple[float, ...] | None = None
+    ratio = ratio_se = None
+    if theory_available and tgt is Target.LOGIT:
+        smask = np.array([law is not None and law.sq is not None for law in laws])
+        if smask.sum() >= 2:
+            p = np.array([law.sq for law, m in zip(laws, smask) if m and law is not None], dtype=np.float64)
+            sq_pred = tuple(map(float, p.mean(axis=0)))
+            ratio, ratio_se = ratio_fit(sq[smask], p, seed=seed)
+    return FamilyResult(
+        family, sizes_t, tuple(int(x) for x in d), channels, nets, draws, inputs, seed, tgt.value, exact_shortcuts,
+        plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se,
+        {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos))
