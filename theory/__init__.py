@@ -1,6 +1,14 @@
 """advdim.theory: symbolic laws of ||d_x f||_q under the paper's hypotheses H1-H5 and S.
 
-Importing this package must not import torch (the symbolic side stays light).
+``predict(family_or_spec, sizes, channels, init)`` returns a :class:`Prediction`: which
+hypotheses hold (with reasons), ``E||d_x f_k||_2^2`` exactly (path sum on the real graph) and as
+a SymPy expression in ``d``, the asymptotic exponents of ``E||d_x f_k||_q`` and the finite-d
+prediction over the given sizes.  The first-order statements of Section 2 (Lemma 2, eq. 3,
+Proposition 3) and the one-neuron toy of Section 3.1 live in :mod:`advdim.theory.first_order`.
+
+Importing this package does not import torch (the numeric checkers import it when called).
 """
 
-__all__: list[str] = []
+from advdim.theory._law import Prediction, d, hypotheses, loss_weight, predict
+
+__all__ = ["Prediction", "d", "hypotheses", "loss_weight", "predict"]

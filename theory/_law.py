@@ -1,0 +1,505 @@
+"""``predict``: hypotheses H1-H5 and S, the path-sum law of ``||d_x f_k||_q`` and its finite-d prediction.
+
+Everything here is numpy / SymPy; nothing imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+from advdim.theory import _gauss, _graph
+from advdim.theory._graph import BN_EPS, Sign, Step
+
+from advdim.arch import (
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Family,
+    GlobalAvgPool,
+    MaxPool,
+    Padding,
+    ReLU,
+    Spec,
+)
+from advdim.errors import AdvdimError, HypothesisError
+
+#: the input dimension d = C * s^2
+d = sp.Symbol("d", positive=True)
+
+NORMS: dict[str, float] = {"1": 1.0, "2": 2.0, "inf": math.inf}
+HYPOTHESES = ("H1", "H2", "H3", "H4", "H5", "S")
+
+
+def norm_key(q: float) -> str:
+    return "inf" if math.isinf(q) else (str(int(q)) if float(q).is_integer() else repr(float(q)))
+
+
+# --------------------------------------------------------------------------------------------
+# Cached graph computations (specs are frozen, hence hashable)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _variances(spec: Spec, init: str, logit: int) -> np.ndarray:
+    v = _graph.input_variances(spec, init, logit)
+    v.setflags(write=False)
+    return v
+
+
+@functools.lru_cache(maxsize=256)
+def _profile(spec: Spec, init: str, logit: int) -> tuple[np.ndarray, np.ndarray]:
+    return _gauss.profile(_variances(spec, init, logit))
+
+
+@functools.lru_cache(maxsize=256)
+def _classes(spec: Spec, logit: int) -> _graph.Classes:
+    return _graph.path_degree_classes(spec, logit)
+
+
+# --------------------------------------------------------------------------------------------
+# Hypotheses
+# --------------------------------------------------------------------------------------------
+
+
+def hypotheses(spec: Spec, init: str = "he", logit: int = 0) -> tuple[dict[str, bool], dict[str, str]]:
+    """Which of H1-H5 and S hold on ``spec`` at initialisation ``init``, with a one-line reason each.
+
+    >>> from advdim.arch import family
+    >>> held, why = hypotheses(family("avgpool", final=2).spec(8))
+    >>> held["H3"], why["H3"]
+    (False, 'layer 3 avgpool(2) has deterministic weights 1/4 (not zero-mean with variance 2/in-degree)')
+    """
+    init = _graph.init_name(init)
+    _graph.check_logit(spec, logit)
+    st = _graph.steps(spec)
+    held: dict[str, bool] = {}
+    why: dict[str, str] = {}
+
+    held["H1"], why["H1"] = _h1(st)
+    held["H2"], why["H2"] = True, "sequential spec: every path crosses each layer at most once"
+    held["H3"], why["H3"] = _h3(st, init)
+    held["H4"], why["H4"] = True, "each layer's weights are drawn independently of the other layers'"
+    held["H5"], why["H5"] = _h5(st, init)
+    cls = _classes(spec, logit)
+    held["S"] = cls.symmetric
+    why["S"] = ("every input node has the same multiset of path-degrees" if cls.symmetric else
+                f"{len(cls.polys)} path-degree classes; {100 * cls.breaking_share:.1f}% of the input nodes "
+                f"lie outside the largest class{_s_cause(st)}")
+    return held, why
+
+
+def _s_cause(st: list[Step]) -> str:
+    for s in st:
+        layer = s.layer
+        if isinstance(layer, Conv):
+            if layer.padding in (Padding.ZEROS, Padding.REFLECT) and layer.pad > 0:
+                return f" (layer {s.index}: {layer.padding.value} padding at the borders)"
+            if layer.padding is Padding.VALID and layer.kernel > 1:
+                return f" (layer {s.index}: valid convolution, border inputs feed fewer outputs)"
+            if layer.stride > 1 and layer.kernel % layer.stride:
+                return (f" (layer {s.index}: kernel {layer.kernel} not a multiple of stride {layer.stride}: "
+                        "inputs are covered by different numbers of taps)")
+    return ""
+
+
+def _h1(st: list[Step]) -> tuple[bool, str]:
+    weighted = [s for s in st if isinstance(s.layer, (Conv, Dense))]
+    for s in st:
+        if isinstance(s.layer, (MaxPool,)) or s.layer.kind == "globalmaxpool":
+            return False, (f"layer {s.index} {s.layer.kind} passes only the arg-max of each window: the unit "
+                           "kept is active with probability other than 1/2")
+        if isinstance(s.layer, ReLU) and s.sign is Sign.INPUT:
+            return False, f"layer {s.index} relu acts on the raw input: its pattern is set by the data"
+    for w in weighted[:-1]:
+        relu = None
+        for s in st[w.index + 1:]:
+            if isinstance(s.layer, (Conv, Dense)):
+                break
+            if isinstance(s.layer, ReLU):
+                relu = s
+                break
+        if relu is None:
+            return False, f"layer {w.index} {w.layer.kind} is not followed by a ReLU (its factor is 1, not 1/2)"
+    return True, "every hidden conv / dense unit is followed by a ReLU active with probability 1/2"
+
+
+def _h3(st: list[Step], init: str) -> tuple[bool, str]:
+    for s in st:
+        layer = s.layer
+        if isinstance(layer, AvgPool):
+            return False, (f"layer {s.index} avgpool({layer.size}) has deterministic weights 1/{layer.size**2} "
+                           "(not zero-mean with variance 2/in-degree)")
+        if isinstance(layer, GlobalAvgPool):
+            return False, f"layer {s.index} globalavgpool has deterministic weights 1/{s.in_shape[1] * s.in_shape[2]}"
+        if isinstance(layer, BatchNorm):
+            return False, f"layer {s.index} batchnorm rescales deterministically (eval mode at init)"
+    if init != "he":
+        return False, f"{init} initialisation: Var w != 2/fan_in, each layer multiplies E||g||^2 by fan_in*Var(w)/2"
+    for s in st:
+        layer = s.layer
+        if isinstance(layer, Conv) and layer.padding is Padding.ZEROS and layer.pad > 0:
+            return False, (f"layer {s.index} zero padding: border units have in-degree < fan_in, so their "
+                           "weights' variance 2/fan_in is below 2/in-degree")
+    return True, "He initialisation: zero-mean weights with variance 2/in-degree"
+
+
+def _h5(st: list[Step], init: str) -> tuple[bool, str]:
+    for s in st:
+        layer = s.layer
+        if isinstance(layer, Conv) and layer.padding is Padding.REFLECT and layer.pad > 0:
+            return False, (f"layer {s.index} reflect padding: a mirrored border unit reaches two outputs through "
+                           "the same weight (cross terms appear if a later average merges them)")
+    tail = " (orthogonal: uncorrelated by sign symmetry)" if init == "orthogonal" else ""
+    return True, ("distinct weights leaving a node are distinct zero-mean draws; conv weight sharing never "
+                  f"puts one weight on two edges of a node{tail}")
+
+
+# --------------------------------------------------------------------------------------------
+# Symbolic per-layer factors of E||d_x f_k||_2^2
+# --------------------------------------------------------------------------------------------
+
+
+def _sym_variance(init: str, fan_in: sp.Expr, fan_out: sp.Expr, rows: sp.Expr) -> sp.Expr:
+    if init == "he":
+        return 2 / fan_in
+    if init == "lecun":
+        return 1 / fan_in
+    if init == "glorot":
+        return 2 / (fan_in + fan_out)
+    if init == "torch":
+        return sp.Rational(1, 3) / fan_in
+    return 2 / sp.Max(rows, fan_in)
+
+
+def layer_factors(spec: Spec, init: str, scaled: frozenset[int] = frozenset()) -> list[tuple[int, str, sp.Expr]]:
+    """Per-layer factors ``T_in / T_out`` of the total ``T = sum_nodes V`` (bulk: full in-degrees).
+
+    A weight layer multiplies by ``fan_in * Var(w)`` (2 for He), a ReLU by 1/2 (1 on a
+    non-negative input), a ``k x k`` average pool by ``k^2 / k^4 = 1/k^2``, a global average pool by
+    ``1/(H W)``.  ``scaled`` lists the layers whose fan-in / area is proportional to d (family
+    members): they are written with the symbol ``d``.
+    """
+    out: list[tuple[int, str, sp.Expr]] = []
+    dd = spec.d
+    for s in _graph.steps(spec):
+        layer = s.layer
+        label = f"{s.index}:{layer.kind}"
+        if isinstance(layer, (Conv, Dense)):
+            fi, fo, rows = s.fans
+            fan_in: sp.Expr = sp.Rational(fi, dd) * d if s.index in scaled else sp.Integer(fi)
+            out.append((s.index, label, sp.simplify(fan_in * _sym_variance(init, fan_in, sp.Integer(fo),
+                                                                            sp.Integer(rows)))))
+        elif isinstance(layer, ReLU):
+            out.append((s.index, label, sp.Integer(1) if s.sign is Sign.NONNEG else sp.Rational(1, 2)))
+        elif isinstance(layer, AvgPool):
+            out.append((s.index, label, sp.Rational(1, layer.size**2)))
+        elif isinstance(layer, GlobalAvgPool):
+            area = s.in_shape[1] * s.in_shape[2]
+            out.append((s.index, label, 1 / (sp.Rational(area, dd) * d) if s.index in scaled else sp.Rational(1, area)))
+        elif isinstance(layer, BatchNorm):
+            out.append((s.index, label, 1 / (1 + sp.nsimplify(BN_EPS))))
+    return out
+
+
+def _scaled_layers(small: Spec, large: Spec) -> frozenset[int]:
+    """Layers of ``small`` whose fan-in (dense) or area (global pool) grows with d (matched from the end)."""
+    st_s, st_l = _graph.steps(small), _graph.steps(large)
+    out = set()
+    for a, b in zip(reversed(st_s), reversed(st_l)):
+        if type(a.layer) is not type(b.layer):
+            break
+        if isinstance(a.layer, Dense) and b.in_shape[0] != a.in_shape[0]:
+            out.add(a.index)
+        if isinstance(a.layer, GlobalAvgPool) and b.in_shape[1:] != a.in_shape[1:]:
+            out.add(a.index)
+    return frozenset(out)
+
+
+def _product(factors: list[tuple[int, str, sp.Expr]]) -> sp.Expr:
+    return sp.simplify(sp.Mul(*[f for _, _, f in factors]))
+
+
+def family_expression(fam: Family, s0: int, channels: int, init: str) -> tuple[sp.Expr, bool]:
+    """``E||d_x f_k||_2^2`` as a SymPy expression in ``d`` for the family, from its per-layer factors.
+
+    Members at ``s0``, ``2 s0``, ``4 s0``: when the member at ``2s`` repeats the member at ``s``
+    with one more block, the products differ by a constant ratio ``r`` per doubling of s, so
+    ``E(d) = E(d0) r^(log2(s/s0)) = E(d0) (d/d0)^(log2(r)/2)``.  Returns the expression and whether
+    the ratio was found constant (else the expression at ``s0`` alone).
+    """
+    specs = [fam.spec(s0 * 2**j, channels) for j in range(3)]
+    exprs = []
+    for j in range(3):
+        nxt = specs[j + 1] if j < 2 else None
+        prev = specs[j - 1] if j > 0 else None
+        scaled = _scaled_layers(specs[j], nxt) if nxt is not None else _scaled_by_prev(prev, specs[j])
+        exprs.append(_product(layer_factors(specs[j], init, scaled)))
+    r1 = sp.simplify(exprs[1] / exprs[0])
+    r2 = sp.simplify(exprs[2] / exprs[1])
+    if r1.has(d) or sp.simplify(r1 - r2) != 0:
+        return exprs[0], False
+    if r1 == 1:
+        return exprs[0], True
+    d0 = specs[0].d
+    power = sp.simplify(sp.log(r1, 2) / 2)
+    if not power.is_Rational:
+        power = sp.log(r1) / (2 * sp.log(2))
+    return exprs[0] * (d / d0) ** power, True
+
+
+def _scaled_by_prev(prev: Spec | None, spec: Spec) -> frozenset[int]:
+    if prev is None:
+        return frozenset()
+    inner = _scaled_layers(prev, spec)
+    shift = len(spec.layers) - len(prev.layers)
+    return frozenset(i + shift for i in inner)
+
+
+def growth_exponent(expr: sp.Expr) -> float:
+    """``beta`` with ``E||d_x f||_2^2 ~ d^beta``: ``lim d (log E)'``."""
+    if not expr.has(d):
+        return 0.0
+    try:
+        beta = sp.limit(sp.simplify(d * sp.diff(sp.log(expr), d)), d, sp.oo)
+        if beta.is_finite:
+            return float(beta)
+    except (NotImplementedError, ValueError):
+        pass
+    # Max / Piecewise (orthogonal init) defeat the Gruntz algorithm: slope far out, in high precision
+    lo, hi = sp.Integer(10) ** 40, sp.Integer(10) ** 41
+    slope = (sp.log(expr.subs(d, hi)) - sp.log(expr.subs(d, lo))) / sp.log(hi / lo)
+    return round(float(slope.evalf(50)), 12)
+
+
+# --------------------------------------------------------------------------------------------
+# The prediction record
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The theory's prediction for one family (or spec), init and logit.
+
+    Attributes:
+        target: the family or spec predicted.
+        init: initialisation scheme name.
+        channels: input channels C (d = C s^2).
+        sizes: the input sides s of the finite-d prediction (one for a spec).
+        hypotheses / reasons: H1-H5 and S, each with a one-line reason (S checked at every size).
+        has_law: False when no law follows (max pooling): exponents, slopes and norms are None.
+        exponent: asymptotic exponent of ``E||d_x f_k||_q`` in d for q = 1, 2, inf.
+        predicted_slope: log-log slope of the finite-d prediction over ``sizes``.
+        grad_sq_norm_expr: ``E||d_x f_k||_2^2`` in the symbol ``d`` (bulk law, see ``expr_exact``).
+        expr_exact: True when ``grad_sq_norm_expr`` equals the exact path sum at every size.
+        beta: growth exponent of ``E||d_x f_k||_2^2`` in d (0 under H).
+        breaking_share: per size, the share of input nodes outside the largest S class.
+    """
+
+    target: Family | Spec
+    init: str
+    channels: int
+    logit: int
+    sizes: tuple[int, ...]
+    hypotheses: dict[str, bool]
+    reasons: dict[str, str]
+    has_law: bool
+    exponent: dict[str, float | None]
+    predicted_slope: dict[str, float | None]
+    grad_sq_norm_expr: sp.Expr | None
+    expr_exact: bool
+    beta: float | None
+    breaking_share: dict[int, float] = field(default_factory=dict)
+
+    # ---- members ---------------------------------------------------------------------------
+    def spec_at(self, size: int) -> Spec:
+        """The member at input side ``size`` (a spec only has its own size)."""
+        if isinstance(self.target, Spec):
+            if size != self.target.input_shape[1]:
+                raise AdvdimError(f"a spec has one size ({self.target.input_shape[1]}), got {size}")
+            return self.target
+        return self.target.spec(size, self.channels)
+
+    def dim(self, size: int) -> int:
+        return self.spec_at(size).d
+
+    # ---- exact second moments ----------------------------------------------------------------
+    def input_variances(self, size: int) -> np.ndarray | None:
+        """``E[(d f_k / d x_i)^2]`` per input node, shape ``(C, s, s)`` (None without a law)."""
+        if not self.has_law:
+            return None
+        return _variances(self.spec_at(size), self.init, self.logit)
+
+    def grad_sq_norm(self, size: int) -> float:
+        """Exact ``E||d_x f_k||_2^2`` at side ``size``: the path sum on the real graph.
+
+        Raises :class:`HypothesisError` when no law follows (max pooling).
+        """
+        if not self.has_law:
+            raise HypothesisError(f"no path-sum law: {self.reasons['H1']}")
+        return float(np.sum(_variances(self.spec_at(size), self.init, self.logit)))
+
+    # ---- the law of ||d_x f_k||_q ---------------------------------------------------------------
+    def expected_norm(self, q: float | str, size: int) -> float | None:
+        """Finite-d prediction of ``E||d_x f_k||_q``: independent ``N(0, sigma_i^2)`` coordinates.
+
+        ``sigma_i^2`` are the exact path-sum variances of the input nodes (so zero padding and
+        stride artefacts are included); see :func:`advdim.theory._gauss.expected_q_norm`.
+        """
+        q = _check_q(q)
+        if not self.has_law:
+            return None
+        values, counts = _profile(self.spec_at(size), self.init, self.logit)
+        return _gauss.expected_q_norm(values, counts, q)
+
+    def exponent_q(self, q: float | str) -> float | None:
+        """Asymptotic exponent of ``E||d_x f_k||_q`` in d: ``1/q - 1/2 + beta/2`` (q = inf: ``-1/2 + beta/2``,
+        up to the factor ``sqrt(log d)``)."""
+        q = _check_q(q)
+        if not self.has_law or self.beta is None:
+            return None
+        return (0.0 if math.isinf(q) else 1.0 / q) - 0.5 + self.beta / 2
+
+    def slope_q(self, q: float | str) -> float | None:
+        """Least-squares slope of ``log E||d_x f_k||_q`` against ``log d`` over ``sizes``."""
+        q = _check_q(q)
+        if not self.has_law or len(self.sizes) < 2:
+            return None
+        x = np.log([float(self.dim(s)) for s in self.sizes])
+        y = np.log([float(self.expected_norm(q, s) or math.nan) for s in self.sizes])
+        return float(np.polyfit(x, y, 1)[0])
+
+    # ---- the loss --------------------------------------------------------------------------
+    def expected_loss_norm(self, q: float | str, size: int, softmax_weight: float | None = None) -> float | None:
+        """``E||d_x L||_q`` for the cross-entropy: ``E||softmax - y||_2 * E||d_x f_k||_q`` (see :func:`loss_law`)."""
+        base = self.expected_norm(q, size)
+        if base is None:
+            return None
+        return loss_weight(self.spec_at(size).n_classes, softmax_weight) * base
+
+    # ---- serialisation ---------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """The ``advdim theory --json`` record."""
+        sizes = list(self.sizes)
+        return {
+            "target": self.target.to_text(),
+            "init": self.init,
+            "channels": self.channels,
+            "logit": self.logit,
+            "sizes": sizes,
+            "d": [self.dim(s) for s in sizes],
+            "hypotheses": dict(self.hypotheses),
+            "reasons": dict(self.reasons),
+            "has_law": self.has_law,
+            "exponent": dict(self.exponent),
+            "predicted_slope": dict(self.predicted_slope),
+            "grad_sq_norm": None if self.grad_sq_norm_expr is None else str(self.grad_sq_norm_expr),
+            "grad_sq_norm_exact_symbolic": self.expr_exact,
+            "beta": self.beta,
+            "grad_sq_norm_at": {str(s): (self.grad_sq_norm(s) if self.has_law else None) for s in sizes},
+            "expected_norm": {norm_key(q): {str(s): self.expected_norm(q, s) for s in sizes} for q in NORMS.values()},
+            "s_breaking_share": {str(s): v for s, v in self.breaking_share.items()},
+        }
+
+
+def _check_q(q: float | str) -> float:
+    if isinstance(q, str):
+        text = q.strip().lower()
+        if text in ("inf", "infinity", "oo"):
+            return math.inf
+        try:
+            q = float(text)
+        except ValueError:
+            raise AdvdimError(f"norm order q must be a number >= 1 or inf, got {text!r}") from None
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q < 1:
+        raise AdvdimError(f"norm order q must be >= 1 or inf, got {q!r}")
+    return float(q)
+
+
+def loss_weight(n_classes: int, softmax_weight: float | None = None) -> float:
+    """``E||softmax(f) - y||_2``: ``sqrt(1 - 1/K)`` for a uniform softmax, or the given value."""
+    if softmax_weight is None:
+        return math.sqrt(1.0 - 1.0 / n_classes)
+    if not math.isfinite(softmax_weight) or not 0 <= softmax_weight <= math.sqrt(2):
+        raise AdvdimError(f"E||softmax - y||_2 lies in [0, sqrt(2)], got {softmax_weight!r}")
+    return float(softmax_weight)
+
+
+def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), channels: int = 3,
+            init: object = "he", logit: int = 0) -> Prediction:
+    """Predict ``E||d_x f_k||_q`` for a family (over ``sizes``) or a spec (Theorems 4-5, Corollary 6).
+
+    Args:
+        target: a :class:`~advdim.arch.Family` (sizes are input sides s, d = C s^2) or a
+            :class:`~advdim.arch.Spec` (its own size only; slopes are None).
+        sizes: input sides of the finite-d prediction.
+        channels: input channels C of family members.
+        init: ``"he"`` (H3), ``"torch"``, ``"glorot"``, ``"lecun"``, ``"orthogonal"`` or an ``Init``.
+        logit: index k of the logit.
+    Returns:
+        A :class:`Prediction`.
+
+    >>> from advdim.arch import family
+    >>> pred = predict(family("dense", widths=(64,)), sizes=(8, 16))
+    >>> pred.grad_sq_norm_expr, pred.exponent["1"], pred.hypotheses["S"]
+    (2, 0.5, True)
+    """
+    init = _graph.init_name(init)
+    if isinstance(target, Spec):
+        sizes_t: tuple[int, ...] = (target.input_shape[1],)
+        channels = target.input_shape[0]
+        members = [target]
+    elif isinstance(target, Family):
+        sizes_t = tuple(int(s) for s in sizes)
+        if not sizes_t or any(s < 1 for s in sizes_t):
+            raise AdvdimError(f"sizes must be positive integers, got {sizes!r}")
+        members = [target.spec(s, channels) for s in sizes_t]
+    else:
+        raise AdvdimError(f"predict needs a Family or a Spec, got {type(target).__name__}")
+    for m in members:
+        _graph.check_logit(m, logit)
+
+    held: dict[str, bool] = dict.fromkeys(HYPOTHESES, True)
+    why: dict[str, str] = {}
+    share: dict[int, float] = {}
+    for s, m in zip(sizes_t, members):
+        h, r = hypotheses(m, init, logit)
+        share[s] = _classes(m, logit).breaking_share
+        for key in HYPOTHESES:
+            if not h[key] and held[key]:
+                held[key], why[key] = False, (r[key] if len(members) == 1 else f"s={s}: {r[key]}")
+            why.setdefault(key, r[key])
+    has_law = not _graph.routing_layers(members[0])
+
+    expr: sp.Expr | None = None
+    exact = False
+    beta: float | None = None
+    if has_law:
+        if isinstance(target, Family):
+            expr, constant_ratio = family_expression(target, min(sizes_t), channels, init)
+            beta = growth_exponent(expr) if constant_ratio else None
+            if not constant_ratio:
+                why["law"] = "no constant per-doubling factor: the expression holds at the smallest size only"
+        else:
+            expr = _product(layer_factors(target, init))
+            dimension_free = init == "he" and not any(
+                isinstance(layer, (AvgPool, GlobalAvgPool, BatchNorm)) for layer in target.layers)
+            beta = 0.0 if dimension_free else None
+            if not dimension_free:
+                why["law"] = "a single spec does not say how its layers scale with d: use a family for exponents"
+        exact = all(abs(float(expr.subs(d, m.d)) - float(np.sum(_variances(m, init, logit))))
+                    <= 1e-9 * float(np.sum(_variances(m, init, logit))) for m in members)
+    else:
+        why["law"] = f"no law: {why['H1']}; the simulation measures this case"
+
+    pred = Prediction(target, init, channels, logit, sizes_t, held, why, has_law, {}, {}, expr, exact, beta, share)
+    for key, q in NORMS.items():
+        pred.exponent[key] = pred.exponent_q(q)
+        pred.predicted_slope[key] = pred.slope_q(q)
+    return pred
