@@ -21,7 +21,7 @@ verify: $(STAMP) data
 	$(BIN)/advdim verify
 
 lint: $(STAMP)
-	$(BIN)/ruff check advdim theory simulate empirical tests benchmarks
+	$(BIN)/ruff check $(wildcard advdim theory simulate empirical tests benchmarks scripts)
 
 typecheck: $(STAMP)
 	scripts/typecheck.sh
