@@ -50,11 +50,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="machine-readable output on stdout"),
     ) -> None:
         """Monte Carlo check of E||d_x f||_q ~ d^(1/q - 1/2) over random He-initialised topologies."""
+        from advdim.simulate._plot import plot_family
+        from advdim.simulate._study import study
+
         from advdim.arch import FAMILIES
         from advdim.cli import emit_json, out, table
         from advdim.errors import AdvdimError
-        from advdim.simulate._plot import plot_family
-        from advdim.simulate._study import study
         from advdim.store import RunStore
 
         names = list(families) if families else list(FAMILIES)

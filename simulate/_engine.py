@@ -29,6 +29,7 @@ sample instead of ``O(sum_l n_{l-1} n_l)``, each sample with its own fresh weigh
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,6 @@ from advdim.arch import (
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
-    Layer,
     MaxPool,
     Padding,
     ReLU,
@@ -155,7 +155,8 @@ def stack_modules(nets: Sequence[nn.Module], spec: Spec) -> Stack:
         if isinstance(layer, (Conv, Dense)):
             weights.append(torch.stack([p[i].weight.detach() for p in per_net]))
             bias = per_net[0][i].bias
-            biases.append(None if bias is None else torch.stack([p[i].bias.detach() for p in per_net]))
+            biases.append(None if bias is None else torch.stack([p[i].bias.detach() for p in per_net
+                                                                 if p[i].bias is not None]))
             i += 1
         else:
             weights.append(None)
@@ -233,11 +234,9 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED) -> t
         elif isinstance(layer, BatchNorm):
             h = _map(h, lambda t: t / math.sqrt(1.0 + _BN_EPS))
         elif isinstance(layer, AvgPool):
-            size = layer.size
-            h = _map(h, lambda t: F.avg_pool2d(t, size))
+            h = _map(h, functools.partial(F.avg_pool2d, kernel_size=layer.size))
         elif isinstance(layer, MaxPool):
-            size = layer.size
-            h = _map(h, lambda t: F.max_pool2d(t, size))
+            h = _map(h, functools.partial(F.max_pool2d, kernel_size=layer.size))
         elif isinstance(layer, (Flatten, GlobalAvgPool, GlobalMaxPool)):
             if not flat:
                 how = "flatten" if isinstance(layer, Flatten) else "avg" if isinstance(layer, GlobalAvgPool) else "max"

@@ -15,21 +15,20 @@ by :func:`advdim.sweep.run_sweep` (in-process, local processes or Dask) and stor
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from advdim.simulate._engine import Q_KEYS, sample_norms
+from advdim.simulate._fit import ALPHA, DELTA, SE_FOR_POWER, fit_slope, power, ratio_fit, slope_test, z_value
 
 from advdim.arch import FAMILIES, Family, family, sample_family
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target
 from advdim.store import RunStore
 from advdim.verdict import Verdict
-from advdim.simulate._engine import Q_KEYS, sample_norms
-from advdim.simulate._fit import ALPHA, DELTA, SE_FOR_POWER, fit_slope, power, ratio_fit, slope_test, z_value
 
 KIND = "simulate.cell"
 REFERENCES = {"dense": "Theorem 4", "strided": "Theorem 5 / Corollary 6", "gap": "Theorem 5 / Corollary 6",
@@ -85,11 +84,10 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     spec = fam.spec(int(config["size"]), int(config["channels"]))
     ss = np.random.SeedSequence([int(config["seed"]), _fam_code(fam.name), int(config["topology"]),
                                  int(config["size"])])
-    t0 = time.perf_counter()
     norms = sample_norms(spec, int(config["draws"]), int(config["inputs"]), ss, Target(config["target"]),
                          exact_shortcuts=bool(config["shortcuts"]), device=config["device"],
                          dtype=getattr(torch, config["dtype"]))
-    out: dict[str, Any] = {"d": spec.d, "n": int(norms["2"].size), "seconds": time.perf_counter() - t0}
+    out: dict[str, Any] = {"d": spec.d, "n": int(norms["2"].size)}  # no timings: results are reproducible
     for key, v in norms.items():
         out[key] = float(v.mean())
         out[f"{key}_per_draw"] = [float(x) for x in v.mean(axis=1)]
@@ -113,7 +111,7 @@ class TopologyLaw:
 def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> TopologyLaw | None:
     """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available."""
     try:
-        from advdim.theory import predict  # type: ignore[attr-defined]
+        from advdim.theory import predict
     except ImportError:
         return None
     pred = predict(fam, sizes=tuple(sizes), channels=channels)
@@ -123,7 +121,7 @@ def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> Topolo
     for key in Q_KEYS:
         q = math.inf if key == "inf" else float(key)
         vals = [pred.expected_norm(q, s) for s in sizes]
-        norms[key] = None if any(v is None for v in vals) else tuple(float(v) for v in vals)
+        norms[key] = None if any(v is None for v in vals) else tuple(float(v) for v in vals if v is not None)
     try:
         sq: tuple[float, ...] | None = tuple(float(pred.grad_sq_norm(s)) for s in sizes)
     except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
@@ -208,7 +206,20 @@ class FamilyResult:
                                 "per_topology_slopes": list(v.per_topology), "topologies_used": v.topologies_used})
         return rec
 
-    def verdicts(self) -> list[Verdict]:
+    def _series(self, key: str) -> dict[str, Any]:
+        r = self.q[key]
+        log_d = np.log(np.array(self.d, dtype=np.float64))
+        intercept = float(np.log(np.array(r.means)).mean() - r.measured_slope * log_d.mean())
+        series: dict[str, Any] = {
+            "figure": f"{self.family}: E||d_x f||_q vs d", "label": f"q={key}", "x": list(self.d),
+            "y": list(r.means), "lo": list(r.lo), "hi": list(r.hi),
+            "fit": [float(v) for v in np.exp(intercept + r.measured_slope * log_d)],
+            "xlabel": "input dimension d", "ylabel": "E||d_x f||_q", "loglog": True}
+        if r.predicted_means is not None:
+            series["predicted"] = list(r.predicted_means)
+        return series
+
+    def verdicts(self, alpha: float = ALPHA) -> list[Verdict]:
         """One verdict per q (slope) plus one for the prefactor E||d_x f||_2^2."""
         out = []
         what = "d_x L" if self.target == "loss" else "d_x f_k"
@@ -219,23 +230,24 @@ class FamilyResult:
                           else "the theory gives no law for this family")
                 out.append(Verdict(claim, self.reference, None, r.measured_slope, r.ci, None,
                                    f"no prediction ({reason}); 95% bootstrap CI over {self.nets} topologies",
-                                   {"se": r.se}))
+                                   {"se": r.se, "series": self._series(key)}))
                 continue
-            assert r.tol is not None
+            passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha)
             out.append(Verdict(
                 claim, self.reference, r.predicted_slope, r.measured_slope,
-                (r.measured_slope - r.tol, r.measured_slope + r.tol), r.passed,
-                f"|measured - predicted| <= z*se = {z_value():.3f}*{r.se:.4f}: false rejection {ALPHA:g}, "
-                f"power {r.power:.3f} at +-{DELTA} (needs se <= {SE_FOR_POWER:.4f}); "
+                (r.measured_slope - tol, r.measured_slope + tol), passed,
+                f"|measured - predicted| <= z*se = {z_value(alpha):.3f}*{r.se:.4f}: false rejection {alpha:g}, "
+                f"power {power(r.se, DELTA, alpha):.3f} at +-{DELTA} (alpha 0.01 needs se <= {SE_FOR_POWER:.4f}); "
                 f"{r.topologies_used} topologies x {self.draws} draws x {self.inputs} inputs, seed {self.seed}",
-                {"se": r.se, "ci95": list(r.ci), "power": r.power, "plant_exponent": self.plant_exponent}))
+                {"se": r.se, "ci95": list(r.ci), "power": r.power, "plant_exponent": self.plant_exponent,
+                 "series": self._series(key)}))
         if self.prefactor_ratio is not None and self.prefactor_se is not None:
-            tol = z_value() * self.prefactor_se
+            tol = z_value(alpha) * self.prefactor_se
             out.append(Verdict(
                 f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, self.prefactor_ratio,
                 (self.prefactor_ratio - tol, self.prefactor_ratio + tol), abs(self.prefactor_ratio - 1.0) <= tol,
                 f"ratio of sums over topologies and sizes; bootstrap se {self.prefactor_se:.4f}, "
-                f"two-sided alpha {ALPHA:g}", {"measured": list(self.sq_measured),
+                f"two-sided alpha {alpha:g}", {"measured": list(self.sq_measured),
                                                 "predicted": list(self.sq_predicted or [])}))
         return out
 

@@ -1,0 +1,104 @@
+"""SIMULATE checks of ``advdim verify``: Monte Carlo slopes against the theory's finite-d law.
+
+- Theorem 4 (``dense``) and Theorem 5 / Corollary 6 (``strided``): slope of
+  ``log E||d_x f_k||_q`` against ``log d`` (q = 1, 2, inf) and the prefactor ``E||d_x f_k||_2^2``;
+- Appendix B (``avgpool``): the same against its own (dampened) prediction, and its slopes lower
+  than the strided family's;
+- ``maxpool``: measured slopes and intervals, no prediction (the theory gives no law).
+
+Every slope verdict has false-rejection rate ``ALPHA`` (``advdim.simulate._fit``); with
+``Budget.plant_exponent != 0`` the measured norms are multiplied by ``d**plant_exponent`` and
+the slope verdicts must fail (the planted-false-claim test).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from advdim.simulate._fit import ALPHA, z_value
+from advdim.simulate._study import FamilyResult, study
+
+from advdim.checks import Budget, Part, Scale, register
+from advdim.verdict import Verdict
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sizes: tuple[int, ...]
+    nets: int
+    draws: int
+    inputs: int
+
+
+def plan(scale: Scale, family: str) -> _Plan:
+    """Budget per scale: TINY is seconds (the test suite), DEFAULT about a minute per conv family."""
+    if scale is Scale.TINY:
+        return _Plan((8, 16), 16 if family == "dense" else 8, 2, 2)
+    if scale is Scale.PAPER:
+        return _Plan((8, 16, 32, 64, 128), 1000, 4, 4)
+    return _Plan((8, 16, 32, 64), 200, 2, 2) if family == "dense" else _Plan((8, 16, 32), 100, 2, 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _run(budget: Budget, family: str) -> FamilyResult:
+    p = plan(budget.scale, family)
+    return study(family, p.sizes, 3, p.nets, p.inputs, budget.seed, budget.device, "logit", True,
+                 budget.plant_exponent, draws=p.draws, progress=False)
+
+
+def _with_plots(budget: Budget, res: FamilyResult, verdicts: list[Verdict]) -> list[Verdict]:
+    if budget.out_dir is None:
+        return verdicts
+    from advdim.simulate._plot import plot_family
+
+    paths = [str(p) for p in plot_family(res, budget.out_dir)]
+    return [Verdict(v.claim, v.reference, v.predicted, v.measured, v.interval, v.passed, v.detail,
+                    {**v.extra, "plots": paths}) for v in verdicts]
+
+
+@register("simulate-dense", Part.SIMULATE)
+def check_dense(budget: Budget) -> list[Verdict]:
+    """Theorem 4: ``E||d_x f_k||_q ~ d^(1/q - 1/2)`` for random fully connected ReLU nets."""
+    res = _run(budget, "dense")
+    return _with_plots(budget, res, res.verdicts())
+
+
+@register("simulate-strided", Part.SIMULATE)
+def check_strided(budget: Budget) -> list[Verdict]:
+    """Theorem 5 / Corollary 6: the same law for strided CNNs."""
+    res = _run(budget, "strided")
+    return _with_plots(budget, res, res.verdicts())
+
+
+def lower_verdicts(low: FamilyResult, high: FamilyResult, alpha: float = ALPHA) -> list[Verdict]:
+    """One-sided tests ``slope(low) < slope(high)`` per q (independent studies: se of the difference)."""
+    out = []
+    z = z_value(2 * alpha)  # one-sided level alpha
+    for key in low.q:
+        a, b = low.q[key], high.q[key]
+        diff = b.measured_slope - a.measured_slope
+        se = float(np.hypot(a.se, b.se))
+        out.append(Verdict(
+            f"{low.family} slope below {high.family} slope (q={key})", "Appendix B",
+            None if a.predicted_slope is None or b.predicted_slope is None else b.predicted_slope - a.predicted_slope,
+            diff, (diff - z * se, diff + z * se), bool(diff - z * se > 0),
+            f"one-sided: difference of slopes > {z:.3f} * se {se:.4f} (false pass rate {alpha:g})",
+            {"se": se}))
+    return out
+
+
+@register("simulate-avgpool", Part.SIMULATE)
+def check_avgpool(budget: Budget) -> list[Verdict]:
+    """Appendix B: average pooling dampens the gradients (own finite-d law, lower than strided)."""
+    res = _run(budget, "avgpool")
+    ref = _run(budget, "strided")
+    return _with_plots(budget, res, res.verdicts()) + lower_verdicts(res, ref)
+
+
+@register("simulate-maxpool", Part.SIMULATE)
+def check_maxpool(budget: Budget) -> list[Verdict]:
+    """Max pooling: measured slopes and intervals only (the theory gives no law)."""
+    res = _run(budget, "maxpool")
+    return _with_plots(budget, res, res.verdicts())
