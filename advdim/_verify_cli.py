@@ -4,7 +4,6 @@ report folder) and the ``advdim measure`` command (a user's own model, same repo
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 import traceback
 from typing import Any
@@ -18,10 +17,16 @@ from advdim.verdict import Verdict
 COLUMNS = ["#", "claim", "paper", "predicted", "measured", "interval", "verdict"]
 
 
-def command_line() -> str:
-    """The exact command that is running, shell-quoted."""
-    prog = "advdim" if sys.argv and sys.argv[0].endswith("advdim") else (sys.argv[0] if sys.argv else "advdim")
-    return " ".join(shlex.quote(a) for a in [prog, *sys.argv[1:]])
+def command_line(command: str, *args: str, **options: Any) -> str:
+    """The command that reproduces this run, every option spelled out (defaults included), shell-quoted."""
+    words = ["advdim", command, *args]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif value is not None:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def run_check(check: Check, budget: Budget) -> tuple[list[Verdict], float]:
@@ -125,7 +130,9 @@ def register(app: typer.Typer) -> None:
         if plant_exponent:
             notes.append(f"planted error: measured gradient norms multiplied by d^{plant_exponent:g} "
                          "(the slope verdicts are expected to FAIL)")
-        info = RunInfo(title="advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)", command=command_line(),
+        cmd = command_line("verify", scale=sc.value, only=only, seed=seed, device=device, out=out_dir,
+                           plant_exponent=plant_exponent or None)
+        info = RunInfo(title="advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)", command=cmd,
                        seed=seed, device=_device_text(dev), scale=sc.value, seconds=seconds, notes=tuple(notes),
                        settings={"parts": only or "all", "checks": str(len(checks))})
         files = write_report(report_dir, rows, info)

@@ -304,7 +304,7 @@ def measure(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> tuple
             slope = fit_slope(ds, mat)
             boots = bootstrap_slopes(ds, mat, rng)
             lo, hi = (float(v) for v in np.quantile(boots, [ALPHA / 2, 1 - ALPHA / 2]))
-            tol = 1e-9 * (1 + abs(pred))  # float rounding only: the interval is the statistic
+            tol = 100 * torch.finfo(dtype).eps  # rounding of the model's dtype only: the interval is the statistic
             lx = np.log(ds)
             ly = np.log(series["y"])
             series["fit"] = np.exp(ly.mean() + slope * (lx - lx.mean())).tolist()
@@ -360,7 +360,9 @@ def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf"
     verdicts, notes = measure(model, cfg, dev)
     seconds = time.perf_counter() - t0
     rows = verdict_rows(target, "measure", seconds, verdicts)
-    info = RunInfo(title=f"advdim measure {target}", command=command_line(), seed=seed, device=_device_text(dev),
+    info = RunInfo(title=f"advdim measure {target}", command=command_line(
+        "measure", target, input_shape=input_shape, sizes=sizes, q=q, inputs=inputs, eps=eps, steps=steps, seed=seed,
+        device=device, out=out_dir), seed=seed, device=_device_text(dev),
                    seconds=seconds, notes=tuple(notes),
                    settings={"model": target, "input shape": input_shape, "up-sampling factors": sizes, "q": q,
                              "inputs per size": str(inputs), "eps (l_inf)": f"{eps:g}", "PGD steps": str(steps)})

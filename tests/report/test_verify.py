@@ -1,0 +1,127 @@
+"""``advdim verify``: exit codes, the verdict table, the report folder, planted false claims."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from advdim.checks import Part, all_checks
+from advdim.cli import main
+from advdim.store import RunStore
+
+from .conftest import crashing_check, failing_check, series_check
+
+ADVDIM = [sys.executable, "-m", "advdim.cli"]
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    rc = main(["verify", *args, "--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-c", "import sys; from advdim.cli import main; sys.exit(main())", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_core_run_writes_the_report_folder_from_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert rc == 0 and res["passed"] is True
+    rows = res["verdicts"]
+    assert rows and all(r["passed"] is True and r["part"] == "core" for r in rows)
+    for name in ("report.html", "runs.sqlite", "verdicts.csv", "verdicts.parquet", "series.csv", "series.parquet",
+                 "plots/verdicts.png", "plots/verdicts.svg", "plots/timings.png", "plots/timings.svg"):
+        assert (tmp_path / name).is_file(), name
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        stored = sorted(store.records("verdict"), key=lambda r: r["config"]["index"])
+        run = store.records("run")
+    assert [r["result"]["claim"] for r in stored] == [r["claim"] for r in rows]
+    assert [r["result"]["measured"] for r in stored] == pytest.approx([r["measured"] for r in rows], rel=1e-12)
+    assert len(run) == 1 and run[0]["result"]["seed"] == 0 and run[0]["result"]["scale"] == "tiny"
+    table = pd.read_parquet(tmp_path / "verdicts.parquet")
+    assert list(table["claim"]) == [r["claim"] for r in rows]
+    assert (table["verdict"] == "pass").all()
+    assert len(pd.read_csv(tmp_path / "verdicts.csv")) == len(rows)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<tr class="verdict pass">') == len(rows)
+    assert "--only core" in page and "version of torch" in page
+
+
+def test_planted_failing_check_exits_1_and_marks_its_row(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          extra_checks) -> None:  # type: ignore[no-untyped-def]
+    extra_checks("planted", failing_check)
+    rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert rc == 1 and res["passed"] is False
+    failed = [r for r in res["verdicts"] if r["passed"] is False]
+    assert [r["claim"] for r in failed] == ["planted false claim (test)"]
+    assert all(r["passed"] is True for r in res["verdicts"] if r["check"] != "planted")
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<tr class="verdict fail">') == 1
+    row = page[page.index('<tr class="verdict fail">'):]
+    assert "planted false claim (test)" in row[:row.index("</tr>")]
+    assert "FAIL: 1 of" in page
+    # the human table marks the same row
+    rc = main(["verify", "--only", "core", "--scale", "tiny", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert rc == 1 and "FAIL" in text and "1 failed" in text
+
+
+def test_a_crashing_check_fails_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra_checks) -> None:  # type: ignore[no-untyped-def]
+    extra_checks("crashes", crashing_check)
+    rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert rc == 1
+    (bad,) = [r for r in res["verdicts"] if r["passed"] is False]
+    assert bad["check"] == "crashes" and "RuntimeError: boom" in bad["detail"]
+
+
+def test_check_plots_reach_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra_checks) -> None:  # type: ignore[no-untyped-def]
+    extra_checks("series", series_check)
+    rc, _ = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert rc == 0
+    assert (tmp_path / "plots" / "own-plot.png").is_file()
+    assert any(p.name.startswith("series-") and p.suffix == ".svg" for p in (tmp_path / "plots").iterdir())
+    series = pd.read_parquet(tmp_path / "series.parquet")
+    assert len(series) == 4 and series["y"].notna().all()
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4  # overview, series, the check's own, timings
+
+
+@pytest.mark.parametrize("args", [["--scale", "huge"], ["--only", "nothing"], ["--device", "tpu"],
+                                  ["--seed", "x"]])
+def test_bad_input_exits_2_with_one_line(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["verify", *args, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("advdim: error:") and "\n" not in err
+
+
+def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "file"
+    f.write_text("")
+    assert main(["verify", "--only", "core", "--out", str(f)]) == 2
+
+
+def _has(part: Part) -> bool:
+    return any(c.part is part for c in all_checks())
+
+
+def test_only_theory_passes(tmp_path: Path) -> None:
+    """`advdim verify --only theory` (the core checks until the theory layer registers its own)."""
+    part = "theory" if _has(Part.THEORY) else "core"
+    res = cli("verify", "--only", part, "--scale", "tiny", "--out", str(tmp_path / "r"), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["verdicts"] and {r["part"] for r in out["verdicts"]} == {part}
+
+
+def test_tiny_full_run_passes(tmp_path: Path) -> None:
+    res = cli("verify", "--scale", "tiny", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    assert "0 failed" in res.stdout and (tmp_path / "r" / "report.html").is_file()
