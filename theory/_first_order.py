@@ -1,0 +1,284 @@
+"""The first-order statements of Sections 2 and 3.1: Lemma 2, eq. 3, Proposition 3, the one-neuron toy.
+
+Each statement is a function returning a :class:`Statement` (its SymPy form and a sentence) and
+has a numeric checker returning a :class:`~advdim.verdict.Verdict`.  Checkers that need a
+network import torch when called.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sympy as sp
+from advdim.theory import _gauss
+from advdim.theory._law import _check_q
+
+from advdim.errors import AdvdimError
+from advdim.verdict import Verdict
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A statement of the paper: its name, where it is, its SymPy form and one sentence."""
+
+    name: str
+    reference: str
+    expr: sp.Basic
+    text: str
+
+
+def dual(p: float | str) -> float:
+    """``q`` with ``1/p + 1/q = 1`` (``1 <-> inf``)."""
+    p = _check_q(p)
+    return math.inf if p == 1 else (1.0 if math.isinf(p) else p / (p - 1))
+
+
+def lp(v: np.ndarray, p: float) -> float:
+    a = np.abs(np.asarray(v, dtype=np.float64)).ravel()
+    return float(a.max()) if math.isinf(p) else float(np.sum(a**p) ** (1 / p))
+
+
+# --------------------------------------------------------------------------------------------
+# Lemma 2
+# --------------------------------------------------------------------------------------------
+
+
+def lemma2() -> Statement:
+    """Lemma 2: ``max_{||delta||_p <= eps} g . delta = eps ||g||_q`` with ``1/p + 1/q = 1``."""
+    eps = sp.Symbol("epsilon", positive=True)
+    g, delta = sp.IndexedBase("g"), sp.IndexedBase("delta")
+    i, n = sp.symbols("i d", integer=True, positive=True)
+    q = sp.Symbol("q", positive=True)
+    lhs = sp.Function("max_{||delta||_p<=epsilon}")(sp.Sum(g[i] * delta[i], (i, 1, n)))
+    rhs = eps * sp.Sum(sp.Abs(g[i]) ** q, (i, 1, n)) ** (1 / q)
+    return Statement("Lemma 2", "Lemma 2, eq. (2)", sp.Eq(lhs, rhs),
+                     "an eps-sized l_p attack raises the loss, at first order, by eps ||d_x L||_q")
+
+
+def lemma2_maximiser(g: np.ndarray, p: float | str, eps: float = 1.0) -> np.ndarray:
+    """The ``delta`` with ``||delta||_p = eps`` that maximises ``g . delta`` (Lemma 2).
+
+    p = inf: ``eps sign(g)``; p = 1: all the mass on one arg-max coordinate of ``|g|``;
+    otherwise ``delta_i ~ sign(g_i) |g_i|^(q-1)`` rescaled to ``||delta||_p = eps``.
+
+    >>> lemma2_maximiser(np.array([3.0, -4.0]), 2)
+    array([ 0.6, -0.8])
+    """
+    p = _check_q(p)
+    g = np.asarray(g, dtype=np.float64)
+    if not np.all(np.isfinite(g)):
+        raise AdvdimError("the gradient holds NaN or infinite values")
+    if eps < 0:
+        raise AdvdimError(f"eps must be >= 0, got {eps}")
+    if not np.any(g):
+        return np.zeros_like(g)
+    if math.isinf(p):
+        return eps * np.sign(g)
+    if p == 1:
+        out = np.zeros_like(g)
+        flat = out.reshape(-1)
+        k = int(np.argmax(np.abs(g)))
+        flat[k] = eps * np.sign(g.reshape(-1)[k])
+        return out
+    q = dual(p)
+    raw = np.sign(g) * np.abs(g) ** (q - 1)
+    return eps * raw / lp(raw, p)
+
+
+def check_lemma2(g: np.ndarray, p: float | str, eps: float = 1.0, n_random: int = 2000, seed: int = 0,
+                 maximiser: Callable[[np.ndarray, float, float], np.ndarray] = lemma2_maximiser) -> Verdict:
+    """The maximiser attains ``eps ||g||_q``, lies on the ``l_p`` sphere, and random feasible directions do not beat it."""
+    p = _check_q(p)
+    q = dual(p)
+    g = np.asarray(g, dtype=np.float64)
+    delta = maximiser(g, p, eps)
+    attained = float(np.sum(g * delta))
+    target = eps * lp(g, q)
+    rng = np.random.default_rng(seed)
+    best = -math.inf
+    for _ in range(n_random):
+        v = rng.standard_normal(g.shape) * rng.exponential(size=g.shape) ** rng.uniform(0, 3)
+        nv = lp(v, p)
+        if nv > 0:
+            best = max(best, float(np.sum(g * v)) * eps / nv)
+    tol = 1e-10 * max(1.0, abs(target))
+    on_sphere = abs(lp(delta, p) - eps) <= 1e-10 * max(1.0, eps)
+    passed = abs(attained - target) <= tol and on_sphere and best <= target + tol
+    return Verdict(f"Lemma 2 maximiser attains eps||g||_q (p={p:g})", "Lemma 2", target, attained,
+                   (target - tol, target + tol), bool(passed),
+                   f"exact identity up to 1e-10 relative; {n_random} random feasible directions, best {best:.6g}",
+                   {"p": p, "q": q, "on_sphere": on_sphere, "best_random": best})
+
+
+# --------------------------------------------------------------------------------------------
+# eq. 3 and the signal-to-noise ratio
+# --------------------------------------------------------------------------------------------
+
+
+def eq3() -> Statement:
+    """eq. 3: ``eps_p = eps_inf d^(1/p)``."""
+    eps_p, eps_inf, d, p = sp.symbols("epsilon_p epsilon_inf d p", positive=True)
+    return Statement("eq. 3", "eq. (3)", sp.Eq(eps_p, eps_inf * d ** (1 / p)),
+                     "a pixel-wise perturbation size eps_inf is an l_p perturbation of size eps_inf d^(1/p)")
+
+
+def eq3_epsilon(eps_inf: float, d: int, p: float | str) -> float:
+    """``eps_p = eps_inf d^(1/p)`` (``eps_inf`` for p = inf).
+
+    >>> eq3_epsilon(0.01, 100, 2)
+    0.1
+    """
+    p = _check_q(p)
+    if d < 1 or eps_inf < 0:
+        raise AdvdimError(f"need d >= 1 and eps_inf >= 0, got d={d}, eps_inf={eps_inf}")
+    return float(eps_inf) if math.isinf(p) else float(eps_inf * d ** (1 / p))
+
+
+def check_snr(dims: Sequence[int] = (64, 256, 1024, 4096), ps: Sequence[float] = (1, 2, 4, math.inf),
+              eps_inf: float = 0.01, seed: int = 0) -> Verdict:
+    """Appendix C: with ``eps_p`` of eq. 3, the SNR ``||x||_2 / ||delta||_2`` is the same across p and d.
+
+    ``x`` has i.i.d. pixels of unit second moment; ``delta`` is the sign-pattern perturbation of
+    ``l_p`` size ``eps_p`` (``|delta_i| = eps_p d^(-1/p) = eps_inf``).  The expected ``||x||_2`` is
+    ``sqrt(d)``, so the ratio of the measured SNR to ``1/eps_inf`` has the spread of
+    ``||x||_2 / sqrt(d)``, i.e. standard deviation ``1/sqrt(2d)``; tolerance 6 of those.
+    """
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for d in dims:
+        x = rng.standard_normal(d)
+        for p in ps:
+            delta = np.sign(rng.standard_normal(d))
+            delta *= eq3_epsilon(eps_inf, d, p) / lp(delta, p)
+            ratios.append((lp(x, 2) / lp(delta, 2)) * eps_inf)
+    worst = float(max(abs(r - 1) for r in ratios))
+    tol = 6 / math.sqrt(2 * min(dims))
+    return Verdict("eq. 3 preserves ||x||_2/||delta||_2 across p and d", "eq. (3), Appendix C", 1.0,
+                   float(np.mean(ratios)), (1 - tol, 1 + tol), worst <= tol,
+                   f"{len(ratios)} (d, p) cells, worst |ratio-1| = {worst:.3g}, 6 sd of ||x||/sqrt(d)",
+                   {"ratios": ratios})
+
+
+# --------------------------------------------------------------------------------------------
+# Proposition 3
+# --------------------------------------------------------------------------------------------
+
+
+def proposition3() -> Statement:
+    """Proposition 3 as a series: ``(L(x) + L(x + eps delta))/2 - L(x) - eps/2 ||g||_q = eps^2/4 phi''(0) + O(eps^3)``.
+
+    ``phi(t) = L(x + t delta)`` with ``delta`` the Lemma 2 maximiser (``||delta||_p = 1``), so
+    ``phi'(0) = g . delta = ||g||_q``.  The returned expression is the leading residual.
+
+    >>> proposition3().expr
+    epsilon**2*Subs(Derivative(phi(xi), (xi, 2)), xi, 0)/4
+    """
+    eps, t = sp.symbols("epsilon t")
+    phi = sp.Function("phi")
+    augmented = (phi(0) + phi(eps)) / 2
+    penalised = phi(0) + eps / 2 * sp.Subs(sp.Derivative(phi(t), t), t, 0)
+    series = sp.series(augmented, eps, 0, 3).removeO()
+    residual = sp.simplify(series - penalised.doit())
+    return Statement("Proposition 3", "Proposition 3, eqs. (4)-(5)", residual,
+                     "adversarially augmented training = gradient-norm penalty of weight eps/2, up to O(eps^2)")
+
+
+def proposition3_gaps(loss: Callable[[np.ndarray], float], x: np.ndarray, grad: np.ndarray, p: float | str,
+                      eps_grid: Sequence[float]) -> np.ndarray:
+    """``|(L(x) + L(x + eps delta))/2 - L(x) - eps/2 ||g||_q|`` for each eps (``delta`` of Lemma 2, ``||delta||_p = 1``)."""
+    p = _check_q(p)
+    delta = lemma2_maximiser(grad, p)
+    base = loss(x)
+    gq = lp(grad, dual(p))
+    return np.array([abs((base + loss(x + e * delta)) / 2 - base - e / 2 * gq) for e in eps_grid])
+
+
+def check_proposition3_numeric(loss: Callable[[np.ndarray], float], x: np.ndarray, grad: np.ndarray,
+                               p: float | str, eps_grid: Sequence[float] = tuple(np.geomspace(1e-5, 1e-3, 7)),
+                               slope_tol: float = 0.15) -> Verdict:
+    """The gap shrinks like eps^2: log-log slope of the gaps against eps within ``2 +- slope_tol``.
+
+    Deterministic: for a C^3 loss the slope is ``2 + O(eps)``; the tolerance covers that term
+    over the grid (a first-order error, e.g. a wrong factor on ``||g||_q``, gives slope 1).
+    """
+    gaps = proposition3_gaps(loss, x, grad, p, eps_grid)
+    if np.any(gaps <= 0):
+        raise AdvdimError("a gap is exactly zero: the loss is linear along the attack direction")
+    slope = float(np.polyfit(np.log(eps_grid), np.log(gaps), 1)[0])
+    return Verdict(f"Proposition 3: augmented - penalised = O(eps^2) (p={_check_q(p):g})", "Proposition 3", 2.0,
+                   slope, (2 - slope_tol, 2 + slope_tol), bool(abs(slope - 2) <= slope_tol),
+                   f"log-log slope over eps in [{min(eps_grid):.0e}, {max(eps_grid):.0e}], float64",
+                   {"gaps": gaps.tolist(), "eps": list(map(float, eps_grid))})
+
+
+def check_proposition3_on_net(model: Any, x: Any, label: int, p: float | str = math.inf,
+                              eps_grid: Sequence[float] = tuple(np.geomspace(1e-5, 1e-3, 7))) -> Verdict:
+    """:func:`check_proposition3_numeric` on a torch classifier at one input (cross-entropy, float64)."""
+    import torch
+    from torch.nn import functional as F
+
+    from advdim.gradients import input_gradient
+
+    model = model.double().eval()
+    x0 = x.detach().double().reshape(1, *x.shape[-3:]) if x.dim() >= 3 else x.detach().double().reshape(1, -1)
+    y = torch.tensor([label])
+    shape = x0.shape
+
+    def loss(v: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(F.cross_entropy(model(torch.from_numpy(v).reshape(shape)), y))
+
+    g = input_gradient(model, x0, "loss", labels=y).numpy().reshape(-1)
+    return check_proposition3_numeric(loss, x0.numpy().reshape(-1), g, p, eps_grid)
+
+
+# --------------------------------------------------------------------------------------------
+# One neuron with many inputs (Section 3.1)
+# --------------------------------------------------------------------------------------------
+
+
+def one_neuron() -> Statement:
+    """Section 3.1: ``o = w . x``, ``Var w_i = 1/d``: ``eps_p ||d_x o||_q ~ eps_inf sqrt(d)`` for every p."""
+    d, q, eps_inf = sp.symbols("d q epsilon_inf", positive=True)
+    mq = sp.Symbol("E|Z|^q", positive=True)
+    norm = (d * mq) ** (1 / q) / sp.sqrt(d)  # E||w||_q ~ (d E|w_i|^q)^(1/q), |w_i| ~ |Z|/sqrt(d)
+    vuln = sp.simplify(eps_inf * d ** (1 - 1 / q) * norm)  # eps_p = eps_inf d^(1/p), 1/p = 1 - 1/q
+    return Statement("one neuron", "Section 3.1, eq. (6)", sp.Eq(sp.Symbol("epsilon_p*E||d_x o||_q"), vuln),
+                     "with variance 1/d the coordinates are ~1/sqrt(d), so the attack adds up to eps_inf sqrt(d)")
+
+
+def one_neuron_vulnerability(d: int, q: float | str, eps_inf: float = 1.0) -> float:
+    """Predicted ``eps_p E||w||_q`` for ``w ~ N(0, I/d)`` (exact for q = 1, delta method else)."""
+    q = _check_q(q)
+    p = dual(q)
+    norm = _gauss.expected_q_norm(np.array([1.0 / d]), np.array([float(d)]), q)
+    return eq3_epsilon(eps_inf, d, p) * norm
+
+
+def check_one_neuron(dims: Sequence[int] = (16, 64, 256, 1024), q: float | str = 1, n: int = 400,
+                     seed: int = 0, sigmas: float = 5.0,
+                     predicted: Callable[[int, float], float] | None = None) -> Verdict:
+    """Monte Carlo of ``eps_p ||w||_q`` against :func:`one_neuron_vulnerability` at every d (5 standard errors).
+
+    With Bonferroni over the ``len(dims)`` cells the false-failure rate is below ``len(dims) * 5.7e-7``.
+    """
+    q = _check_q(q)
+    pred = predicted or (lambda dd, qq: one_neuron_vulnerability(dd, qq))
+    rng = np.random.default_rng(seed)
+    worst, passed, rows = 0.0, True, []
+    for dd in dims:
+        w = rng.standard_normal((n, dd)) / math.sqrt(dd)
+        vals = np.array([lp(row, q) for row in w]) * eq3_epsilon(1.0, dd, dual(q))
+        mean, se = float(vals.mean()), float(vals.std(ddof=1)) / math.sqrt(n)
+        z = abs(mean - pred(dd, q)) / se
+        worst = max(worst, z)
+        passed = passed and z <= sigmas
+        rows.append({"d": dd, "mean": mean, "se": se, "predicted": pred(dd, q)})
+    slope = float(np.polyfit(np.log(dims), np.log([r["mean"] for r in rows]), 1)[0])
+    return Verdict(f"one neuron: eps_p E||d_x o||_q = c_q sqrt(d) (q={q:g})", "Section 3.1", 0.5, slope,
+                   None, bool(passed), f"{n} draws per d, worst deviation {worst:.2f} standard errors (<= {sigmas:g})",
+                   {"cells": rows})
