@@ -4,7 +4,8 @@
 hypotheses hold (with reasons), ``E||d_x f_k||_2^2`` exactly (path sum on the real graph) and as
 a SymPy expression in ``d``, the asymptotic exponents of ``E||d_x f_k||_q`` and the finite-d
 prediction over the given sizes.  The first-order statements of Section 2 (Lemma 2, eq. 3,
-Proposition 3) and the one-neuron toy of Section 3.1 are exported here too (``lemma2``, ``eq3``, ``proposition3``, ``one_neuron`` and their checkers).
+Proposition 3) and the one-neuron toy of Section 3.1 are exported here
+too (``lemma2``, ``eq3``, ``proposition3``, ``one_neuron`` and their checkers).
 
 Importing this package does not import torch (the numeric checkers import it when called).
 """

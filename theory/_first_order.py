@@ -91,7 +91,7 @@ def lemma2_maximiser(g: np.ndarray, p: float | str, eps: float = 1.0) -> np.ndar
 
 def check_lemma2(g: np.ndarray, p: float | str, eps: float = 1.0, n_random: int = 2000, seed: int = 0,
                  maximiser: Callable[[np.ndarray, float, float], np.ndarray] = lemma2_maximiser) -> Verdict:
-    """The maximiser attains ``eps ||g||_q``, lies on the ``l_p`` sphere, and random feasible directions do not beat it."""
+    """The maximiser attains ``eps ||g||_q`` on the ``l_p`` sphere; random feasible directions do not beat it."""
     p = _check_q(p)
     q = dual(p)
     g = np.asarray(g, dtype=np.float64)
@@ -189,7 +189,7 @@ def proposition3() -> Statement:
 
 def proposition3_gaps(loss: Callable[[np.ndarray], float], x: np.ndarray, grad: np.ndarray, p: float | str,
                       eps_grid: Sequence[float]) -> np.ndarray:
-    """``|(L(x) + L(x + eps delta))/2 - L(x) - eps/2 ||g||_q|`` for each eps (``delta`` of Lemma 2, ``||delta||_p = 1``)."""
+    """``|(L(x) + L(x + eps delta))/2 - L(x) - eps/2 ||g||_q|`` per eps (Lemma 2 ``delta``, ``||delta||_p = 1``)."""
     p = _check_q(p)
     delta = lemma2_maximiser(grad, p)
     base = loss(x)
