@@ -1,0 +1,114 @@
+"""The batched engine against the plain per-net computation, and the exact shortcut in distribution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from advdim.simulate._engine import (
+    Scheme,
+    draw_stack,
+    input_gradients,
+    sample_norms,
+    shortcut_applies,
+    shortcut_gradients,
+    stack_modules,
+)
+from scipy import stats
+
+from advdim.arch import family, sample_family
+from advdim.build import build
+from advdim.errors import AdvdimError
+from advdim.gradients import Target, input_gradient, lp_norm
+
+FAMILIES = ["dense", "strided", "avgpool", "maxpool", "gap"]
+#: level of every two-sample test below (fixed seeds: the outcome is deterministic; a correct
+#: shortcut fails a given test with probability KS_ALPHA over seeds)
+KS_ALPHA = 1e-3
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("scheme", [Scheme.GROUPED, Scheme.SPLIT])
+def test_engine_equals_plain_autograd(name: str, scheme: Scheme) -> None:
+    """Shortcuts off: the batched engine equals build + gradients net by net, to 1e-5 (float32)."""
+    for t in range(2):
+        spec = sample_family(name, np.random.default_rng([7, t])).spec(16)
+        nets = [build(spec, seed=100 + r) for r in range(3)]
+        stack = stack_modules(nets, spec)
+        gen = torch.Generator().manual_seed(t)
+        x = torch.randn(4, 3, *spec.input_shape, generator=gen)
+        labels = torch.randint(0, spec.n_classes, (4, 3), generator=gen)
+        for target in Target:
+            g = input_gradients(stack, x, target, 2, labels, scheme)
+            for r, net in enumerate(nets):
+                ref = input_gradient(net, x[:, r], target, 2, labels[:, r])
+                for q in (1, 2, math.inf):
+                    a, b = lp_norm(g[:, r], q), lp_norm(ref, q)
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_draw_stack_has_he_variance() -> None:
+    spec = family("strided", channels=8).spec(8)
+    stack = draw_stack(spec, 50, torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = stack.weights[0]
+    assert w is not None
+    n = w.numel()
+    ratio = float((w**2).mean() / (2.0 / (3 * 9)))
+    # chi-square with n dof: 5 standard errors sqrt(2/n) (false failure < 1e-6)
+    assert abs(ratio - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_shortcut_applies_only_to_dense_chains() -> None:
+    assert shortcut_applies(family("dense", widths=(8, 8)).spec(4))
+    assert shortcut_applies(family("dense", widths=()).spec(4))
+    assert not shortcut_applies(family("strided").spec(8))
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    return float(stats.ks_2samp(a.ravel(), b.ravel()).pvalue)
+
+
+@pytest.mark.parametrize("target", ["logit", "loss"])
+@pytest.mark.parametrize("widths", [(), (32,), (64, 16, 32)])
+def test_shortcut_equal_in_distribution(target: str, widths: tuple[int, ...]) -> None:
+    """KS two-sample test at level KS_ALPHA: shortcut norms vs plain engine norms (one input per net)."""
+    spec = family("dense", widths=widths).spec(8)
+    fast = sample_norms(spec, 3000, 1, seed=1, target=target, exact_shortcuts=True, dtype=torch.float64)
+    plain = sample_norms(spec, 3000, 1, seed=2, target=target, exact_shortcuts=False, dtype=torch.float64)
+    for key in ("1", "2", "inf"):
+        assert _ks(fast[key], plain[key]) > KS_ALPHA, key
+
+
+def test_ks_detects_a_wrong_shortcut() -> None:
+    """The same test rejects a shortcut with a 10% error in the weight scale (the test has power)."""
+    spec = family("dense", widths=(32,)).spec(4, channels=1)
+    x = torch.randn(3000, *spec.input_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    good = shortcut_gradients(spec, x, torch.Generator().manual_seed(1))
+    wrong = good * 1.1  # a 10% error in the weight scale
+    plain = sample_norms(spec, 3000, 1, seed=3, exact_shortcuts=False, dtype=torch.float64)["2"]
+    assert _ks(lp_norm(good, 2).numpy(), plain) > KS_ALPHA
+    assert _ks(lp_norm(wrong, 2).numpy(), plain) < KS_ALPHA
+
+
+def test_sample_norms_shapes_and_errors() -> None:
+    spec = family("maxpool", channels=4).spec(8)
+    out = sample_norms(spec, 2, 3, seed=0)
+    assert set(out) == {"1", "2", "inf", "sq2"} and out["2"].shape == (2, 3)
+    np.testing.assert_allclose(out["sq2"], out["2"] ** 2, rtol=1e-9)
+    assert np.all(out["inf"] <= out["2"]) and np.all(out["2"] <= out["1"])
+    again = sample_norms(spec, 2, 3, seed=0)
+    np.testing.assert_array_equal(out["1"], again["1"])  # seeded
+    with pytest.raises(AdvdimError):
+        sample_norms(spec, 2, 3, scheme="bogus")
+    with pytest.raises(AdvdimError):
+        sample_norms(spec, 2, 3, images=torch.zeros(5, 1, 8, 8))
+
+
+def test_images_as_inputs() -> None:
+    spec = family("dense", widths=(16,)).spec(4, channels=1)
+    images = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = sample_norms(spec, 4, 2, seed=0, images=images, exact_shortcuts=True)
+    b = sample_norms(spec, 4, 2, seed=0, images=images, exact_shortcuts=False)
+    assert np.all(np.isfinite(a["2"])) and np.all(np.isfinite(b["2"]))

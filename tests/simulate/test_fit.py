@@ -1,0 +1,69 @@
+"""Slope fits and the verdict's power analysis: known exponents, planted errors, rates by simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from advdim.simulate._fit import ALPHA, SE_FOR_POWER, fit_slope, power, ratio_fit, slope_test
+from scipy import stats
+
+from advdim.errors import AdvdimError
+
+D = np.array([192.0, 768.0, 3072.0, 12288.0])
+
+
+def _synthetic(exponent: float, topologies: int, noise: float, seed: int) -> np.ndarray:
+    """Per-topology means c_t d^exponent with log-normal Monte Carlo noise."""
+    rng = np.random.default_rng(seed)
+    c = rng.lognormal(0.0, 0.5, size=(topologies, 1))
+    return c * D**exponent * np.exp(rng.normal(0.0, noise, size=(topologies, D.size)))
+
+
+@pytest.mark.parametrize("exponent", [0.5, 0.0, -0.37])
+def test_fit_recovers_a_known_exponent(exponent: float) -> None:
+    fit = fit_slope(D, _synthetic(exponent, 200, 0.2, seed=1), seed=0)
+    # 5 bootstrap standard errors (false failure ~ 6e-7 under normality)
+    assert abs(fit.slope - exponent) < 5 * fit.se
+    assert fit.ci[0] < fit.slope < fit.ci[1]
+    assert len(fit.per_topology) == 200 and all(lo <= m <= hi for lo, m, hi in zip(fit.lo, fit.means, fit.hi))
+
+
+def test_verdict_rates_by_simulation_on_synthetic_studies() -> None:
+    """300 synthetic studies: false rejection <= ALPHA and power at +-0.05 >= 0.99 when se <= SE_FOR_POWER.
+
+    Counts are binomial; the bounds below are the 0.999 quantiles (false failure of this test < 2e-3).
+    """
+    reps, exponent = 300, 0.5
+    fr = rp = rm = 0
+    ses = []
+    for i in range(reps):
+        fit = fit_slope(D, _synthetic(exponent, 150, 0.15, seed=100 + i), seed=i, n_boot=400)
+        ses.append(fit.se)
+        fr += not slope_test(fit.slope, exponent, fit.se)[0]
+        rp += not slope_test(fit.slope + 0.05, exponent, fit.se)[0]
+        rm += not slope_test(fit.slope - 0.05, exponent, fit.se)[0]
+    assert max(ses) <= SE_FOR_POWER
+    assert fr <= stats.binom.ppf(0.999, reps, ALPHA)
+    assert reps - rp <= stats.binom.ppf(0.999, reps, 0.01) and reps - rm <= stats.binom.ppf(0.999, reps, 0.01)
+
+
+def test_power_formula() -> None:
+    assert power(SE_FOR_POWER) == pytest.approx(0.99, abs=1e-4)
+    assert power(0.05) < 0.5
+    assert slope_test(0.5, 0.5, 0.01) == (True, pytest.approx(0.02576, abs=1e-4))
+    assert not slope_test(0.55, 0.5, 0.01)[0]
+
+
+def test_ratio_fit() -> None:
+    m = np.full((10, 3), 2.0) * np.random.default_rng(0).lognormal(0, 0.1, (10, 3))
+    ratio, se = ratio_fit(m, np.full((10, 3), 2.0))
+    assert abs(ratio - 1) < 5 * se
+
+
+def test_fit_preconditions() -> None:
+    with pytest.raises(AdvdimError):
+        fit_slope(D[:1], np.ones((3, 1)))
+    with pytest.raises(AdvdimError):
+        fit_slope(D, -np.ones((3, 4)))
+    with pytest.raises(AdvdimError):
+        fit_slope(D, np.ones((3, 3)))

@@ -1,0 +1,90 @@
+"""Studies against the theory on a small budget, planted errors, the verify checks, CLI JSON and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from advdim.simulate import _checks as checks
+from advdim.simulate import plot_family, study
+from advdim.simulate._fit import ALPHA
+from advdim.simulate._power import rates
+from scipy import stats
+
+from advdim.checks import Budget, Scale
+from advdim.cli import main
+from advdim.errors import AdvdimError
+
+pytest.importorskip("advdim.theory", reason="needs advdim.theory.predict")
+from advdim.theory import predict  # noqa: E402,F401  (the finite-d law the verdicts compare with)
+
+TINY = Budget(Scale.TINY, seed=0, device="cpu")
+PLANTED = Budget(Scale.TINY, seed=0, device="cpu", plant_exponent=0.5)
+
+
+@pytest.mark.parametrize("check", [checks.check_dense, checks.check_strided, checks.check_avgpool])
+def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: ignore[no-untyped-def]
+    """Dense and strided match 1/q - 1/2 (finite-d), avgpool its own law; each verdict at level ALPHA."""
+    verdicts = check(TINY)
+    slopes = [v for v in verdicts if "slope of" in v.claim]
+    assert len(slopes) == 3 and all(v.predicted is not None for v in slopes)
+    assert all(v.passed for v in verdicts), [v.claim for v in verdicts if not v.passed]
+    for v in slopes:
+        if "dense" in v.claim or "strided" in v.claim:
+            q = v.claim.split("||_")[1].split(" ")[0]
+            if q != "inf":  # q = inf carries the extreme-value log term at finite d
+                assert abs(v.predicted - (1 / float(q) - 0.5)) < 0.01
+
+
+@pytest.mark.parametrize("check", [checks.check_dense, checks.check_strided, checks.check_avgpool])
+def test_planted_exponent_error_fails(check) -> None:  # type: ignore[no-untyped-def]
+    slopes = [v for v in check(PLANTED) if "slope of" in v.claim]
+    assert slopes and all(v.passed is False for v in slopes)
+
+
+def test_maxpool_has_measured_slopes_and_no_prediction() -> None:
+    verdicts = checks.check_maxpool(TINY)
+    assert len(verdicts) == 3
+    assert all(v.passed is None and v.predicted is None and v.interval is not None for v in verdicts)
+
+
+def test_verdict_rates_by_simulation_on_the_dense_engine() -> None:
+    """60 replicate dense studies (engine + shortcut): false rejections and power at +-0.05.
+
+    Binomial bounds: <= 3 false rejections (P(>= 4 | p = 0.01) = 3e-3), >= 57 rejections of each
+    planted error (P(<= 56 | p = 0.99) = 3e-3).
+    """
+    r = rates("dense", 60, (8, 32), nets=30, draws=2, inputs=4, channels=3)
+    assert sum(r.false_reject.values()) <= 3 * len(r.false_reject)
+    for key in r.false_reject:
+        assert r.false_reject[key] <= stats.binom.ppf(0.997, 60, ALPHA)
+        assert r.reject_plus[key] >= 57 and r.reject_minus[key] >= 57
+
+
+def test_study_json_record_and_plots(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    res = study("dense", (4, 8), 1, nets=6, inputs=2, seed=3, draws=2, progress=False)
+    js = res.to_json()
+    assert set(js) == {"family", "sizes", "nets", "q"} and set(js["q"]) == {"1", "2", "inf"}
+    assert set(js["q"]["2"]) == {"predicted_slope", "measured_slope", "ci", "pass"}
+    rec = res.to_record()
+    assert len(rec["values"]["2"]) == 6 and rec["prefactor"]["ratio"] is not None
+    paths = plot_family(res, tmp_path)
+    assert {p.suffix for p in paths} == {".png", ".svg"} and all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(AdvdimError):
+        study("dense", (4,), 1, nets=6, progress=False)
+    with pytest.raises(AdvdimError):
+        study("nope", (4, 8), 1, nets=6, progress=False)
+
+
+def test_cli_json(capsys) -> None:  # type: ignore[no-untyped-def]
+    rc = main(["simulate", "--family", "dense", "--family", "strided", "--sizes", "8,16", "--nets", "4",
+               "--inputs", "1", "--draws", "1", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["family"] for d in data] == ["dense", "strided"]
+    for d in data:
+        assert d["sizes"] == [8, 16] and d["nets"] == 4
+        for q in ("1", "2", "inf"):
+            assert set(d["q"][q]) == {"predicted_slope", "measured_slope", "ci", "pass"}
+    assert main(["simulate", "--family", "bogus"]) == 2
+    assert main(["simulate", "--resume"]) == 2
