@@ -5,5 +5,66 @@ from __future__ import annotations
 import typer
 
 
+def _sizes(text: str) -> list[int]:
+    from advdim.errors import AdvdimError
+
+    try:
+        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise AdvdimError(f"--sizes must be integers separated by commas, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise AdvdimError(f"--sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to ``app``."""
+
+    @app.command("theory")
+    def theory(
+        target: str = typer.Argument(..., help="family, family(key=value,...) or spec text 'CxHxW > layer > ...'"),
+        sizes: str = typer.Option("8,16,32,64", "--sizes", help="input sides s of a family (d = C s^2)"),
+        channels: int = typer.Option(3, "--channels", "-c", help="input channels C"),
+        init: str = typer.Option("he", "--init", help="he, torch, glorot, lecun or orthogonal"),
+        logit: int = typer.Option(0, "--logit", help="index k of the logit f_k"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    ) -> None:
+        """The law of ||d_x f_k||_q predicted by the paper's path-sum argument (Theorems 4-5, Corollary 6)."""
+        from advdim.theory import predict
+
+        from advdim.arch import parse, parse_family
+        from advdim.cli import emit_json, out, table
+
+        obj = parse(target) if ">" in target else parse_family(target)
+        pred = predict(obj, _sizes(sizes), channels, init, logit)
+        if as_json:
+            emit_json(pred.to_json())
+            return
+        rows = [[k, "yes" if pred.hypotheses[k] else "NO", pred.reasons[k]] for k in pred.hypotheses]
+        out.print(table(f"hypotheses: {obj.to_text()} (init {pred.init})", ["", "holds", "why"], rows))
+        if not pred.has_law:
+            out.print(pred.reasons.get('law', 'no law'), highlight=False)
+            return
+        out.print(f"E||d_x f_k||_2^2 = {pred.grad_sq_norm_expr}"
+                  + ("" if pred.expr_exact else "   (bulk law; exact path sums below)"), highlight=False)
+        if pred.beta is not None:
+            out.print(f"E||d_x f_k||_q ~ d^(1/q - 1/2 + beta/2), beta = {pred.beta:.4g};  q = inf: d^(-1/2 + beta/2)"
+                      " sqrt(2 log 2d)", highlight=False)
+        out.print("coordinates ~ N(0, sigma_i^2) with sigma_i^2 the exact path sums; "
+                  "E||g||_q = (sum sigma_i^q E|Z|^q)^(1/q) (delta-method Jensen term), q = inf by extreme values",
+                  highlight=False)
+        if "law" in pred.reasons:
+            out.print(f"note: {pred.reasons['law']}", highlight=False)
+        size_rows = []
+        for s in pred.sizes:
+            size_rows.append([s, pred.dim(s), _fmt(pred.grad_sq_norm(s), 6),
+                              *(_fmt(pred.expected_norm(q, s), 5) for q in (1, 2, float("inf"))),
+                              f"{100 * pred.breaking_share.get(s, 0.0):.1f}%"])
+        out.print(table("finite-d prediction", ["s", "d", "E||g||_2^2", "E||g||_1", "E||g||_2", "E||g||_inf",
+                                                 "S-breaking nodes"], size_rows))
+        out.print(table("exponents in d", ["q", "asymptotic exponent", "predicted slope over sizes"],
+                        [[q, _fmt(pred.exponent[q]), _fmt(pred.predicted_slope[q])] for q in ("1", "2", "inf")]))
