@@ -1,0 +1,63 @@
+"""Finite-d Gaussian norms, slopes, inits and the loss law."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from advdim.theory import loss_weight, predict
+from advdim.theory._gauss import expected_q_norm
+
+from advdim.arch import family
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, 3.0, math.inf])
+def test_expected_q_norm_matches_sampling(q: float) -> None:
+    # two variance classes (as with zero padding); 4000 samples, 5 standard errors (false failure ~6e-7)
+    values, counts = np.array([0.5, 2.0]), np.array([30.0, 10.0])
+    rng = np.random.default_rng(0)
+    sig = np.sqrt(np.repeat(values, counts.astype(int)))
+    g = rng.standard_normal((4000, sig.size)) * sig
+    norms = np.abs(g).max(axis=1) if math.isinf(q) else (np.abs(g) ** q).sum(axis=1) ** (1 / q)
+    se = norms.std(ddof=1) / math.sqrt(norms.size)
+    # the delta-method Jensen term is O(1/d^2) off at d = 40: far below the standard error here
+    assert abs(norms.mean() - expected_q_norm(values, counts, q)) < 5 * se
+
+
+def test_planted_wrong_max_law_fails_sampling() -> None:
+    # sigma sqrt(2 log 2d), the asymptotic extreme value, is visibly off at d = 40
+    rng = np.random.default_rng(0)
+    norms = np.abs(rng.standard_normal((4000, 40))).max(axis=1)
+    se = norms.std(ddof=1) / math.sqrt(norms.size)
+    assert abs(norms.mean() - math.sqrt(2 * math.log(80))) > 5 * se
+    assert abs(norms.mean() - expected_q_norm(np.array([1.0]), np.array([40.0]), math.inf)) < 5 * se
+
+
+def test_exponents_and_finite_slopes_he() -> None:
+    pred = predict(family("dense", widths=(64,)), sizes=(8, 16, 32, 64))
+    assert pred.exponent == {"1": 0.5, "2": 0.0, "inf": -0.5}
+    assert pred.predicted_slope["1"] == pytest.approx(0.5, abs=1e-9)
+    assert pred.predicted_slope["2"] == pytest.approx(0.0, abs=1e-3)
+    # the extreme-value term: the finite-d slope of E max is shallower than -1/2
+    assert -0.5 < pred.predicted_slope["inf"] < -0.35
+    assert pred.exponent_q(4) == pytest.approx(-0.25)
+
+
+def test_other_inits_change_the_constant_and_the_exponent_with_depth() -> None:
+    lecun = predict(family("strided"), sizes=(8, 16, 32), init="lecun")
+    # LeCun halves E||g||^2 per ReLU layer; the strided family adds one layer per doubling of s
+    assert lecun.beta == pytest.approx(-0.5)
+    assert lecun.exponent["2"] == pytest.approx(-0.25)
+    dense = predict(family("dense", widths=(64,)), sizes=(8, 16), init="lecun")
+    assert dense.grad_sq_norm_expr == pytest.approx(0.5) and dense.beta == 0.0  # depth fixed: constant only
+
+
+def test_loss_law() -> None:
+    pred = predict(family("dense", widths=(64,)), sizes=(8, 16))
+    k = 10
+    assert loss_weight(k) == pytest.approx(math.sqrt(0.9))
+    assert pred.expected_loss_norm(2, 8) == pytest.approx(math.sqrt(0.9) * pred.expected_norm(2, 8))
+    assert pred.expected_loss_norm(1, 8, softmax_weight=0.5) == pytest.approx(0.5 * pred.expected_norm(1, 8))
+    with pytest.raises(ValueError):
+        loss_weight(k, 3.0)
