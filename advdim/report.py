@@ -49,6 +49,9 @@ from advdim.verdict import Verdict
 
 #: colours of the three outcomes (also used in the HTML)
 COLOURS = {True: "#1a7f37", False: "#cf222e", None: "#6e7781"}
+_PART_TITLES = {"core": "Core", "theory": "Theory (symbolic derivations)",
+                "simulate": "Simulation (Monte Carlo at initialisation)", "empirical": "Training on real images",
+                "measure": "Your model"}
 _PART_COLOURS = {"core": "#6e7781", "theory": "#8250df", "simulate": "#0969da", "empirical": "#bf8700",
                  "measure": "#0969da"}
 
@@ -147,6 +150,11 @@ def _load_run(store: RunStore, run_id: str) -> tuple[dict[str, Any], list[dict[s
     return meta, [r["result"] for r in recs]
 
 
+def _nums(vals: Sequence[Any]) -> list[float]:
+    """Numbers for plotting: none becomes NaN (a gap)."""
+    return [math.nan if (x := _num(v)) is None else x for v in vals]
+
+
 def _num(v: Any) -> float | None:
     if v is None:
         return None
@@ -176,6 +184,7 @@ class _Figure:
     caption: str
     png: Path
     svg: Path | None
+    part: str = ""
 
 
 def _save(fig: Any, folder: Path, name: str) -> tuple[Path, Path]:
@@ -259,18 +268,17 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
         cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for k, (r, s) in enumerate(members):
             col = cycle[k % len(cycle)]
-            x = [_num(v) for v in s["x"]]
-            y = [_num(v) for v in s["y"]]
+            x = _nums(s["x"])
+            y = _nums(s["y"])
             label = str(s.get("label") or r["claim"])
             mark = "" if r.get("passed") is None else f" ({status(r.get('passed'))})"
             if s.get("lo") and s.get("hi"):
-                ax.fill_between(x, [_num(v) for v in s["lo"]], [_num(v) for v in s["hi"]], color=col, alpha=0.18,
-                                lw=0)
+                ax.fill_between(x, _nums(s["lo"]), _nums(s["hi"]), color=col, alpha=0.18, lw=0)
             ax.plot(x, y, "o", color=col, label=f"{label}{mark}", zorder=3)
             if s.get("fit"):
-                ax.plot(x, [_num(v) for v in s["fit"]], "-", color=col, lw=1.2)
+                ax.plot(x, _nums(s["fit"]), "-", color=col, lw=1.2)
             if s.get("predicted"):
-                ax.plot(x, [_num(v) for v in s["predicted"]], "--", color=col, lw=1.2, alpha=0.9)
+                ax.plot(x, _nums(s["predicted"]), "--", color=col, lw=1.2, alpha=0.9)
         if loglog:
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -290,7 +298,7 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
                             "Points: measured values (band: their confidence interval); solid line: the fitted law; "
                             "dashed line: the law the paper predicts"
                             + (" (log-log axes: a power law d^a is a straight line of slope a)." if loglog else "."),
-                            png, svg))
+                            png, svg, str(members[0][0]["part"])))
     return figs
 
 
@@ -333,8 +341,9 @@ def _external_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
                 svg = folder / twin.name
                 if twin.resolve() != svg.resolve():
                     shutil.copyfile(twin, svg)
-            figs.append(_Figure(dst.stem, f"{r['claim']}", f"Drawn by the check '{r['check']}' ({r['reference']}).",
-                                dst, svg))
+            figs.append(_Figure(dst.stem, f"{r['check']}: {dst.stem}",
+                                f"Drawn by the check '{r['check']}' ({r['reference']}) from its own data.", dst, svg,
+                                str(r["part"])))
     return figs
 
 
@@ -394,7 +403,8 @@ tr.fail td{background:#ffebe9}tr.fail td.v{color:#cf222e;font-weight:700}tr.pass
 tr.na td.v{color:#6e7781}.detail{color:#57606a;font-size:11px;margin-top:2px}
 pre{background:#fff;border:1px solid #d0d7de;padding:8px;overflow-x:auto;font-size:12px}
 .figs{display:flex;flex-wrap:wrap;gap:16px}
-figure{background:#fff;border:1px solid #d0d7de;margin:0;padding:10px;max-width:100%}
+figure{background:#fff;border:1px solid #d0d7de;margin:0;padding:10px;flex:1 1 520px;max-width:575px}
+figure.wide{flex:1 1 100%;max-width:100%}h3{font-size:15px;margin:18px 0 8px}
 figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#57606a;max-width:640px;margin-top:6px}
 .wide img{max-width:1140px}.note{color:#9a6700}
@@ -446,8 +456,16 @@ def _html(meta: dict[str, Any], rows: list[dict[str, Any]], overview: _Figure | 
     body.append("</tbody></table>")
     if overview is not None:
         body.append("<h2>At a glance</h2>" + _figure_html(overview, wide=True))
+    def wide(f: _Figure) -> bool:  # multi-panel pictures (width > 2 x height) take a full row
+        head = f.png.read_bytes()[:24]
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return head[:8] == b"\x89PNG\r\n\x1a\n" and w > 2 * h
+
     if figs:
-        body.append('<h2>Plots</h2><div class="figs">' + "".join(_figure_html(f) for f in figs) + "</div>")
+        body.append("<h2>Plots</h2>")
+        for part in dict.fromkeys(f.part for f in figs):
+            body.append(f"<h3>{e(_PART_TITLES.get(part, part))}</h3><div class=\"figs\">"
+                        + "".join(_figure_html(f, wide(f)) for f in figs if f.part == part) + "</div>")
     body.append("<h2>Run</h2><p>Command:</p><pre>" + e(meta["command"]) + "</pre>")
     settings = {"scale": meta.get("scale") or "-", "seed": str(meta["seed"]), "device": meta["device"],
                 "started": meta.get("started", "-"), "wall time": f"{meta['seconds']:.1f} s",
