@@ -307,7 +307,7 @@ def path_degree_classes(spec: Spec, logit: int = 0) -> Classes:
     >>> path_degree_classes(parse_).symmetric
     True
     >>> path_degree_classes(parse("1x8x8 > conv(2,k=3,pad=zeros) > relu > flatten > dense(3)")).breaking_share
-    0.4375
+    0.75
     """
     check_logit(spec, logit)
     intern = _Interner()
