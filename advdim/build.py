@@ -17,7 +17,6 @@ the same numbers on every device.
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import Literal
 
@@ -39,39 +38,7 @@ from advdim.arch import (
     Spec,
 )
 from advdim.errors import AdvdimError, SpecError
-
-
-class Init(enum.Enum):
-    """Weight initialisation schemes."""
-
-    HE = "he"  # N(0, 2/fan_in), biases 0 (the paper's H3)
-    TORCH = "torch"  # PyTorch's default (Kaiming-uniform with a = sqrt(5))
-    GLOROT = "glorot"  # N(0, 2/(fan_in + fan_out)), biases 0
-    LECUN = "lecun"  # N(0, 1/fan_in), biases 0
-    ORTHOGONAL = "orthogonal"  # (semi-)orthogonal rows scaled by sqrt(2), biases 0
-
-    @classmethod
-    def parse(cls, text: str | Init) -> Init:
-        if isinstance(text, Init):
-            return text
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            raise AdvdimError(
-                f"unknown init scheme {text!r} (expected one of: {', '.join(i.value for i in cls)})"
-            ) from None
-
-    def weight_variance(self, fan_in: int, fan_out: int) -> float:
-        """Per-weight variance of the scheme (orthogonal: the variance of a row-normalised entry)."""
-        if self is Init.HE:
-            return 2.0 / fan_in
-        if self is Init.LECUN:
-            return 1.0 / fan_in
-        if self is Init.GLOROT:
-            return 2.0 / (fan_in + fan_out)
-        if self is Init.TORCH:
-            return 1.0 / (3.0 * fan_in)  # uniform(-b, b), b = 1/sqrt(fan_in): b^2/3
-        return 2.0 / max(fan_in, fan_out)  # orthogonal with gain sqrt(2)
+from advdim.inits import Init
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

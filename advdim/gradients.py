@@ -26,6 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from advdim.errors import AdvdimError
+from advdim.norms import check_q, dual
+
+__all__ = ["Target", "check_finite_params", "check_q", "dual", "grad_norms", "input_gradient", "lp_norm", "mode"]
 
 
 class Target(enum.Enum):
@@ -42,31 +45,6 @@ class Target(enum.Enum):
             return cls(str(text).strip().lower())
         except ValueError:
             raise AdvdimError(f"unknown target {text!r} (expected logit or loss)") from None
-
-
-def check_q(q: float | str) -> float:
-    """Validate a norm order: a number >= 1 or ``inf`` (also the strings ``"inf"``)."""
-    if isinstance(q, str):
-        text = q.strip().lower()
-        if text in ("inf", "infinity", "oo"):
-            return math.inf
-        try:
-            q = float(text)
-        except ValueError:
-            raise AdvdimError(f"norm order q must be a number >= 1 or inf, got {text!r}") from None
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q < 1:
-        raise AdvdimError(f"norm order q must be >= 1 or inf, got {q!r}")
-    return float(q)
-
-
-def dual(p: float) -> float:
-    """The dual exponent ``q`` with ``1/p + 1/q = 1`` (``1 <-> inf``)."""
-    p = check_q(p)
-    if p == 1:
-        return math.inf
-    if math.isinf(p):
-        return 1.0
-    return p / (p - 1)
 
 
 def lp_norm(g: torch.Tensor, q: float | str) -> torch.Tensor:

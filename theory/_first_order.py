@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import sympy as sp
 from advdim.theory import _gauss
-from advdim.theory._law import _check_q
 
 from advdim.errors import AdvdimError
+from advdim.norms import check_q
 from advdim.verdict import Verdict
 
 
@@ -33,7 +33,7 @@ class Statement:
 
 def dual(p: float | str) -> float:
     """``q`` with ``1/p + 1/q = 1`` (``1 <-> inf``)."""
-    p = _check_q(p)
+    p = check_q(p)
     return math.inf if p == 1 else (1.0 if math.isinf(p) else p / (p - 1))
 
 
@@ -68,7 +68,7 @@ def lemma2_maximiser(g: np.ndarray, p: float | str, eps: float = 1.0) -> np.ndar
     >>> lemma2_maximiser(np.array([3.0, -4.0]), 2)
     array([ 0.6, -0.8])
     """
-    p = _check_q(p)
+    p = check_q(p)
     g = np.asarray(g, dtype=np.float64)
     if not np.all(np.isfinite(g)):
         raise AdvdimError("the gradient holds NaN or infinite values")
@@ -92,7 +92,7 @@ def lemma2_maximiser(g: np.ndarray, p: float | str, eps: float = 1.0) -> np.ndar
 def check_lemma2(g: np.ndarray, p: float | str, eps: float = 1.0, n_random: int = 2000, seed: int = 0,
                  maximiser: Callable[[np.ndarray, float, float], np.ndarray] = lemma2_maximiser) -> Verdict:
     """The maximiser attains ``eps ||g||_q`` on the ``l_p`` sphere; random feasible directions do not beat it."""
-    p = _check_q(p)
+    p = check_q(p)
     q = dual(p)
     g = np.asarray(g, dtype=np.float64)
     delta = maximiser(g, p, eps)
@@ -132,7 +132,7 @@ def eq3_epsilon(eps_inf: float, d: int, p: float | str) -> float:
     >>> eq3_epsilon(0.01, 100, 2)
     0.1
     """
-    p = _check_q(p)
+    p = check_q(p)
     if d < 1 or eps_inf < 0:
         raise AdvdimError(f"need d >= 1 and eps_inf >= 0, got d={d}, eps_inf={eps_inf}")
     return float(eps_inf) if math.isinf(p) else float(eps_inf * d ** (1 / p))
@@ -190,7 +190,7 @@ def proposition3() -> Statement:
 def proposition3_gaps(loss: Callable[[np.ndarray], float], x: np.ndarray, grad: np.ndarray, p: float | str,
                       eps_grid: Sequence[float]) -> np.ndarray:
     """``|(L(x) + L(x + eps delta))/2 - L(x) - eps/2 ||g||_q|`` per eps (Lemma 2 ``delta``, ``||delta||_p = 1``)."""
-    p = _check_q(p)
+    p = check_q(p)
     delta = lemma2_maximiser(grad, p)
     base = loss(x)
     gq = lp(grad, dual(p))
@@ -209,7 +209,7 @@ def check_proposition3_numeric(loss: Callable[[np.ndarray], float], x: np.ndarra
     if np.any(gaps <= 0):
         raise AdvdimError("a gap is exactly zero: the loss is linear along the attack direction")
     slope = float(np.polyfit(np.log(eps_grid), np.log(gaps), 1)[0])
-    return Verdict(f"Proposition 3: augmented - penalised = O(eps^2) (p={_check_q(p):g})", "Proposition 3", 2.0,
+    return Verdict(f"Proposition 3: augmented - penalised = O(eps^2) (p={check_q(p):g})", "Proposition 3", 2.0,
                    slope, (2 - slope_tol, 2 + slope_tol), bool(abs(slope - 2) <= slope_tol),
                    f"log-log slope over eps in [{min(eps_grid):.0e}, {max(eps_grid):.0e}], float64",
                    {"gaps": gaps.tolist(), "eps": list(map(float, eps_grid))})
@@ -253,7 +253,7 @@ def one_neuron() -> Statement:
 
 def one_neuron_vulnerability(d: int, q: float | str, eps_inf: float = 1.0) -> float:
     """Predicted ``eps_p E||w||_q`` for ``w ~ N(0, I/d)`` (exact for q = 1, delta method else)."""
-    q = _check_q(q)
+    q = check_q(q)
     p = dual(q)
     norm = _gauss.expected_q_norm(np.array([1.0 / d]), np.array([float(d)]), q)
     return eq3_epsilon(eps_inf, d, p) * norm
@@ -266,7 +266,7 @@ def check_one_neuron(dims: Sequence[int] = (16, 64, 256, 1024), q: float | str =
 
     With Bonferroni over the ``len(dims)`` cells the false-failure rate is below ``len(dims) * 5.7e-7``.
     """
-    q = _check_q(q)
+    q = check_q(q)
     pred = predicted or (lambda dd, qq: one_neuron_vulnerability(dd, qq))
     rng = np.random.default_rng(seed)
     worst, passed, rows = 0.0, True, []

@@ -40,37 +40,19 @@ from advdim.arch import (
     Spec,
 )
 from advdim.errors import AdvdimError, HypothesisError
+from advdim.inits import Init
 
 #: BatchNorm at initialisation in eval mode: running mean 0, running variance 1, y = x / sqrt(1 + eps)
 BN_EPS = 1e-5
 
-INITS = ("he", "torch", "glorot", "lecun", "orthogonal")
-
-
 def init_name(init: object) -> str:
-    """The scheme name of ``init`` (an ``advdim.build.Init`` or its string), validated, without torch."""
-    name = str(getattr(init, "value", init)).strip().lower()
-    if name not in INITS:
-        raise AdvdimError(f"unknown init scheme {init!r} (expected one of: {', '.join(INITS)})")
-    return name
+    """The scheme name of ``init`` (an :class:`advdim.inits.Init` or its name), validated."""
+    return Init.parse(init if isinstance(init, Init) else str(init)).value
 
 
 def weight_variance(init: str, fan_in: int, fan_out: int, rows: int) -> float:
-    """``E[w^2]`` of one weight under ``advdim.build.init_weights``.
-
-    ``fan_in``: inputs of one unit (``C_in k^2`` or ``in_features``); ``fan_out``: ``rows * k^2``
-    (conv) or ``rows`` (dense); ``rows``: output channels / features.
-    """
-    if init == "he":
-        return 2.0 / fan_in
-    if init == "lecun":
-        return 1.0 / fan_in
-    if init == "glorot":
-        return 2.0 / (fan_in + fan_out)
-    if init == "torch":
-        return 1.0 / (3.0 * fan_in)
-    # orthogonal: orthonormal rows (rows <= fan_in) or columns, scaled by sqrt(2)
-    return 2.0 / max(rows, fan_in)
+    """``E[w^2]`` of one weight under ``advdim.build.init_weights`` (see :meth:`Init.weight_variance`)."""
+    return Init(init).weight_variance(fan_in, fan_out, rows)
 
 
 # --------------------------------------------------------------------------------------------

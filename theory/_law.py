@@ -29,6 +29,7 @@ from advdim.arch import (
     Spec,
 )
 from advdim.errors import AdvdimError, HypothesisError
+from advdim.norms import check_q
 
 #: the input dimension d = C * s^2
 d = sp.Symbol("d", positive=True)
@@ -352,7 +353,7 @@ class Prediction:
         ``sigma_i^2`` are the exact path-sum variances of the input nodes (so zero padding and
         stride artefacts are included); see :func:`advdim.theory._gauss.expected_q_norm`.
         """
-        q = _check_q(q)
+        q = check_q(q)
         if not self.has_law:
             return None
         values, counts = _profile(self.spec_at(size), self.init, self.logit)
@@ -361,14 +362,14 @@ class Prediction:
     def exponent_q(self, q: float | str) -> float | None:
         """Asymptotic exponent of ``E||d_x f_k||_q`` in d: ``1/q - 1/2 + beta/2`` (q = inf: ``-1/2 + beta/2``,
         up to the factor ``sqrt(log d)``)."""
-        q = _check_q(q)
+        q = check_q(q)
         if not self.has_law or self.beta is None:
             return None
         return (0.0 if math.isinf(q) else 1.0 / q) - 0.5 + self.beta / 2
 
     def slope_q(self, q: float | str) -> float | None:
         """Least-squares slope of ``log E||d_x f_k||_q`` against ``log d`` over ``sizes``."""
-        q = _check_q(q)
+        q = check_q(q)
         if not self.has_law or len(self.sizes) < 2:
             return None
         x = np.log([float(self.dim(s)) for s in self.sizes])
@@ -408,18 +409,6 @@ class Prediction:
         }
 
 
-def _check_q(q: float | str) -> float:
-    if isinstance(q, str):
-        text = q.strip().lower()
-        if text in ("inf", "infinity", "oo"):
-            return math.inf
-        try:
-            q = float(text)
-        except ValueError:
-            raise AdvdimError(f"norm order q must be a number >= 1 or inf, got {text!r}") from None
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q < 1:
-        raise AdvdimError(f"norm order q must be >= 1 or inf, got {q!r}")
-    return float(q)
 
 
 def loss_weight(n_classes: int, softmax_weight: float | None = None) -> float:

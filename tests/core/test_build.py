@@ -40,7 +40,7 @@ def test_he_includes_the_last_layer_and_zero_biases() -> None:
     n = last.weight.numel()
     stat = float((last.weight.detach().double() ** 2).sum()) / (2.0 / 64)
     assert stats.chi2.ppf(ALPHA / 2, n) <= stat <= stats.chi2.ppf(1 - ALPHA / 2, n)
-    assert all(float(m.bias.abs().max()) == 0.0 for m in net.modules() if isinstance(m, torch.nn.Linear))
+    assert all(float(m.bias.detach().abs().max()) == 0.0 for m in net.modules() if isinstance(m, torch.nn.Linear))
 
 
 def test_variance_verdict_says_no_on_a_planted_error() -> None:

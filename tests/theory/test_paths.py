@@ -51,7 +51,7 @@ def _edges(spec: Spec, init: Init) -> list[tuple[np.ndarray, np.ndarray, np.ndar
         if isinstance(layer, Conv):
             c_in, h, w = shp_in
             fan_in, fan_out = c_in * layer.kernel**2, layer.out_channels * layer.kernel**2
-            var = init.weight_variance(fan_in, fan_out)
+            var = init.weight_variance(fan_in, fan_out, rows=layer.out_channels)
             p = layer.pad
             if layer.padding is Padding.VALID or p == 0:
                 padded = idx_in
