@@ -242,8 +242,7 @@ def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
     ax.plot([], [], "o", color=COLOURS[True], label="measured (pass)")
     ax.plot([], [], "o", color=COLOURS[False], label="measured (FAIL)")
     ax.plot([], [], "D", mfc="white", mec="black", label="predicted")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / (0.9 + 0.3 * n) - 0.08), ncol=3, fontsize=8,
-              frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title("Verdict overview")
     png, svg = _save(fig, folder, "verdicts")
     return _Figure("verdicts", "Verdict overview",
