@@ -56,7 +56,13 @@ def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
         st = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]"}.get(st, st)
         styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
                        fmt_interval(r["interval"]), st])
-    out.print(table(title, COLUMNS, styled))
+    # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each
+    if out.is_terminal:
+        out.print(table(title, COLUMNS, styled))
+    else:
+        from rich.console import Console
+
+        Console(width=220, no_color=out.no_color).print(table(title, COLUMNS, styled))
 
 
 def register(app: typer.Typer) -> None:
