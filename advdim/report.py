@@ -442,13 +442,32 @@ def _html(meta: dict[str, Any], rows: list[dict[str, Any]], overview: _Figure | 
             f"<b>{e(meta['device'])}</b>, {meta['seconds']:.2f} s.</p>"]
     for note in meta.get("notes") or []:
         body.append(f'<p class="note">{e(note)}</p>')
+    parts: dict[str, list[Any]] = {}
+    seen_checks: set[str] = set()
+    for r in rows:
+        acc = parts.setdefault(r["part"], [0, 0, 0, 0.0])
+        acc[{True: 0, False: 1, None: 2}[r.get("passed")]] += 1
+        if r["check"] not in seen_checks:
+            seen_checks.add(r["check"])
+            acc[3] += float(r["seconds"])
+    fails = [(i + 1, r) for i, r in enumerate(rows) if r.get("passed") is False]
+    if fails:
+        body.append('<p id="failed">Failed: ' + "; ".join(
+            f'<a href="#v{i}">#{i} {e(r["claim"])} ({e(r["reference"])})</a>' for i, r in fails) + "</p>")
+    if len(parts) > 1:
+        body.append('<table id="parts" style="width:auto"><thead><tr><th>part</th><th>pass</th><th>FAIL</th>'
+                    "<th>n/a</th><th>seconds</th></tr></thead><tbody>" + "".join(
+                        f'<tr class="{"fail" if a[1] else "pass"}"><td>{e(_PART_TITLES.get(p, p))}</td>'
+                        f'<td class="num">{a[0]}</td><td class="num v">{a[1]}</td><td class="num">{a[2]}</td>'
+                        f'<td class="num">{a[3]:.1f}</td></tr>' for p, a in parts.items()) + "</tbody></table>")
     body.append('<h2>Verdicts</h2><table id="verdicts"><thead><tr><th>#</th><th>claim</th><th>paper</th>'
                 "<th>predicted</th><th>measured</th><th>interval</th><th>verdict</th><th>check</th></tr></thead><tbody>")
     for i, r in enumerate(rows):
         cls = {True: "pass", False: "fail", None: "na"}[r.get("passed")]
         detail = f'<div class="detail">{e(r.get("detail") or "")}</div>' if r.get("detail") else ""
         body.append(
-            f'<tr class="verdict {cls}"><td>{i + 1}</td><td>{e(r["claim"])}{detail}</td><td>{e(r["reference"])}</td>'
+            f'<tr class="verdict {cls}" id="v{i + 1}"><td>{i + 1}</td><td>{e(r["claim"])}{detail}</td>'
+            f'<td>{e(r["reference"])}</td>'
             f'<td class="num">{e(fmt(r.get("predicted")))}</td><td class="num">{e(fmt(r.get("measured")))}</td>'
             f'<td class="num">{e(fmt_interval(r.get("interval")))}</td><td class="v">{status(r.get("passed"))}</td>'
             f'<td>{e(r["check"])} <span class="detail">({e(r["part"])})</span></td></tr>')

@@ -98,7 +98,7 @@ def test_exact_law_passes_and_planted_law_fails(tmp_path: Path, capsys: pytest.C
         r = res["q"][q]["logit"]
         assert r["measured_slope"] == pytest.approx(pred + 0.1, abs=1e-9) and r["pass"] is False
     page = (tmp_path / "b" / "report.html").read_text()
-    assert page.count('<tr class="verdict fail">') >= 3 and "slope of E||d_x f_0||_1 in d" in page
+    assert page.count('<tr class="verdict fail" ') >= 3 and "slope of E||d_x f_0||_1 in d" in page
 
 
 def test_size_agnostic_net_with_vulnerability(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

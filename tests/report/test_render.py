@@ -70,6 +70,7 @@ def test_report_renders_with_every_image(browser: str, tmp_path: Path, capsys: p
     srcs = re.findall(r'<img [^>]*src="([^"]*)"', dom.stdout)
     assert len(srcs) == n_imgs and all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in srcs)
     assert "planted false claim (test)" in dom.stdout and 'class="verdict fail"' in dom.stdout
+    assert 'id="failed"' in dom.stdout  # the list of failed claims under the outcome
 
     shot = tmp_path / "shot.png"
     res = chromium(f"--screenshot={shot}", "--window-size=1280,2000", (report / "report.html").as_uri(),

@@ -52,7 +52,7 @@ def test_core_run_writes_the_report_folder_from_records(tmp_path: Path, capsys: 
     assert (table["verdict"] == "pass").all()
     assert len(pd.read_csv(tmp_path / "verdicts.csv")) == len(rows)
     page = (tmp_path / "report.html").read_text()
-    assert page.count('<tr class="verdict pass">') == len(rows)
+    assert page.count('<tr class="verdict pass" ') == len(rows)
     assert "--only core" in page and "version of torch" in page
 
 
@@ -65,8 +65,8 @@ def test_planted_failing_check_exits_1_and_marks_its_row(tmp_path: Path, capsys:
     assert [r["claim"] for r in failed] == ["planted false claim (test)"]
     assert all(r["passed"] is True for r in res["verdicts"] if r["check"] != "planted")
     page = (tmp_path / "report.html").read_text()
-    assert page.count('<tr class="verdict fail">') == 1
-    row = page[page.index('<tr class="verdict fail">'):]
+    assert page.count('<tr class="verdict fail" ') == 1
+    row = page[page.index('<tr class="verdict fail" '):]
     assert "planted false claim (test)" in row[:row.index("</tr>")]
     assert "FAIL: 1 of" in page
     # the human table marks the same row
@@ -164,5 +164,5 @@ def test_planted_exponent_fails_the_slope_rows(tmp_path: Path,
         if "slope below" in r["claim"]:  # a difference of two slopes: the planted exponent cancels
             assert r["passed"] is True, r["claim"]
     page = (tmp_path / "r" / "report.html").read_text()
-    assert page.count('<tr class="verdict fail">') == sum(r["passed"] is False for r in planted)
+    assert page.count('<tr class="verdict fail" ') == sum(r["passed"] is False for r in planted)
     assert "planted error" in page
