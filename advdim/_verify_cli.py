@@ -46,6 +46,19 @@ def run_check(check: Check, budget: Budget) -> tuple[list[Verdict], float]:
     return verdicts, time.perf_counter() - t0
 
 
+def part_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per part: verdicts passed, failed, without comparison, and the seconds its checks took."""
+    out: dict[str, dict[str, float]] = {}
+    timed: set[str] = set()
+    for r in rows:
+        acc = out.setdefault(r["part"], {"pass": 0, "fail": 0, "n/a": 0, "seconds": 0.0})
+        acc[{True: "pass", False: "fail", None: "n/a"}[r["passed"]]] += 1
+        if r["check"] not in timed:
+            timed.add(r["check"])
+            acc["seconds"] += r["seconds"]
+    return out
+
+
 def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
     from advdim.cli import out, table
     from advdim.report import fmt, fmt_interval, status
@@ -145,7 +158,7 @@ def register(app: typer.Typer) -> None:
         failed = [r for r in rows if r["passed"] is False]
         if as_json:
             emit_json({"verdicts": rows, "not_yet_available": missing, "passed": not failed,
-                       "report": str(files.html), "seconds": seconds})
+                       "report": str(files.html), "seconds": seconds, "parts": part_summary(rows)})
         else:
             print_verdicts("advdim verify", rows)
             for note in notes:

@@ -137,6 +137,8 @@ def test_tiny_full_run_passes(tiny_run: tuple[subprocess.CompletedProcess[str], 
     parts = {r["part"] for r in out["verdicts"]}
     assert parts == {"core"} | {p.value for p in Part if p is not Part.CORE and _has(p)}
     assert (folder / "report.html").is_file()
+    assert set(out["parts"]) == parts
+    assert sum(p["pass"] + p["fail"] + p["n/a"] for p in out["parts"].values()) == len(out["verdicts"])
 
 
 def test_planted_exponent_fails_the_slope_rows(tmp_path: Path,
