@@ -129,7 +129,6 @@ def register(app: typer.Typer) -> None:
             raise AdvdimError(f"--plant-exponent must be a finite number, got {plant_exponent}")
         report_dir = _report_dir(out_dir)
         budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"))
-        (report_dir / "plots").mkdir(parents=True, exist_ok=True)
         registered = all_checks()
         checks = [c for c in registered if part is None or c.part is part]
         present = {c.part for c in registered}
@@ -176,8 +175,11 @@ def _report_dir(path: str) -> Any:
         raise AdvdimError(f"--out {path!r} exists and is not a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
+        (p / "plots").mkdir(exist_ok=True)
     except OSError as e:
         raise AdvdimError(f"cannot create the report folder {path!r}: {e.strerror}") from None
+    for old in [*(p / "plots").glob("*.png"), *(p / "plots").glob("*.svg")]:
+        old.unlink()  # plots of an earlier run (its records stay in runs.sqlite)
     return p
 
 
