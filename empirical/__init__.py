@@ -1,3 +1,16 @@
-"""advdim.empirical: datasets, attacks, defences and training on real up-sampled images."""
+"""advdim.empirical: datasets, attacks, defences and training on real up-sampled images.
 
-__all__: list[str] = []
+The public surface: :mod:`advdim.empirical.attacks` (``fgsm``, ``l2_step``, ``pgd``), the data
+loaders (:func:`load`, :class:`Dataset`, :func:`resample`), the defences (:class:`Method`,
+:func:`objective`) and training (:class:`TrainConfig`, :func:`train`, :func:`evaluate`).
+"""
+
+from advdim.empirical import attacks
+from advdim.empirical._data import Dataset, DatasetName, cifar10, fashion_mnist, load, resample, synthetic
+from advdim.empirical._defences import Method, objective
+from advdim.empirical._train import TrainConfig, TrainResult, evaluate, train
+
+__all__ = [
+    "Dataset", "DatasetName", "Method", "TrainConfig", "TrainResult", "attacks", "cifar10", "evaluate",
+    "fashion_mnist", "load", "objective", "resample", "synthetic", "train",
+]

@@ -1,0 +1,280 @@
+"""Training with a defence, per-epoch metrics, run-store records and exact resume.
+
+Every epoch the model is evaluated (eval mode) on a fixed subset of the training set and of the
+test set: accuracy, mean cross-entropy, ``E||d_x L||_1`` and ``E||d_x L||_2`` (per sample, w.r.t.
+the normalised input), adversarial vulnerability (Definition 1: the share of points whose
+predicted label changes under an attack) and adversarial damage ``E[(L(x + delta) - L(x)) / eps]``
+for an l_inf PGD attack of radius ``attack_eps`` and an l_2 PGD attack of radius
+``attack_eps * sqrt(d)`` (the same size per pixel: ``||eps * sign(g)||_2 = eps sqrt(d)``), both
+``attack_steps`` steps of size ``radius / (0.75 * steps)``, no random start, clipped to the image
+box (the reference's test-time attack).
+
+Checkpoints (one file, replaced atomically after each epoch) hold the model, the optimizer, the
+states of the data-order and attack generators, the global torch RNG and the history, so that a
+run killed at any point and resumed gives exactly the numbers of an uninterrupted run (CPU).
+The epoch's record is written to the run store before the checkpoint: a crash in between re-runs
+that epoch, identically, and the store ignores the duplicate.
+
+    >>> cfg = TrainConfig(dataset="synthetic", n_train=32, n_test=16, n_eval=8, epochs=1, batch_size=16)
+    >>> result = train(cfg)
+    >>> sorted(result.final["test"])[:3]
+    ['acc', 'damage_l2', 'damage_linf']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from advdim.arch import resolve
+from advdim.build import Init, build, resolve_device
+from advdim.empirical import attacks
+from advdim.empirical._data import Dataset, DatasetName, load
+from advdim.empirical._defences import Method, objective
+from advdim.errors import AdvdimError
+from advdim.gradients import Target, input_gradient, lp_norm
+from advdim.store import RunStore
+
+EPOCH_KIND = "empirical.epoch"
+DEFAULT_ARCH = "gap(channels=16,final=7)"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (JSON round trip with :meth:`to_json` / :meth:`from_json`).
+
+    Attributes:
+        dataset: ``fashion-mnist``, ``cifar10`` or ``synthetic``.
+        size: input side after resampling (``None``: native, or 32 with ``pad``).
+        pad: zero-pad 28 -> 32 before resampling.
+        arch: a family (``gap(channels=16,final=7)``) or a spec text; resolved at ``size``.
+        method, eps: the defence and its strength (normalised input units).
+        epochs, batch_size, lr, momentum: SGD with momentum, no weight decay, constant lr.
+        n_train, n_test: the first examples of each split used (``None``: all).
+        n_eval: examples of each split evaluated every epoch.
+        attack_eps, attack_steps: the test-time PGD (l_inf radius; l_2 radius ``attack_eps sqrt(d)``).
+        seed: model init, data order and attack randomness.
+        data_dir: folder of the dataset files (``None``: the default place).
+    """
+
+    dataset: str = "fashion-mnist"
+    size: int | None = None
+    pad: bool = False
+    arch: str = DEFAULT_ARCH
+    init: str = "he"
+    method: Method = Method.PLAIN
+    eps: float = 0.0
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    n_train: int | None = 2000
+    n_test: int | None = 1000
+    n_eval: int = 256
+    attack_eps: float = 0.004
+    attack_steps: int = 10
+    seed: int = 0
+    data_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", Method.parse(self.method))
+        DatasetName.parse(self.dataset)
+        Init.parse(self.init)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "n_eval": self.n_eval,
+                    "attack_steps": self.attack_steps}
+        for name, v in positive.items():
+            if not isinstance(v, int) or v < 1:
+                raise AdvdimError(f"{name} must be a positive integer, got {v!r}")
+        for name, f in {"eps": self.eps, "lr": self.lr, "momentum": self.momentum,
+                        "attack_eps": self.attack_eps}.items():
+            if not math.isfinite(f) or f < 0:
+                raise AdvdimError(f"{name} must be finite and >= 0, got {f!r}")
+        if self.lr == 0 or self.attack_eps == 0:
+            raise AdvdimError("lr and attack_eps must be positive")
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["method"] = self.method.value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise AdvdimError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def store_config(self) -> dict[str, Any]:
+        """The configuration as a store key (without the machine-specific data folder and device)."""
+        out = self.to_json()
+        out.pop("data_dir")
+        out.pop("device")
+        return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: per-epoch metrics (``history[e]["train" | "test"][metric]``) and the model."""
+
+    config: TrainConfig
+    history: tuple[dict[str, Any], ...]
+    model: nn.Module = field(repr=False)
+    d: int = 0
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1]
+
+
+def evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torch.Tensor, size: int | None,
+             pad: bool, attack_eps: float, attack_steps: int, batch_size: int = 128,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Per-epoch metrics on ``images`` (uint8) / ``labels`` (see the module docstring)."""
+    sums: dict[str, float] = {}
+    sq_l1 = 0.0
+    n = images.shape[0]
+    bounds = tuple(b.to(device) for b in data.bounds())
+    for start in range(0, n, batch_size):
+        x = data.batch(images[start:start + batch_size], size, pad, device=device)
+        y = labels[start:start + batch_size].to(device)
+        d = x[0].numel()
+        with torch.no_grad():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, reduction="none")
+        pred = logits.argmax(dim=1)
+        g = input_gradient(model, x, Target.LOSS, labels=y).double()
+        l1, l2 = lp_norm(g, 1), lp_norm(g, 2)
+        batch = {"acc": (pred == y).double().sum(), "loss": loss.double().sum(), "grad_l1": l1.sum(),
+                 "grad_l2": l2.sum()}
+        sq_l1 += float((l1 * l1).sum())
+        for tag, p, radius in (("linf", math.inf, attack_eps), ("l2", 2.0, attack_eps * math.sqrt(d))):
+            adv = attacks.pgd(model, x, y, radius, p, attack_steps, bounds=(bounds[0], bounds[1]))
+            with torch.no_grad():
+                adv_logits = model(adv)
+                adv_loss = F.cross_entropy(adv_logits, y, reduction="none")
+            batch[f"vuln_{tag}"] = (adv_logits.argmax(dim=1) != pred).double().sum()
+            batch[f"damage_{tag}"] = ((adv_loss - loss).double() / radius).sum()
+        for k, v in batch.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    out = {k: v / n for k, v in sums.items()}
+    var = max(sq_l1 / n - out["grad_l1"] ** 2, 0.0)
+    out["grad_l1_se"] = math.sqrt(var / max(n - 1, 1))
+    return dict(sorted(out.items()))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | os.PathLike[str] | None = None,
+          resume: bool = False, progress: bool = False,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+          data: Dataset | None = None) -> TrainResult:
+    """Train ``config.arch`` on ``config.dataset`` with ``config.method``; metrics every epoch.
+
+    Args:
+        store: run store receiving one ``empirical.epoch`` record per epoch.
+        checkpoint: file of the checkpoint written after every epoch.
+        resume: continue from ``checkpoint`` when it exists (its configuration must match).
+        progress: show a progress bar on stderr.
+        on_epoch: called with ``(epoch, record)`` after each epoch is stored and checkpointed.
+        data: an already loaded dataset (default: load ``config.dataset``).
+    Returns:
+        The :class:`TrainResult`.
+    """
+    device = resolve_device(config.device)
+    if data is None:
+        data = load(config.dataset, config.data_dir, seed=config.seed)
+    data = data.subset(config.n_train, config.n_test)
+    size = config.size if config.size is not None else (32 if config.pad else data.native)
+    spec = resolve(config.arch, size, data.channels)
+    if spec.n_classes != data.n_classes:
+        raise AdvdimError(f"the architecture has {spec.n_classes} logits but the data {data.n_classes} classes")
+    model = build(spec, Init.parse(config.init), seed=config.seed, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    attack_gen = torch.Generator().manual_seed(config.seed + 1)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state["config"] != config.store_config():
+            raise AdvdimError(f"checkpoint {str(ckpt)!r} belongs to another configuration; remove it or change it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        order_gen.set_state(state["order_gen"])
+        attack_gen.set_state(state["attack_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+    n = data.x_train.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    n_eval = config.n_eval
+    evals = {"train": (data.x_train[:n_eval], data.y_train[:n_eval]),
+             "test": (data.x_test[:n_eval], data.y_test[:n_eval])}
+    from contextlib import nullcontext
+
+    bar_cm: Any = nullcontext(None)
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from advdim.cli import err
+
+        bar_cm = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), console=err)
+    with bar_cm as bar:
+        task = None
+        if bar is not None:
+            task = bar.add_task(f"{config.method.value} eps={config.eps:g} size={size}",
+                                total=(config.epochs - start_epoch) * steps_per_epoch)
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            perm = torch.randperm(n, generator=order_gen)
+            total, count = 0.0, 0
+            for s in range(steps_per_epoch):
+                idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
+                x = data.batch(data.x_train[idx], size, config.pad, device=device)
+                y = data.y_train[idx].to(device)
+                loss = objective(config.method, model, x, y, config.eps, attack_gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss) * len(idx)
+                count += len(idx)
+                if bar is not None:
+                    bar.advance(task)
+            if not math.isfinite(total):
+                raise AdvdimError(f"training diverged at epoch {epoch + 1} (loss {total}); lower --lr or --eps")
+            model.eval()
+            record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "d": spec.d, "size": size}
+            for split, (xs, ys) in evals.items():
+                record[split] = evaluate(model, data, xs, ys, size, config.pad, config.attack_eps,
+                                         config.attack_steps, device=device)
+            history.append(record)
+            if store is not None:
+                store.put(EPOCH_KIND, {**config.store_config(), "epoch": epoch + 1}, record)
+            if ckpt is not None:
+                _atomic_save({"config": config.store_config(), "epoch": epoch + 1, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "order_gen": order_gen.get_state(),
+                              "attack_gen": attack_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                              "history": history}, ckpt)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, record)
+    model.eval()
+    return TrainResult(config, tuple(history), model, spec.d)
