@@ -639,7 +639,7 @@ def _conv_trunk(family: str, size: int, channels: int, kernel: int, final: int, 
     return layers
 
 
-def _head(channels_last: int, final: int, head: tuple[int, ...], classes: int, family: str) -> list[Layer]:
+def _head(head: tuple[int, ...], classes: int, family: str) -> list[Layer]:
     _check_positive(family, classes=classes)
     layers: list[Layer] = [Flatten()]
     for w in head:
@@ -651,21 +651,21 @@ def _strided_layers(size: int, channels: int, kernel: int, final: int, padding: 
                     head: tuple[int, ...], classes: int) -> list[Layer]:
     trunk = _conv_trunk("strided", size, channels, kernel, final, padding, dilation,
                         lambda: [Conv(channels, kernel, 2, dilation, padding), ReLU()])
-    return trunk + _head(channels, final, head, classes, "strided")
+    return trunk + _head(head, classes, "strided")
 
 
 def _avgpool_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
                     head: tuple[int, ...], classes: int) -> list[Layer]:
     trunk = _conv_trunk("avgpool", size, channels, kernel, final, padding, dilation,
                         lambda: [Conv(channels, kernel, 1, dilation, padding), AvgPool(2), ReLU()])
-    return trunk + _head(channels, final, head, classes, "avgpool")
+    return trunk + _head(head, classes, "avgpool")
 
 
 def _maxpool_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
                     head: tuple[int, ...], classes: int) -> list[Layer]:
     trunk = _conv_trunk("maxpool", size, channels, kernel, final, padding, dilation,
                         lambda: [Conv(channels, kernel, 1, dilation, padding), ReLU(), MaxPool(2)])
-    return trunk + _head(channels, final, head, classes, "maxpool")
+    return trunk + _head(head, classes, "maxpool")
 
 
 def _gap_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
@@ -719,7 +719,7 @@ FAMILIES: dict[str, FamilyType] = {
     ),
     "gap": FamilyType(
         "gap", _gap_layers, {k: v for k, v in _CONV_DEFAULTS.items() if k != "head"},
-        lambda rng: {k: v for k, v in _sample_conv(rng, with_head=False).items()},
+        lambda rng: _sample_conv(rng, with_head=False),
         "as strided, with a global-average-pool head instead of flatten",
     ),
 }
