@@ -27,10 +27,10 @@ import enum
 import math
 
 import torch
+from advdim.empirical import attacks
 from torch import nn
 from torch.nn import functional as F
 
-from advdim.empirical import attacks
 from advdim.errors import AdvdimError
 from advdim.gradients import lp_norm
 

@@ -32,20 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from advdim.empirical import attacks
+from advdim.empirical._data import Dataset, DatasetName, load
+from advdim.empirical._defences import Method, objective
 from torch import nn
 from torch.nn import functional as F
 
 from advdim.arch import resolve
 from advdim.build import Init, build, resolve_device
-from advdim.empirical import attacks
-from advdim.empirical._data import Dataset, DatasetName, load
-from advdim.empirical._defences import Method, objective
 from advdim.errors import AdvdimError
 from advdim.gradients import Target, input_gradient, lp_norm
 from advdim.store import RunStore
 
 EPOCH_KIND = "empirical.epoch"
-DEFAULT_ARCH = "gap(channels=16,final=7)"
+DEFAULT_ARCH = "gap(channels=16,final=7,padding=zeros)"
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 count += len(idx)
                 if bar is not None:
                     bar.advance(task)

@@ -30,7 +30,6 @@ the intersection, but it is what foolbox does and it keeps both constraints.
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 from torch import nn
@@ -39,8 +38,8 @@ from torch.nn import functional as F
 from advdim.errors import AdvdimError
 from advdim.gradients import check_finite_params, lp_norm, mode
 
-Eps = Union[float, torch.Tensor]
-Bound = Union[float, torch.Tensor]
+Eps = float | torch.Tensor
+Bound = float | torch.Tensor
 
 __all__ = ["fgsm", "l2_step", "pgd", "default_step_size"]
 
