@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): speed as ratios against baselines measured in the same run."""
