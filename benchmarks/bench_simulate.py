@@ -14,11 +14,11 @@ import argparse
 import time
 
 import torch
+from advdim.simulate._engine import sample_norms
 
 from advdim.arch import Conv, Dense, family
 from advdim.build import build
 from advdim.gradients import grad_norms
-from advdim.simulate._engine import sample_norms
 
 FAMILIES = ("dense", "strided", "avgpool", "maxpool")
 
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> None:
             n, b = args.nets, args.inputs
             x = torch.randn(b, *spec.input_shape)
 
-            def naive() -> None:
+            def naive(spec=spec, n=n, x=x) -> None:  # type: ignore[no-untyped-def]
                 for r in range(n):
                     grad_norms(build(spec, seed=r), x, q=2)
 
-            def engine() -> None:
+            def engine(spec=spec, n=n, b=b) -> None:  # type: ignore[no-untyped-def]
                 sample_norms(spec, n, b, seed=0, device=args.device)
 
             rn = _rate(naive, n * b, args.seconds)
