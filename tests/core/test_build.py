@@ -56,7 +56,7 @@ def test_variance_verdict_says_no_on_a_planted_error() -> None:
 def test_torch_default_and_orthogonal() -> None:
     net = build(family("dense", widths=(32,)).spec(4), init="torch", seed=0)
     w = net[1].weight
-    assert float(w.abs().max()) <= 1 / math.sqrt(48) + 1e-7
+    assert float(w.detach().abs().max()) <= 1 / math.sqrt(48) + 1e-7
     net = build(family("dense", widths=(32,)).spec(4), init="orthogonal", seed=0)
     w = net[1].weight.double()  # 32 x 48: orthogonal rows scaled by sqrt(2)
     assert torch.allclose(w @ w.T, 2 * torch.eye(32, dtype=torch.float64), atol=1e-5)
