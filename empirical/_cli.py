@@ -2,8 +2,89 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this layer's commands to ``app``."""
+    """Add this layer's commands to ``app``: ``advdim train`` and ``advdim experiment``."""
+
+    @app.command("train")
+    def train_cmd(
+        dataset: str = typer.Option("fashion-mnist", "--dataset", help="fashion-mnist, cifar10 or synthetic"),
+        size: int = typer.Option(None, "--size", help="input side after pixel-copy up-sampling (default native)"),
+        pad: bool = typer.Option(False, "--pad", help="zero-pad 28 -> 32 before up-sampling"),
+        method: str = typer.Option("plain", "--method",
+                                   help="plain, gp1, gp2, fgsm-aug, l2-aug, pgd or cross-lipschitz"),
+        eps: float = typer.Option(0.0, "--eps", help="defence strength, normalised input units"),
+        epochs: int = typer.Option(3, "--epochs"),
+        arch: str = typer.Option(None, "--arch", help="family or spec text (default gap(channels=16,...))"),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        lr: float = typer.Option(0.01, "--lr"),
+        n_train: int = typer.Option(2000, "--n-train", help="training examples used (0: all)"),
+        n_test: int = typer.Option(1000, "--n-test", help="test examples used (0: all)"),
+        n_eval: int = typer.Option(256, "--n-eval", help="examples of each split measured every epoch"),
+        attack_eps: float = typer.Option(0.004, "--attack-eps", help="test-time PGD l_inf radius"),
+        seed: int = typer.Option(0, "--seed"),
+        data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR-10 batches, ...)"),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
+        store: Path = typer.Option(None, "--store", help="run store (SQLite) receiving one record per epoch"),
+        checkpoint: Path = typer.Option(None, "--checkpoint", help="checkpoint file written every epoch"),
+        resume: bool = typer.Option(False, "--resume", help="continue from --checkpoint"),
+        as_json: bool = typer.Option(False, "--json", help="print the final metrics as JSON"),
+    ) -> None:
+        """Train a net with a defence; measure accuracy, gradient norms, vulnerability every epoch."""
+        from advdim.empirical._train import DEFAULT_ARCH, TrainConfig, train
+
+        from advdim.cli import emit_json, out, table
+        from advdim.errors import AdvdimError
+        from advdim.store import RunStore
+
+        if resume and checkpoint is None:
+            raise AdvdimError("--resume needs --checkpoint")
+        config = TrainConfig(dataset=dataset, size=size, pad=pad, arch=arch or DEFAULT_ARCH, method=method,
+                             eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train or None,
+                             n_test=n_test or None, n_eval=n_eval, attack_eps=attack_eps, seed=seed,
+                             data_dir=data_dir, device=device)
+        run_store = RunStore(store) if store is not None else None
+        try:
+            result = train(config, store=run_store, checkpoint=checkpoint, resume=resume, progress=True)
+        finally:
+            if run_store is not None:
+                run_store.close()
+        if as_json:
+            emit_json({"config": config.to_json(), "d": result.d, "final": result.final,
+                       "history": list(result.history)})
+            return
+        keys = ["acc", "grad_l1", "grad_l2", "vuln_linf", "damage_linf", "vuln_l2", "damage_l2"]
+        rows = [[r["epoch"], split] + [f"{r[split][k]:.4g}" for k in keys]
+                for r in result.history for split in ("train", "test")]
+        out.print(table(f"{config.method.value} eps={config.eps:g} on {dataset} at {result.final['size']} px "
+                        f"(d={result.d}); attacks: PGD l_inf eps={config.attack_eps:g}, l_2 eps*sqrt(d) "
+                        "(normalised units)", ["epoch", "split", *keys], rows))
+
+    @app.command("experiment")
+    def experiment_cmd(
+        which: str = typer.Argument(..., help="first-order (Section 4.1) or dimension (Section 4.2)"),
+        preset: str = typer.Option("small", "--preset", help="small (2-core CPU) or paper (GPU / cluster)"),
+        out_dir: Path = typer.Option(Path("advdim-experiment"), "--out", help="folder of the store and plots"),
+        workers: int = typer.Option(0, "--workers", help="local worker processes"),
+        scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address tcp://host:port"),
+        data_dir: str = typer.Option(None, "--data-dir"),
+        device: str = typer.Option("cpu", "--device"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Run a Section 4 experiment as a resumable sweep, then draw its figures."""
+        from advdim.empirical._experiments import run_experiment
+
+        from advdim.cli import emit_json, out
+
+        summary = run_experiment(which, preset, out_dir, workers=workers, scheduler=scheduler,
+                                 data_dir=data_dir, device=device)
+        if as_json:
+            emit_json(summary)
+        else:
+            out.print(f"{summary['experiment']}: {summary['cells']} runs in {summary['store']}")
+            for p in summary["plots"]:
+                out.print(f"  {p}")

@@ -1,0 +1,205 @@
+"""The paper's Section 4 experiments as resumable sweeps, and their figures.
+
+- ``first-order`` (Section 4.1, Figure 1): one input size, every defence over an eps grid;
+- ``dimension`` (Section 4.2, Figure 2): several up-sampled sizes x PGD-training eps.
+
+Each training run is one cell of :func:`advdim.sweep.run_sweep` (kind ``empirical.run``): cells
+already in the run store are not recomputed, so an interrupted experiment resumes; ``workers``
+and ``scheduler`` spread cells over local processes or a Dask cluster.  Eps are per-pixel, in
+units of the normalised input (an l_p defence of strength eps acts at l_p size
+``eps * d^(1/p)``, eq. 3).  Figures read only the stored results.
+
+    >>> sorted(PRESETS)
+    ['dimension', 'first-order']
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from advdim.empirical._defences import Method
+from advdim.empirical._train import TrainConfig, train
+
+from advdim.errors import AdvdimError
+from advdim.store import RunStore
+from advdim.sweep import run_sweep
+
+RUN_KIND = "empirical.run"
+
+_SMALL = {"dataset": "fashion-mnist", "epochs": 2, "n_train": 1000, "n_test": 500, "n_eval": 200}
+_PAPER = {"dataset": "fashion-mnist", "epochs": 30, "n_train": None, "n_test": None, "n_eval": 1000,
+          "batch_size": 128}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "first-order": {
+        "small": {"base": {**_SMALL, "size": 28}, "eps": [0.003, 0.01, 0.03], "seeds": [0],
+                  "methods": [m.value for m in Method if m is not Method.PLAIN]},
+        "paper": {"base": {**_PAPER, "size": 32, "pad": True}, "eps": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+                  "seeds": [0, 1, 2], "methods": [m.value for m in Method if m is not Method.PLAIN]},
+    },
+    "dimension": {
+        "small": {"base": {**_SMALL, "n_train": 500, "n_eval": 100}, "sizes": [28, 56, 112], "eps": [0.0, 0.01],
+                  "seeds": [0]},
+        "paper": {"base": {**_PAPER, "pad": True, "arch": "gap(channels=32,final=8,padding=zeros)"},
+                  "sizes": [32, 64, 128, 256], "eps": [0.0, 0.001, 0.003, 0.01, 0.03], "seeds": [0, 1, 2]},
+    },
+}
+
+
+def _cell(config: dict[str, Any]) -> dict[str, Any]:
+    """One sweep cell: a training run (module level, picklable for workers and Dask)."""
+    result = train(TrainConfig.from_json(config))
+    return {"d": result.d, "size": result.final["size"], "final": result.final, "history": list(result.history)}
+
+
+def configs(which: str, preset: str, data_dir: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+    """The cells of an experiment preset (JSON-able training configurations)."""
+    if which not in PRESETS:
+        raise AdvdimError(f"unknown experiment {which!r} (expected: {', '.join(PRESETS)})")
+    if preset not in PRESETS[which]:
+        raise AdvdimError(f"unknown preset {preset!r} (expected: small or paper)")
+    p = PRESETS[which][preset]
+    base = {**p["base"], "data_dir": data_dir, "device": device}
+    out: list[dict[str, Any]] = []
+    for seed in p["seeds"]:
+        if which == "first-order":
+            out.append(TrainConfig(**base, method=Method.PLAIN, eps=0.0, seed=seed).to_json())
+            out += [TrainConfig(**base, method=m, eps=e, seed=seed).to_json() for m in p["methods"] for e in p["eps"]]
+        else:
+            out += [TrainConfig(**base, size=s, method=Method.PGD if e > 0 else Method.PLAIN, eps=e,
+                                seed=seed).to_json() for s in p["sizes"] for e in p["eps"]]
+    return out
+
+
+def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 0, scheduler: str | None = None,
+                   data_dir: str | None = None, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) an experiment into ``out_dir/runs.sqlite`` and draw its figures there."""
+    cells = configs(which, preset, data_dir, device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunStore(out / "runs.sqlite") as store:
+        results = run_sweep(RUN_KIND, cells, _cell, store, workers=workers, scheduler=scheduler,
+                            description=f"{which} ({preset})", progress=progress)
+    rows = [{**c, **r} for c, r in zip(cells, results)]
+    plots = (plot_first_order if which == "first-order" else plot_dimension)(rows, out)
+    plots += plot_epochs(rows, out)
+    return {"experiment": which, "preset": preset, "cells": len(cells), "store": str(out / "runs.sqlite"),
+            "plots": [str(p) for p in plots]}
+
+
+def _caption(rows: list[dict[str, Any]]) -> str:
+    sizes = sorted({r["size"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    r0 = rows[0]
+    n = "all" if r0["n_train"] is None else r0["n_train"]
+    return (f"{r0['dataset']} ({n} train imgs, {r0['epochs']} epochs), sizes {sizes}, seeds {seeds}; "
+            f"eps per pixel, normalised units; test PGD eps {r0['attack_eps']:g}")
+
+
+def _save(fig: Any, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Figure 1 (a-f) analogues: gradient norm, vulnerability, accuracy against eps, and the
+    relations vulnerability-gradient, l_1-l_2 norms, accuracy-vulnerability (test set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    plain = [r for r in rows if r["method"] == "plain"]
+    methods = sorted({r["method"] for r in rows} - {"plain"})
+    panels = [("grad_l1", "E||d_x L||_1"), ("vuln_linf", "vulnerability (l_inf PGD)"), ("acc", "test accuracy")]
+    for ax, (key, label) in zip(axes[0], panels):
+        for m in methods:
+            sel = sorted((r for r in rows if r["method"] == m), key=lambda r: r["eps"])
+            ax.plot([r["eps"] for r in sel], [r["final"]["test"][key] for r in sel], "o-", label=m)
+        for r in plain:
+            ax.axhline(r["final"]["test"][key], color="k", ls=":", label="plain" if r is plain[0] else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("eps (per pixel, normalised units)")
+        ax.set_ylabel(label)
+    axes[0][0].set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    pairs = [("grad_l1", "vuln_linf"), ("grad_l2", "grad_l1"), ("vuln_linf", "acc")]
+    for ax, (kx, ky) in zip(axes[1], pairs):
+        for m in ["plain", *methods]:
+            sel = [r for r in rows if r["method"] == m]
+            ax.plot([r["final"]["test"][kx] for r in sel], [r["final"]["test"][ky] for r in sel], "o", label=m)
+        ax.set_xlabel(kx)
+        ax.set_ylabel(ky)
+    axes[1][0].set_xscale("log")
+    axes[1][1].set_xscale("log")
+    axes[1][1].set_yscale("log")
+    fig.suptitle("Figure 1 analogue (a-f): " + _caption(rows), fontsize=9)
+    return _save(fig, out, "figure1")
+
+
+def plot_dimension(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Figure 2 (a-d) analogues: gradient norm, vulnerability and accuracy against sqrt(d) per
+    PGD eps, and vulnerability against gradient norm with a smoothing spline (s = 200)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.interpolate import UnivariateSpline
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    for eps in sorted({r["eps"] for r in rows}):
+        sel = sorted((r for r in rows if r["eps"] == eps), key=lambda r: r["d"])
+        x = [math.sqrt(r["d"]) for r in sel]
+        label = "plain" if eps == 0 else f"PGD eps={eps:g}"
+        for ax, key in zip(axes[:3], ("grad_l1", "vuln_linf", "acc")):
+            ax.plot(x, [r["final"]["test"][key] for r in sel], "o-", label=label)
+            ax.set_xlabel("sqrt(d)")
+            ax.set_ylabel(key)
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    gx = np.array([r["final"]["test"]["grad_l1"] for r in rows])
+    vy = np.array([r["final"]["test"]["vuln_linf"] for r in rows])
+    axes[3].plot(gx, vy, "o")
+    order = np.argsort(gx)
+    xs, ys = gx[order], vy[order]
+    if np.unique(xs).size >= 4:
+        spline = UnivariateSpline(xs, ys, s=200, k=min(3, xs.size - 1))
+        grid = np.linspace(xs[0], xs[-1], 100)
+        axes[3].plot(grid, spline(grid), "-", label="UnivariateSpline s=200")
+        axes[3].legend(fontsize=7)
+    axes[3].set_xlabel("E||d_x L||_1")
+    axes[3].set_ylabel("vulnerability")
+    fig.suptitle("Figure 2 analogue (a-d): " + _caption(rows), fontsize=9)
+    return _save(fig, out, "figure2")
+
+
+def plot_epochs(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Train (dashed) vs test (solid) E||d_x L||_1 over epochs, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, r in enumerate(rows):
+        epochs = [h["epoch"] for h in r["history"]]
+        color = f"C{i % 10}"
+        label = f"{r['method']} eps={r['eps']:g} size={r['size']}"
+        ax.plot(epochs, [h["test"]["grad_l1"] for h in r["history"]], "-", color=color, label=label)
+        ax.plot(epochs, [h["train"]["grad_l1"] for h in r["history"]], "--", color=color)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("E||d_x L||_1 (train dashed, test solid)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(_caption(rows), fontsize=8)
+    return _save(fig, out, "grad_norms_epochs")
