@@ -278,8 +278,11 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
                 ax.plot(x, _nums(s["fit"]), "-", color=col, lw=1.2)
             if s.get("predicted"):
                 ax.plot(x, _nums(s["predicted"]), "--", color=col, lw=1.2, alpha=0.9)
-        if loglog:
+        xs = [v for _, s in members for v in _nums(s["x"]) if math.isfinite(v)]
+        wide_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 1e3  # decades of x (e.g. eps): log axis
+        if loglog or wide_x or any(s.get("logx") for _, s in members):
             ax.set_xscale("log")
+        if loglog or any(s.get("logy") for _, s in members):
             ax.set_yscale("log")
         ax.set_xlabel(str(members[0][1].get("xlabel", "x")))
         ax.set_ylabel(str(members[0][1].get("ylabel", "y")))

@@ -30,7 +30,8 @@ class Verdict:
               the same axes, "label": legend text, "x": [...], "y": [...], "lo": [...],
               "hi": [...] (optional interval of y), "predicted": [...] (optional predicted y at
               x), "fit": [...] (optional fitted y at x), "xlabel": str, "ylabel": str,
-              "loglog": bool}``; lists of equal length.
+              "loglog": bool}``; lists of equal length.  Optional ``"logx"`` / ``"logy"``: one
+              logarithmic axis (x spanning more than three decades is drawn on a log axis anyway).
             - ``"plots"``: paths of PNG or SVG files a check drew itself (under
               ``Budget.out_dir``); the report embeds them.
     """
