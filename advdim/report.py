@@ -287,8 +287,10 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
         ax.set_xlabel(str(members[0][1].get("xlabel", "x")))
         ax.set_ylabel(str(members[0][1].get("ylabel", "y")))
         ax.set_title(title, fontsize=10)
-        ax.plot([], [], "k-", lw=1.2, label="fitted")
-        ax.plot([], [], "k--", lw=1.2, label="predicted")
+        if any(s.get("fit") for _, s in members):
+            ax.plot([], [], "k-", lw=1.2, label="fitted")
+        if any(s.get("predicted") for _, s in members):
+            ax.plot([], [], "k--", lw=1.2, label="predicted")
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.25)
         name = "series-" + _slug(title)
