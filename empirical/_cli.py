@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(3, "--epochs"),
         arch: str = typer.Option(None, "--arch", help="family or spec text (default gap(channels=16,...))"),
         batch_size: int = typer.Option(64, "--batch-size"),
-        lr: float = typer.Option(0.01, "--lr"),
+        lr: float = typer.Option(0.05, "--lr", help="SGD learning rate (the reference uses 0.01 over 200 epochs)"),
         n_train: int = typer.Option(2000, "--n-train", help="training examples used (0: all)"),
         n_test: int = typer.Option(1000, "--n-test", help="test examples used (0: all)"),
         n_eval: int = typer.Option(256, "--n-eval", help="examples of each split measured every epoch"),

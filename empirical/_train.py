@@ -75,7 +75,7 @@ class TrainConfig:
     eps: float = 0.0
     epochs: int = 3
     batch_size: int = 64
-    lr: float = 0.01
+    lr: float = 0.05
     momentum: float = 0.9
     n_train: int | None = 2000
     n_test: int | None = 1000
