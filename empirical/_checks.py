@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from advdim.empirical._data import Dataset, load, synthetic
+from advdim.empirical._defences import Method
 from advdim.empirical._firstorder import fit_order, lemma2_ratios, prop3_gaps
 from advdim.empirical._train import TrainConfig, TrainResult, train
 
@@ -159,7 +160,7 @@ def _dimension_runs(scale: Scale, seed: int, device: str) -> tuple[list[int], di
     for method, eps in (("plain", 0.0), ("pgd", PGD_EPS)):
         runs[method] = []
         for s in sizes:
-            r = train(TrainConfig(**base, size=s, method=method, eps=eps, seed=seed), data=data)
+            r = train(TrainConfig(**base, size=s, method=Method.parse(method), eps=eps, seed=seed), data=data)
             sub = data.subset(base["n_train"], base["n_test"])
             g = input_gradient(r.model, sub.batch(sub.x_test, s), Target.LOSS, labels=sub.y_test)
             runs[method].append((r.d, lp_norm(g, 1).double().numpy()))

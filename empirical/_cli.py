@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the final metrics as JSON"),
     ) -> None:
         """Train a net with a defence; measure accuracy, gradient norms, vulnerability every epoch."""
+        from advdim.empirical._defences import Method
         from advdim.empirical._train import DEFAULT_ARCH, TrainConfig, train
 
         from advdim.cli import emit_json, out, table
@@ -43,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
         if resume and checkpoint is None:
             raise AdvdimError("--resume needs --checkpoint")
-        config = TrainConfig(dataset=dataset, size=size, pad=pad, arch=arch or DEFAULT_ARCH, method=method,
+        config = TrainConfig(dataset=dataset, size=size, pad=pad, arch=arch or DEFAULT_ARCH,
+                             method=Method.parse(method),
                              eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train or None,
                              n_test=n_test or None, n_eval=n_eval, attack_eps=attack_eps, seed=seed,
                              data_dir=data_dir, device=device)
