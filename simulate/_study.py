@@ -114,7 +114,7 @@ def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> Topolo
         from advdim.theory import predict
     except ImportError:
         return None
-    pred = predict(fam, sizes=tuple(sizes), channels=channels)
+    pred = predict(fam, sizes=tuple(sizes), channels=channels, symmetry=False)  # the law only
     if not pred.has_law:
         return TopologyLaw({q: None for q in Q_KEYS}, None, {q: None for q in Q_KEYS})
     norms: dict[str, tuple[float, ...] | None] = {}

@@ -69,8 +69,13 @@ def _classes(spec: Spec, logit: int) -> _graph.Classes:
 # --------------------------------------------------------------------------------------------
 
 
-def hypotheses(spec: Spec, init: str = "he", logit: int = 0) -> tuple[dict[str, bool], dict[str, str]]:
+def hypotheses(spec: Spec, init: str = "he", logit: int = 0,
+               symmetry: bool = True) -> tuple[dict[str, bool], dict[str, str]]:
     """Which of H1-H5 and S hold on ``spec`` at initialisation ``init``, with a one-line reason each.
+
+    ``symmetry=False`` skips the decision of S (the path-degree classes, the costly part on large
+    graphs); the result then has no ``"S"`` key.  The law itself never needs it: it is computed
+    from each input node's own variance.
 
     >>> from advdim.arch import family
     >>> held, why = hypotheses(family("avgpool", final=2).spec(8))
@@ -88,6 +93,8 @@ def hypotheses(spec: Spec, init: str = "he", logit: int = 0) -> tuple[dict[str, 
     held["H3"], why["H3"] = _h3(st, init)
     held["H4"], why["H4"] = True, "each layer's weights are drawn independently of the other layers'"
     held["H5"], why["H5"] = _h5(st, init)
+    if not symmetry:
+        return held, why
     cls = _classes(spec, logit)
     held["S"] = cls.symmetric
     why["S"] = ("every input node has the same multiset of path-degrees" if cls.symmetric else
@@ -421,7 +428,7 @@ def loss_weight(n_classes: int, softmax_weight: float | None = None) -> float:
 
 
 def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), channels: int = 3,
-            init: object = "he", logit: int = 0) -> Prediction:
+            init: object = "he", logit: int = 0, symmetry: bool = True) -> Prediction:
     """Predict ``E||d_x f_k||_q`` for a family (over ``sizes``) or a spec (Theorems 4-5, Corollary 6).
 
     Args:
@@ -431,6 +438,9 @@ def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), chann
         channels: input channels C of family members.
         init: ``"he"`` (H3), ``"torch"``, ``"glorot"``, ``"lecun"``, ``"orthogonal"`` or an ``Init``.
         logit: index k of the logit.
+        symmetry: decide S (default).  ``False`` skips it (no ``"S"`` in ``hypotheses``, no
+            ``breaking_share``): the Monte Carlo engine, which predicts thousands of topologies,
+            needs only the law.
     Returns:
         A :class:`Prediction`.
 
@@ -454,13 +464,15 @@ def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), chann
     for m in members:
         _graph.check_logit(m, logit)
 
-    held: dict[str, bool] = dict.fromkeys(HYPOTHESES, True)
+    keys = HYPOTHESES if symmetry else tuple(k for k in HYPOTHESES if k != "S")
+    held: dict[str, bool] = dict.fromkeys(keys, True)
     why: dict[str, str] = {}
     share: dict[int, float] = {}
     for s, m in zip(sizes_t, members):
-        h, r = hypotheses(m, init, logit)
-        share[s] = _classes(m, logit).breaking_share
-        for key in HYPOTHESES:
+        h, r = hypotheses(m, init, logit, symmetry)
+        if symmetry:
+            share[s] = _classes(m, logit).breaking_share
+        for key in keys:
             if not h[key] and held[key]:
                 held[key], why[key] = False, (r[key] if len(members) == 1 else f"s={s}: {r[key]}")
             why.setdefault(key, r[key])
