@@ -31,8 +31,8 @@ EPS_PLOT = np.logspace(-7, -1, 13)
 
 def _setup(budget: Budget) -> tuple[Dataset, dict[str, Any]]:
     if budget.scale is Scale.TINY:
-        return synthetic(n_train=256, n_test=128, seed=budget.seed), {
-            "dataset": "synthetic", "n_train": 256, "n_test": 128, "n_eval": 16, "epochs": 2, "batch_size": 32}
+        return synthetic(n_train=192, n_test=128, seed=budget.seed), {
+            "dataset": "synthetic", "n_train": 192, "n_test": 128, "n_eval": 8, "epochs": 2, "batch_size": 32}
     n = 2000 if budget.scale is Scale.DEFAULT else 20000
     return load("fashion-mnist"), {"dataset": "fashion-mnist", "n_train": n, "n_test": 500, "n_eval": 64,
                                    "epochs": 2 if budget.scale is Scale.DEFAULT else 10}

@@ -6,7 +6,7 @@ import foolbox as fb
 import pytest
 import torch
 from advdim.empirical import attacks
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advdim.arch import family
@@ -49,6 +49,7 @@ def test_fgsm_and_l2_step_agree_with_foolbox():
     assert (attacks.l2_step(net, x, y, 0.3, bounds=(0.0, 1.0)) - expected).abs().max().item() <= 1e-6
 
 
+@settings(max_examples=15)
 @given(p=st.sampled_from([math.inf, 2.0]), eps=st.floats(0.0, 2.0), random_start=st.booleans(),
        seed=st.integers(0, 1000))
 def test_invariants(p, eps, random_start, seed):

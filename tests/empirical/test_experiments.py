@@ -19,7 +19,7 @@ def test_presets_are_valid_configs():
 
 @pytest.mark.parametrize("which", ["first-order", "dimension"])
 def test_tiny_experiment_end_to_end(which, tmp_path, monkeypatch):
-    tiny = {"dataset": "synthetic", "epochs": 1, "n_train": 32, "n_test": 16, "n_eval": 8, "batch_size": 16}
+    tiny = {"dataset": "synthetic", "epochs": 1, "n_train": 16, "n_test": 8, "n_eval": 4, "batch_size": 16}
     monkeypatch.setitem(ex.PRESETS[which], "small", {
         "base": {**tiny, "size": 14} if which == "first-order" else tiny, "eps": [0.0, 0.01][which == "first-order":]
         if which == "dimension" else [0.01, 0.03], "seeds": [0], "methods": ["gp1", "fgsm-aug"], "sizes": [14, 28]})
