@@ -154,9 +154,9 @@ def stack_modules(nets: Sequence[nn.Module], spec: Spec) -> Stack:
     for layer in spec.layers:
         if isinstance(layer, (Conv, Dense)):
             weights.append(torch.stack([p[i].weight.detach() for p in per_net]))
-            bias = per_net[0][i].bias
-            biases.append(None if bias is None else torch.stack([p[i].bias.detach() for p in per_net
-                                                                 if p[i].bias is not None]))
+            bs = [p[i].bias for p in per_net]
+            biases.append(None if any(b is None for b in bs)
+                          else torch.stack([b.detach() for b in bs if b is not None]))
             i += 1
         else:
             weights.append(None)

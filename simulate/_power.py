@@ -45,7 +45,10 @@ def true_slopes(name: str, sizes: tuple[int, ...], channels: int, nets: int, see
     d = np.array([channels * s * s for s in sizes], dtype=np.float64)
     out = {}
     for key in Q_KEYS:
-        pm = np.mean([law.norms[key] for law in laws if law is not None], axis=0)
+        curves = [law.norms[key] for law in laws if law is not None and law.norms[key] is not None]
+        if not curves:
+            raise RuntimeError(f"the theory gives no law for {name} at q={key}")
+        pm = np.mean(np.array(curves, dtype=np.float64), axis=0)
         out[key] = float(np.polyfit(np.log(d), np.log(pm), 1)[0])
     return out
 

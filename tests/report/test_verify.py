@@ -159,6 +159,8 @@ def test_planted_exponent_fails_the_slope_rows(tmp_path: Path,
     for r in slopes:
         assert r["measured"] - clean[r["claim"]]["measured"] == pytest.approx(0.1, abs=1e-6), r["claim"]
         lo, hi = r["interval"]
+        if r["passed"] is None:  # reported, not judged (q = inf on conv nets)
+            continue
         assert r["passed"] is bool(lo <= r["predicted"] <= hi), r["claim"]
     for r in planted:
         if r["passed"] is False:

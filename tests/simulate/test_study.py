@@ -28,7 +28,10 @@ def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: igno
     verdicts = check(TINY)
     slopes = [v for v in verdicts if "slope of" in v.claim]
     assert len(slopes) == 3 and all(v.predicted is not None for v in slopes)
-    assert all(v.passed for v in verdicts), [v.claim for v in verdicts if not v.passed]
+    judged = [v for v in verdicts if not ("_inf" in v.claim and "dense" not in v.claim)]
+    assert all(v.passed for v in judged), [v.claim for v in judged if not v.passed]
+    # conv nets: the q = inf slope is reported, not judged (coordinates are not independent Gaussians)
+    assert all(v.passed is None for v in verdicts if "_inf" in v.claim and "dense" not in v.claim)
     for v in slopes:
         if "dense" in v.claim or "strided" in v.claim:
             q = v.claim.split("||_")[1].split(" ")[0]
@@ -38,8 +41,8 @@ def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: igno
 
 @pytest.mark.parametrize("check", [checks.check_dense, checks.check_strided, checks.check_avgpool])
 def test_planted_exponent_error_fails(check) -> None:  # type: ignore[no-untyped-def]
-    slopes = [v for v in check(PLANTED) if "slope of" in v.claim]
-    assert slopes and all(v.passed is False for v in slopes)
+    slopes = [v for v in check(PLANTED) if "slope of" in v.claim and v.passed is not None]
+    assert len(slopes) >= 2 and all(v.passed is False for v in slopes)
 
 
 def test_maxpool_has_measured_slopes_and_no_prediction() -> None:
