@@ -1,6 +1,7 @@
-"""``python -m benchmarks``: run every benchmark module."""
+"""``python -m benchmarks``: run every benchmark module with its defaults (figures as JSON on stdout)."""
 
-from benchmarks import bench_simulate
+from benchmarks import bench_simulate, bench_training
 
 if __name__ == "__main__":
-    bench_simulate.main()
+    bench_simulate.main([])
+    bench_training.main([])

@@ -82,12 +82,12 @@ def penalty_vs_naive(size: int, batch: int, reps: int) -> dict[str, float]:
     return {"batched_seconds": tb, "naive_seconds": tn, "naive_over_batched": tn / tb}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(2)
     res = {"config": vars(args), "arch": DEFAULT_ARCH, "threads": torch.get_num_threads(),
            "step_ratio_to_plain": step_ratios(args.size, args.batch, args.reps),
