@@ -118,9 +118,9 @@ def check_prop3(budget: Budget) -> list[Verdict]:
     x, y = data.batch(data.x_test), data.y_test
     gaps = prop3_gaps(result.model, x, y, EPS_SMALL, norm_factor=float(result.d) ** budget.plant_exponent)
     slope, (lo, hi) = fit_order(EPS_SMALL, gaps, seed=budget.seed)
-    # pass when 2 lies in the 99.9% bootstrap interval, widened by 0.3 for the curvature of the
-    # log-log line over a factor-8 eps range (higher-order terms); a first-order error gives slope 1
-    passed = lo - 0.3 <= 2.0 <= hi + 0.3
+    # pass when 2 lies in the 99.9% bootstrap interval (false rejection 1e-3 when the order is 2);
+    # a first-order error gives slope 1
+    passed = lo <= 2.0 <= hi
     return [Verdict(
         claim="FGSM-augmented loss minus l_1-penalised loss shrinks like eps^2",
         reference="Proposition 3", predicted=2.0, measured=slope, interval=(lo, hi), passed=passed,
@@ -183,12 +183,14 @@ def check_dimension(budget: Budget) -> list[Verdict]:
         detail = (f"{base['dataset']} up-sampled x1/x2/x4 (sizes {sizes}), {base['n_train']} train imgs, "
                   f"{base['epochs']} epoch, {base['n_test']} test points, 99.9% bootstrap, seed {budget.seed}")
         if method == "plain":
-            # allowance 0.5: after little training the slope sits between the initialisation law (1) and
-            # what training changes; a d-dependent error of exponent >= 0.25 in the norms breaks it
+            # The claim after training (Section 4.2): the dependence on d persists (slope > 0) and is
+            # at most the initialisation's sqrt(d) (slope <= 1).  Both ends are judged on the 99.9%
+            # bootstrap interval (false rejection <= 1e-3 per end); a planted d^0.5 moves the slope by 1.
             verdicts.append(Verdict(
-                claim="E||d_x L||_1 of plainly trained nets grows like sqrt(d) on up-sampled images",
+                claim="E||d_x L||_1 of plainly trained nets grows with d, at most like sqrt(d), on up-sampled images",
                 reference="Section 4.2, Theorem 4", predicted=1.0, measured=slope, interval=(lo, hi),
-                passed=lo - 0.5 <= 1.0 <= hi + 0.5, detail=detail, extra={"series": series}))
+                passed=lo > 0.0 and hi <= 1.0, detail=detail + "; pass iff 0 < slope <= 1 (initialisation: 1)",
+                extra={"series": series}))
         else:
             verdicts.append(Verdict(
                 claim=f"slope of E||d_x L||_1 against sqrt(d) with PGD training (eps {PGD_EPS:g}), reported",
