@@ -29,12 +29,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from advdim.choice import Choice
 from advdim.errors import SpecError
 
 Shape = tuple[int, ...]
 
 
-class Padding(enum.Enum):
+class Padding(Choice):
     """How a convolution pads its input map (``same``-size padding of ``dilation*(k-1)//2``)."""
 
     CIRCULAR = "circular"
@@ -43,12 +44,12 @@ class Padding(enum.Enum):
     VALID = "valid"  # no padding at all
 
     @classmethod
-    def parse(cls, text: str) -> Padding:
-        try:
-            return cls(text.strip().lower())
-        except ValueError:
-            names = ", ".join(p.value for p in cls)
-            raise SpecError(f"unknown padding mode {text!r} (expected one of: {names})") from None
+    def noun(cls) -> str:
+        return "padding mode"
+
+    @classmethod
+    def error(cls) -> type[SpecError]:
+        return SpecError
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ never averaged, over the batch before differentiating, so the gradient of sample
 from __future__ import annotations
 
 import contextlib
-import enum
 import math
 from collections.abc import Iterator
 
@@ -25,26 +24,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from advdim.choice import Choice
 from advdim.errors import AdvdimError
 from advdim.norms import check_q, dual
 
 __all__ = ["Target", "check_finite_params", "check_q", "dual", "grad_norms", "input_gradient", "lp_norm", "mode"]
 
 
-class Target(enum.Enum):
+class Target(Choice):
     """What is differentiated: a logit ``f_k`` or the cross-entropy loss ``L``."""
 
     LOGIT = "logit"
     LOSS = "loss"
 
     @classmethod
-    def parse(cls, text: str | Target) -> Target:
-        if isinstance(text, Target):
-            return text
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            raise AdvdimError(f"unknown target {text!r} (expected logit or loss)") from None
+    def noun(cls) -> str:
+        return "target"
 
 
 def lp_norm(g: torch.Tensor, q: float | str) -> torch.Tensor:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import enum
-
-from advdim.errors import AdvdimError
+from advdim.choice import Choice
 
 
-class Init(enum.Enum):
+class Init(Choice):
     """Weight initialisation schemes."""
 
     HE = "he"  # N(0, 2/fan_in), biases 0 (the paper's H3)
@@ -17,15 +15,8 @@ class Init(enum.Enum):
     ORTHOGONAL = "orthogonal"  # (semi-)orthogonal rows scaled by sqrt(2), biases 0
 
     @classmethod
-    def parse(cls, text: str | Init) -> Init:
-        if isinstance(text, Init):
-            return text
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            raise AdvdimError(
-                f"unknown init scheme {text!r} (expected one of: {', '.join(i.value for i in cls)})"
-            ) from None
+    def noun(cls) -> str:
+        return "init scheme"
 
     def weight_variance(self, fan_in: int, fan_out: int, rows: int | None = None) -> float:
         """Per-weight variance of the scheme.

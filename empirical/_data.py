@@ -21,7 +21,6 @@ Resampling (the paper's up-sampling of CIFAR-10 and down-sampling of mini-ImageN
 
 from __future__ import annotations
 
-import enum
 import gzip
 import os
 import pickle
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from advdim.choice import Choice
 from advdim.errors import AdvdimError, DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -44,7 +44,7 @@ FASHION_MNIST_FILES = {
 }
 
 
-class DatasetName(enum.Enum):
+class DatasetName(Choice):
     """The datasets :func:`load` knows."""
 
     FASHION_MNIST = "fashion-mnist"
@@ -52,17 +52,12 @@ class DatasetName(enum.Enum):
     SYNTHETIC = "synthetic"
 
     @classmethod
-    def parse(cls, text: str | DatasetName) -> DatasetName:
-        if isinstance(text, DatasetName):
-            return text
-        key = str(text).strip().lower().replace("_", "-")
-        aliases = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
-        try:
-            return cls(aliases.get(key, key))
-        except ValueError:
-            raise AdvdimError(
-                f"unknown dataset {text!r} (expected one of: {', '.join(d.value for d in cls)})"
-            ) from None
+    def noun(cls) -> str:
+        return "dataset"
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        return {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
 
 # Per-channel mean and standard deviation of the pixel values in [0, 1] (training sets).

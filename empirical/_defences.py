@@ -23,7 +23,6 @@ eval mode by :mod:`advdim.empirical.attacks`.
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
@@ -31,13 +30,14 @@ from advdim.empirical import attacks
 from torch import nn
 from torch.nn import functional as F
 
+from advdim.choice import Choice
 from advdim.errors import AdvdimError
 from advdim.gradients import lp_norm
 
 PGD_TRAIN_STEPS = 7
 
 
-class Method(enum.Enum):
+class Method(Choice):
     """A training method (defence)."""
 
     PLAIN = "plain"
@@ -49,15 +49,8 @@ class Method(enum.Enum):
     CROSS_LIPSCHITZ = "cross-lipschitz"
 
     @classmethod
-    def parse(cls, text: str | Method) -> Method:
-        if isinstance(text, Method):
-            return text
-        try:
-            return cls(str(text).strip().lower().replace("_", "-"))
-        except ValueError:
-            raise AdvdimError(
-                f"unknown method {text!r} (expected one of: {', '.join(m.value for m in cls)})"
-            ) from None
+    def noun(cls) -> str:
+        return "method"
 
 
 def penalty_scale(d: int, q: float) -> float:

@@ -28,7 +28,6 @@ sample instead of ``O(sum_l n_{l-1} n_l)``, each sample with its own fresh weigh
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from advdim.arch import (
     Spec,
 )
 from advdim.build import Init, resolve_device
+from advdim.choice import Choice
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target, lp_norm
 
@@ -61,7 +61,7 @@ Q_KEYS = ("1", "2", "inf")
 _BN_EPS = 1e-5  # torch's BatchNorm eps: in eval mode at init BN is the scaling 1/sqrt(1 + eps)
 
 
-class Scheme(enum.Enum):
+class Scheme(Choice):
     """How R nets of one spec share the convolution calls."""
 
     AUTO = "auto"
@@ -69,13 +69,8 @@ class Scheme(enum.Enum):
     SPLIT = "split"
 
     @classmethod
-    def parse(cls, text: str | Scheme) -> Scheme:
-        if isinstance(text, Scheme):
-            return text
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            raise AdvdimError(f"unknown batching scheme {text!r} (auto, grouped or split)") from None
+    def noun(cls) -> str:
+        return "batching scheme"
 
 
 #: on CPU, maps with at least this many pixels at the first conv use the SPLIT scheme (measured:
