@@ -6,6 +6,7 @@ Reads only the :class:`~advdim.simulate._study.FamilyResult` record; writes PNG 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from advdim.simulate._study import FamilyResult
@@ -51,12 +52,7 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.suptitle(f"{result.family}: {result.nets} topologies x {result.draws} draws x {result.inputs} inputs "
                  f"(seed {result.seed})", fontsize=9)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        path = out / f"{result.family}_loglog.{ext}"
-        fig.savefig(path, dpi=120)
-        written.append(path)
-    plt.close(fig)
+    written += _save(fig, out / f"{result.family}_loglog")
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -68,10 +64,17 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
         ax.set_xlabel(f"slope of log ||d_x f||_{key} vs log d")
         ax.set_title(f"{result.family}, q={key}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        path = out / f"{result.family}_hist.{ext}"
-        fig.savefig(path, dpi=120)
-        written.append(path)
-    plt.close(fig)
+    written += _save(fig, out / f"{result.family}_hist")
     return written
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg``, close it, return the paths."""
+    fig.tight_layout()
+    paths = [stem.with_suffix(f".{ext}") for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths

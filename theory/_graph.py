@@ -19,8 +19,9 @@ Two exact computations share one walk over the layers:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -373,17 +374,21 @@ def _back_map(step: Step, ids: np.ndarray, intern: _Interner) -> np.ndarray:
     lab = labels[np.clip(nby, 0, None)[:, None, :, None], np.clip(nbx, 0, None)[None, :, None, :]]
     mult = cny[:, None, :, None] * cnx[None, :, None, :]
     lab = np.where(mult > 0, lab, -1)
-    code = ((lab + 1) * (int(mult.max()) + 1) + mult).reshape(h, w, -1)
+    base = int(mult.max()) + 1
+    code = ((lab + 1) * base + mult).reshape(h, w, -1)
     code = np.sort(code, axis=2).reshape(h * w, -1)
+
+    def edges(row: np.ndarray) -> Iterator[tuple[Any, int]]:
+        """Decode one input position's key: (class key of an output position, multiplicity)."""
+        for entry in row:
+            label, m = divmod(int(entry), base)
+            if label and m:
+                yield uniq[label - 1], m
 
     if isinstance(step.layer, Conv):
         def build(row: np.ndarray) -> Poly:
             acc: dict[tuple[int, ...], int] = {}
-            for entry in row:
-                label, m = divmod(int(entry), int(mult.max()) + 1)
-                if label == 0 or m == 0:
-                    continue
-                key = uniq[label - 1]
+            for key, m in edges(row):
                 for cls in key[1:]:
                     _poly_add(acc, intern.polys[int(cls)], int(key[0]), m)
             return _canon(acc)
@@ -395,11 +400,7 @@ def _back_map(step: Step, ids: np.ndarray, intern: _Interner) -> np.ndarray:
     for ch in range(c_in):
         def build_ch(row: np.ndarray, ch: int = ch) -> Poly:
             acc: dict[tuple[int, ...], int] = {}
-            for entry in row:
-                label, m = divmod(int(entry), int(mult.max()) + 1)
-                if label == 0 or m == 0:
-                    continue
-                key = uniq[label - 1]
+            for key, m in edges(row):
                 _poly_add(acc, intern.polys[int(key[1 + ch])], int(key[0]), m)
             return _canon(acc)
 
