@@ -1,7 +1,7 @@
 """Training-step cost of each defence, as a ratio to a plain step measured in the same run, and the
 batched per-sample gradient penalty against the naive one-sample-at-a-time double back-propagation.
 
-    .venv/bin/python benchmarks/bench_training.py [--size 28] [--batch 64] [--reps 5]   (prints JSON)
+    .venv/bin/python benchmarks/bench_training.py [--size 28] [--batch 64] [--reps 5] [--threads 1]   (prints JSON)
 
 Timings are medians over ``reps`` round-robin steps after one warm-up step; only ratios are meaningful across
 machines.
@@ -35,6 +35,7 @@ def _time(fn, reps: int) -> float:
 
 
 def step_ratios(size: int, batch: int, reps: int, eps: float = 0.01) -> dict[str, float]:
+    """Median seconds of a plain step and each defence's step as a ratio to it."""
     net = build(resolve(DEFAULT_ARCH, size, 1), seed=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(0)
@@ -61,6 +62,7 @@ def step_ratios(size: int, batch: int, reps: int, eps: float = 0.01) -> dict[str
 
 
 def penalty_vs_naive(size: int, batch: int, reps: int) -> dict[str, float]:
+    """Seconds per gradient-penalty step, batched (one double back-prop) and one sample at a time."""
     net = build(resolve(DEFAULT_ARCH, size, 1), seed=0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 1, size, size, generator=g)
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (advdim train's default is 1)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     res = {"config": vars(args), "arch": DEFAULT_ARCH, "threads": torch.get_num_threads(),
            "step_ratio_to_plain": step_ratios(args.size, args.batch, args.reps),
            "gradient_penalty": penalty_vs_naive(args.size, args.batch, args.reps)}

@@ -18,14 +18,24 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("plain", "--method",
                                    help="plain, gp1, gp2, fgsm-aug, l2-aug, pgd or cross-lipschitz"),
         eps: float = typer.Option(0.0, "--eps", help="defence strength, normalised input units"),
-        epochs: int = typer.Option(3, "--epochs"),
-        arch: str = typer.Option(None, "--arch", help="family or spec text (default gap(channels=16,...))"),
+        epochs: int = typer.Option(6, "--epochs"),
+        arch: str = typer.Option(None, "--arch", help="family or spec text (default strided(channels=16,...))"),
         batch_size: int = typer.Option(64, "--batch-size"),
-        lr: float = typer.Option(0.05, "--lr", help="SGD learning rate (the reference uses 0.01 over 200 epochs)"),
-        n_train: int = typer.Option(2000, "--n-train", help="training examples used (0: all)"),
-        n_test: int = typer.Option(1000, "--n-test", help="test examples used (0: all)"),
-        n_eval: int = typer.Option(256, "--n-eval", help="examples of each split measured every epoch"),
+        lr: float = typer.Option(0.05, "--lr", help="initial SGD learning rate (the reference: 0.01 over 200 epochs)"),
+        halve_every: int = typer.Option(2, "--halve-every",
+                                        help="reload the best-validation weights and halve the lr every N epochs "
+                                             "(the reference: 30; 0: never)"),
+        valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="share of --n-train held out"),
+        n_train: int = typer.Option(20000, "--n-train", help="training examples used, validation included (0: all)"),
+        n_test: int = typer.Option(2000, "--n-test", help="test examples used (0: all)"),
+        n_eval: int = typer.Option(1000, "--n-eval", help="train and test examples measured every epoch"),
         attack_eps: float = typer.Option(0.004, "--attack-eps", help="test-time PGD l_inf radius"),
+        attack_every: int = typer.Option(0, "--attack-every",
+                                         help="attack every N epochs (0: the last epoch only; the reference: 1)"),
+        threads: int = typer.Option(1, "--threads",
+                                    help="torch CPU threads (1: small nets gain little from more, and OpenMP "
+                                         "spin-waits slow 2 threads down on a busy 2-core machine; 0: torch's "
+                                         "default)"),
         seed: int = typer.Option(0, "--seed"),
         data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR-10 batches, ...)"),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
@@ -45,10 +55,11 @@ def register(app: typer.Typer) -> None:
         if resume and checkpoint is None:
             raise AdvdimError("--resume needs --checkpoint")
         config = TrainConfig(dataset=dataset, size=size, pad=pad, arch=arch or DEFAULT_ARCH,
-                             method=Method.parse(method),
-                             eps=eps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train or None,
-                             n_test=n_test or None, n_eval=n_eval, attack_eps=attack_eps, seed=seed,
-                             data_dir=data_dir, device=device)
+                             method=Method.parse(method), eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
+                             halve_every=halve_every, valid_fraction=valid_fraction, n_train=n_train or None,
+                             n_test=n_test or None, n_eval=n_eval, attack_eps=attack_eps, attack_every=attack_every,
+                             seed=seed, data_dir=data_dir, device=device)
+        _set_threads(threads)
         run_store = RunStore(store) if store is not None else None
         try:
             result = train(config, store=run_store, checkpoint=checkpoint, resume=resume, progress=True)
@@ -60,28 +71,36 @@ def register(app: typer.Typer) -> None:
                        "history": list(result.history)})
             return
         keys = ["acc", "grad_l1", "grad_l2", "vuln_linf", "damage_linf", "vuln_l2", "damage_l2"]
-        rows = [[r["epoch"], split] + [f"{r[split][k]:.4g}" for k in keys]
-                for r in result.history for split in ("train", "test")]
+        rows = [[r["epoch"], f"{r['lr']:g}", split] + [f"{r[split][k]:.4g}" if k in r[split] else "-" for k in keys]
+                for r in result.history for split in ("train", "valid", "test") if split in r]
         out.print(table(f"{config.method.value} eps={config.eps:g} on {dataset} at {result.final['size']} px "
                         f"(d={result.d}); attacks: PGD l_inf eps={config.attack_eps:g}, l_2 eps*sqrt(d) "
-                        "(normalised units)", ["epoch", "split", *keys], rows))
+                        "(normalised units)", ["epoch", "lr", "split", *keys], rows))
 
     @app.command("experiment")
     def experiment_cmd(
         which: str = typer.Argument(..., help="first-order (Section 4.1) or dimension (Section 4.2)"),
         preset: str = typer.Option("small", "--preset", help="small (2-core CPU) or paper (GPU / cluster)"),
         out_dir: Path = typer.Option(Path("advdim-experiment"), "--out", help="folder of the store and plots"),
-        workers: int = typer.Option(0, "--workers", help="local worker processes"),
+        workers: int = typer.Option(None, "--workers",
+                                    help="local worker processes of one torch thread each (default: one per CPU "
+                                         "core on cpu, 0 = in-process otherwise)"),
         scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address tcp://host:port"),
         data_dir: str = typer.Option(None, "--data-dir"),
         device: str = typer.Option("cpu", "--device"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Run a Section 4 experiment as a resumable sweep, then draw its figures."""
+        import os
+
         from advdim.empirical._experiments import run_experiment
 
         from advdim.cli import emit_json, out
 
+        if workers is None:
+            workers = (os.cpu_count() or 1) if device == "cpu" and scheduler is None else 0
+        if workers == 0:
+            _set_threads(1 if device == "cpu" else 0)
         summary = run_experiment(which, preset, out_dir, workers=workers, scheduler=scheduler,
                                  data_dir=data_dir, device=device)
         if as_json:
@@ -90,3 +109,17 @@ def register(app: typer.Typer) -> None:
             out.print(f"{summary['experiment']}: {summary['cells']} runs in {summary['store']}")
             for p in summary["plots"]:
                 out.print(f"  {p}")
+            for line in summary["trends"]:
+                out.print(f"  {line}")
+
+
+def _set_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads (0: leave torch's default)."""
+    if threads < 0:
+        from advdim.errors import AdvdimError
+
+        raise AdvdimError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

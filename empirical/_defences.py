@@ -13,9 +13,12 @@ dual of ``q`` (``1/p + 1/q = 1``), ``d = C*H*W``:
 - ``CROSS_LIPSCHITZ``: ``mean_b L_b + eps * 2/(n K^2) sum_b sum_{l<m} ||d_x f_l - d_x f_m||_2^2``.
 
 By Proposition 3, augmentation with an l_p step of size ``eps d^(1-1/q)`` equals the q-norm
-penalty up to ``O(eps^2)``; the tests check it.  Adversarial examples for training are not
-clipped to the image box (so that the first-order correspondence is exact) and are computed in
-eval mode by :mod:`advdim.empirical.attacks`.
+penalty up to ``O(eps^2)``; the tests check it (without a box).  Adversarial examples are
+computed in eval mode by :mod:`advdim.empirical.attacks`; with ``bounds`` (training passes the
+box of the normalised pixel range, ``Dataset.bounds()``) each point is first projected on the
+eps-ball and then clipped to the box, the attacks' order.  Clipping breaks the exact first-order
+duality with the penalty at pixels on the box's faces (Fashion-MNIST's black background): there
+the step that would leave the box is dropped, the penalty still counts ``|g_i|``.
 
     >>> Method.parse("fgsm-aug")
     <Method.FGSM_AUG: 'fgsm-aug'>
@@ -83,7 +86,8 @@ def cross_lipschitz(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
 
 
 def objective(method: Method, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None,
+              bounds: tuple[attacks.Bound, attacks.Bound] | None = None) -> torch.Tensor:
     """The scalar training loss of ``method`` on the batch ``(x, y)`` (model in its current mode).
 
     Args:
@@ -91,6 +95,7 @@ def objective(method: Method, model: nn.Module, x: torch.Tensor, y: torch.Tensor
         x: normalised inputs ``(B, C, H, W)``; y: labels ``(B,)``.
         eps: strength (the paper's epsilon), >= 0, in normalised input units.
         generator: CPU generator of PGD's random start.
+        bounds: box ``(lo, hi)`` the adversarial training points are clipped to (``None``: no box).
     """
     if not math.isfinite(eps) or eps < 0:
         raise AdvdimError(f"eps must be finite and >= 0, got {eps}")
@@ -104,10 +109,11 @@ def objective(method: Method, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     if method is Method.CROSS_LIPSCHITZ:
         return cross_lipschitz(model, x, y, eps)
     if method is Method.PGD:
-        adv = attacks.pgd(model, x, y, eps, math.inf, PGD_TRAIN_STEPS, random_start=True, generator=generator)
+        adv = attacks.pgd(model, x, y, eps, math.inf, PGD_TRAIN_STEPS, random_start=True, generator=generator,
+                          bounds=bounds)
         return F.cross_entropy(model(adv), y)
     if method is Method.FGSM_AUG:
-        adv = attacks.fgsm(model, x, y, eps)
+        adv = attacks.fgsm(model, x, y, eps, bounds=bounds)
     else:
-        adv = attacks.l2_step(model, x, y, eps * math.sqrt(d))
+        adv = attacks.l2_step(model, x, y, eps * math.sqrt(d), bounds=bounds)
     return (F.cross_entropy(model(x), y) + F.cross_entropy(model(adv), y)) / 2

@@ -1,24 +1,33 @@
-"""Training with a defence, per-epoch metrics, run-store records and exact resume.
+"""Training with a defence, the reference's validation schedule, per-epoch metrics, exact resume.
 
-Every epoch the model is evaluated (eval mode) on a fixed subset of the training set and of the
-test set: accuracy, mean cross-entropy, ``E||d_x L||_1`` and ``E||d_x L||_2`` (per sample, w.r.t.
-the normalised input), adversarial vulnerability (Definition 1: the share of points whose
-predicted label changes under an attack) and adversarial damage ``E[(L(x + delta) - L(x)) / eps]``
-for an l_inf PGD attack of radius ``attack_eps`` and an l_2 PGD attack of radius
-``attack_eps * sqrt(d)`` (the same size per pixel: ``||eps * sign(g)||_2 = eps sqrt(d)``), both
-``attack_steps`` steps of size ``radius / (0.75 * steps)``, no random start, clipped to the image
-box (the reference's test-time attack).
+Schedule (the reference implementation's, with CPU-sized defaults): ``valid_fraction`` of the
+training images (a permutation seeded 42) is held out for validation; SGD with momentum, no
+weight decay; at the start of every epoch ``e > 0`` with ``e % halve_every == 0`` the weights of
+the best validation accuracy so far are reloaded and the learning rate is halved (the optimizer's
+momentum is kept, as in the reference).
+
+Every epoch the model is evaluated (eval mode) on the whole validation split and on the first
+``n_eval`` images of the training part and of the test set: accuracy, mean cross-entropy,
+``E||d_x L||_1`` and ``E||d_x L||_2`` (per sample, w.r.t. the normalised input).  On the test
+set (as the reference), every ``attack_every`` epochs and always at the last one, also the adversarial
+vulnerability (Definition 1: the share of points whose predicted label changes under an attack)
+and adversarial damage ``E[(L(x + delta) - L(x)) / eps]`` for an l_inf PGD attack of radius
+``attack_eps`` and an l_2 PGD attack of radius ``attack_eps * sqrt(d)`` (the same size per pixel:
+``||eps * sign(g)||_2 = eps sqrt(d)``), both ``attack_steps`` steps of size
+``radius / (0.75 * steps)``, no random start, clipped to the image box (the reference's
+test-time attack).
 
 Checkpoints (one file, replaced atomically after each epoch) hold the model, the optimizer, the
-states of the data-order and attack generators, the global torch RNG and the history, so that a
-run killed at any point and resumed gives exactly the numbers of an uninterrupted run (CPU).
-The epoch's record is written to the run store before the checkpoint: a crash in between re-runs
-that epoch, identically, and the store ignores the duplicate.
+learning rate, the best validation accuracy and its weights, the states of the data-order and
+attack generators, the global torch RNG and the history, so that a run killed at any point and
+resumed gives exactly the numbers of an uninterrupted run (CPU).  The epoch's record is written
+to the run store before the checkpoint: a crash in between re-runs that epoch, identically, and
+the store ignores the duplicate.
 
-    >>> cfg = TrainConfig(dataset="synthetic", n_train=32, n_test=16, n_eval=8, epochs=1, batch_size=16)
+    >>> cfg = TrainConfig(dataset="synthetic", n_train=40, n_test=16, n_eval=8, epochs=1, batch_size=16)
     >>> result = train(cfg)
-    >>> sorted(result.final["test"])[:3]
-    ['acc', 'damage_l2', 'damage_linf']
+    >>> sorted(result.final["test"])[:3], sorted(result.final["valid"]) == sorted(result.final["train"])
+    (['acc', 'damage_l2', 'damage_linf'], True)
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ from advdim.gradients import Target, input_gradient, lp_norm
 from advdim.store import RunStore
 
 EPOCH_KIND = "empirical.epoch"
-DEFAULT_ARCH = "gap(channels=16,final=7,padding=zeros)"
+DEFAULT_ARCH = "strided(channels=16,final=7,padding=zeros)"
+VALID_SEED = 42  # the reference's seed of the validation split
 
 
 @dataclass(frozen=True)
@@ -58,10 +68,15 @@ class TrainConfig:
         pad: zero-pad 28 -> 32 before resampling.
         arch: a family (``gap(channels=16,final=7)``) or a spec text; resolved at ``size``.
         method, eps: the defence and its strength (normalised input units).
-        epochs, batch_size, lr, momentum: SGD with momentum, no weight decay, constant lr.
+        epochs, batch_size, lr, momentum: SGD with momentum, no weight decay, initial lr.
+        halve_every: reload the best-validation weights and halve the lr every this many epochs
+            (the reference: 30 of 200 epochs; 0: never).
+        valid_fraction: share of the ``n_train`` images held out for validation (reference 0.1).
         n_train, n_test: the first examples of each split used (``None``: all).
-        n_eval: examples of each split evaluated every epoch.
+        n_eval: examples of the train and test sets evaluated every epoch.
         attack_eps, attack_steps: the test-time PGD (l_inf radius; l_2 radius ``attack_eps sqrt(d)``).
+        attack_every: run the test-time attacks every this many epochs (0: at the last epoch only;
+            the reference: 1).
         seed: model init, data order and attack randomness.
         data_dir: folder of the dataset files (``None``: the default place).
     """
@@ -73,15 +88,18 @@ class TrainConfig:
     init: str = "he"
     method: Method = Method.PLAIN
     eps: float = 0.0
-    epochs: int = 3
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
-    n_train: int | None = 2000
-    n_test: int | None = 1000
-    n_eval: int = 256
+    halve_every: int = 2
+    valid_fraction: float = 0.1
+    n_train: int | None = 20000
+    n_test: int | None = 2000
+    n_eval: int = 1000
     attack_eps: float = 0.004
     attack_steps: int = 10
+    attack_every: int = 0
     seed: int = 0
     data_dir: str | None = None
     device: str = "cpu"
@@ -99,8 +117,13 @@ class TrainConfig:
                         "attack_eps": self.attack_eps}.items():
             if not math.isfinite(f) or f < 0:
                 raise AdvdimError(f"{name} must be finite and >= 0, got {f!r}")
+        for name, v in {"halve_every": self.halve_every, "attack_every": self.attack_every}.items():
+            if not isinstance(v, int) or v < 0:
+                raise AdvdimError(f"{name} must be an integer >= 0, got {v!r}")
         if self.lr == 0 or self.attack_eps == 0:
             raise AdvdimError("lr and attack_eps must be positive")
+        if not 0 <= self.valid_fraction < 1:
+            raise AdvdimError(f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -139,8 +162,9 @@ class TrainResult:
 
 def evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torch.Tensor, size: int | None,
              pad: bool, attack_eps: float, attack_steps: int, batch_size: int = 128,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Per-epoch metrics on ``images`` (uint8) / ``labels`` (see the module docstring)."""
+             device: torch.device | str = "cpu", attack: bool = True) -> dict[str, float]:
+    """Metrics on ``images`` (uint8) / ``labels`` (see the module docstring); the vulnerability and
+    damage keys only with ``attack``."""
     sums: dict[str, float] = {}
     sq_l1 = 0.0
     n = images.shape[0]
@@ -158,7 +182,8 @@ def evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torc
         batch = {"acc": (pred == y).double().sum(), "loss": loss.double().sum(), "grad_l1": l1.sum(),
                  "grad_l2": l2.sum()}
         sq_l1 += float((l1 * l1).sum())
-        for tag, p, radius in (("linf", math.inf, attack_eps), ("l2", 2.0, attack_eps * math.sqrt(d))):
+        radii = (("linf", math.inf, attack_eps), ("l2", 2.0, attack_eps * math.sqrt(d))) if attack else ()
+        for tag, p, radius in radii:
             adv = attacks.pgd(model, x, y, radius, p, attack_steps, bounds=(bounds[0], bounds[1]))
             with torch.no_grad():
                 adv_logits = model(adv)
@@ -171,6 +196,21 @@ def evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torc
     var = max(sq_l1 / n - out["grad_l1"] ** 2, 0.0)
     out["grad_l1_se"] = math.sqrt(var / max(n - 1, 1))
     return dict(sorted(out.items()))
+
+
+def split_validation(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, valid)`` of ``n`` training images, ``round(fraction * n)`` of them held out
+    by a permutation seeded :data:`VALID_SEED` (the same split for every run of the same ``n``).
+
+    >>> tr, va = split_validation(10, 0.2)
+    >>> len(tr), len(va), sorted(tr.tolist() + va.tolist()) == list(range(10))
+    (8, 2, True)
+    """
+    n_valid = round(fraction * n)
+    if fraction > 0 and not 1 <= n_valid < n:
+        raise AdvdimError(f"a validation share of {fraction:g} of {n} training images leaves an empty split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VALID_SEED))
+    return perm[n_valid:], perm[:n_valid]
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -195,7 +235,7 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         on_epoch: called with ``(epoch, record)`` after each epoch is stored and checkpointed.
         data: an already loaded dataset (default: load ``config.dataset``).
     Returns:
-        The :class:`TrainResult`.
+        The :class:`TrainResult` (the model of the last epoch, as the reference's ``last.pt``).
     """
     device = resolve_device(config.device)
     if data is None:
@@ -209,8 +249,12 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     order_gen = torch.Generator().manual_seed(config.seed)
     attack_gen = torch.Generator().manual_seed(config.seed + 1)
+    bounds = tuple(b.to(device) for b in data.bounds())
+    train_idx, valid_idx = split_validation(data.x_train.shape[0], config.valid_fraction)
+    x_train, y_train = data.x_train[train_idx], data.y_train[train_idx]
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, lr = 0, config.lr
+    best_acc, best_state = -1.0, None
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
@@ -222,12 +266,14 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         attack_gen.set_state(state["attack_gen"])
         torch.set_rng_state(state["torch_rng"])
         history = list(state["history"])
-        start_epoch = int(state["epoch"])
-    n = data.x_train.shape[0]
+        start_epoch, lr = int(state["epoch"]), float(state["lr"])
+        best_acc, best_state = float(state["best_acc"]), state["best_model"]
+    n = x_train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     n_eval = config.n_eval
-    evals = {"train": (data.x_train[:n_eval], data.y_train[:n_eval]),
-             "test": (data.x_test[:n_eval], data.y_test[:n_eval])}
+    evals = {"train": (x_train[:n_eval], y_train[:n_eval]), "test": (data.x_test[:n_eval], data.y_test[:n_eval])}
+    if len(valid_idx):
+        evals["valid"] = (data.x_train[valid_idx], data.y_train[valid_idx])
     from contextlib import nullcontext
 
     bar_cm: Any = nullcontext(None)
@@ -244,14 +290,20 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
             task = bar.add_task(f"{config.method.value} eps={config.eps:g} size={size}",
                                 total=(config.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, config.epochs):
+            if config.halve_every and epoch > 0 and epoch % config.halve_every == 0:
+                if best_state is not None:  # the reference reloads best.pt, then halves the lr
+                    model.load_state_dict(best_state)
+                lr /= 2
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             model.train()
             perm = torch.randperm(n, generator=order_gen)
             total, count = 0.0, 0
             for s in range(steps_per_epoch):
                 idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
-                x = data.batch(data.x_train[idx], size, config.pad, device=device)
-                y = data.y_train[idx].to(device)
-                loss = objective(config.method, model, x, y, config.eps, attack_gen)
+                x = data.batch(x_train[idx], size, config.pad, device=device)
+                y = y_train[idx].to(device)
+                loss = objective(config.method, model, x, y, config.eps, attack_gen, bounds=(bounds[0], bounds[1]))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -262,18 +314,25 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
             if not math.isfinite(total):
                 raise AdvdimError(f"training diverged at epoch {epoch + 1} (loss {total}); lower --lr or --eps")
             model.eval()
-            record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "d": spec.d, "size": size}
+            last = epoch + 1 == config.epochs
+            attack = last or (config.attack_every > 0 and (epoch + 1) % config.attack_every == 0)
+            record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "lr": lr, "d": spec.d,
+                                      "size": size}
             for split, (xs, ys) in evals.items():
                 record[split] = evaluate(model, data, xs, ys, size, config.pad, config.attack_eps,
-                                         config.attack_steps, device=device)
+                                         config.attack_steps, device=device, attack=attack and split == "test")
+            if "valid" in record and record["valid"]["acc"] > best_acc:
+                best_acc = record["valid"]["acc"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             history.append(record)
             if store is not None:
                 store.put(EPOCH_KIND, {**config.store_config(), "epoch": epoch + 1}, record)
             if ckpt is not None:
-                _atomic_save({"config": config.store_config(), "epoch": epoch + 1, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "order_gen": order_gen.get_state(),
-                              "attack_gen": attack_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                              "history": history}, ckpt)
+                _atomic_save({"config": config.store_config(), "epoch": epoch + 1, "lr": lr,
+                              "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "best_acc": best_acc, "best_model": best_state,
+                              "order_gen": order_gen.get_state(), "attack_gen": attack_gen.get_state(),
+                              "torch_rng": torch.get_rng_state(), "history": history}, ckpt)
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
     model.eval()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from advdim.empirical import Method, TrainConfig, objective, synthetic, train
+from advdim.empirical._checks import CHECK_SCHEDULE
 from advdim.empirical._firstorder import fit_order, lemma2_ratios, prop3_gaps
 
 from advdim.arch import family
@@ -83,8 +84,11 @@ def test_penalty_matches_its_formula():
 @pytest.fixture(scope="module")
 def trained():
     data = synthetic(n_train=256, n_test=64, seed=0)
-    result = train(TrainConfig(dataset="synthetic", n_train=256, n_test=64, n_eval=16, epochs=2, batch_size=32,
-                               lr=0.05), data=data)
+    # the checks' net and schedule: the default net saturates the synthetic set's losses, whose float64
+    # differences at eps ~ 1e-6 then round to 0
+    schedule = {**CHECK_SCHEDULE, "batch_size": 32}
+    result = train(TrainConfig(dataset="synthetic", n_train=256, n_test=64, n_eval=16, epochs=2, **schedule),
+                   data=data)
     x = data.batch(data.x_test[:64])
     return result.model, x, data.y_test[:64]
 
@@ -113,3 +117,28 @@ def test_first_order_fits_fail_on_planted_error(trained):
     ratios = lemma2_ratios(model, x, y, math.inf, eps)
     assert abs(ratios[0].mean() - 1) < 1e-2
     assert abs(lemma2_ratios(model, x, y, math.inf, eps, norm_factor=d ** 0.1)[0].mean() - 1) > 0.1
+
+
+@pytest.mark.parametrize("method", [Method.FGSM_AUG, Method.L2_AUG])
+def test_training_points_are_clipped_to_the_box(method):
+    # projection on the eps-ball first, then clipping to the box: for one step from x the ball
+    # projection is the identity, so the point is clamp(x + step, lo, hi)
+    net = build(family("dense", widths=(12,)).spec(4, channels=1), seed=1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    lo, hi = -0.5, 0.5
+    x = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5
+    x[:, :, 0] = lo  # a face of the box, as black background pixels
+    y = torch.randint(0, 10, (6,), generator=g)
+    xg = x.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(torch.nn.functional.cross_entropy(net(xg), y, reduction="sum"), xg)
+    eps = 0.2
+    if method is Method.FGSM_AUG:
+        step = eps * gr.sign()
+    else:
+        step = eps * 4 * gr / gr.reshape(6, -1).norm(dim=1).view(-1, 1, 1, 1)
+    adv = (x + step).clamp(lo, hi)
+    f = torch.nn.functional
+    want = (f.cross_entropy(net(x), y) + f.cross_entropy(net(adv), y)) / 2
+    got = objective(method, net, x, y, eps, bounds=(lo, hi))
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    assert got.item() != pytest.approx(objective(method, net, x, y, eps).item(), rel=1e-6)

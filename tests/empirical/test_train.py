@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 from advdim.empirical import Method, TrainConfig, train
 
 from advdim.errors import AdvdimError
@@ -68,10 +69,46 @@ def test_training_learns_and_stores(tmp_path):
     # 10 classes: chance is 0.1; 64 test points give a standard error sqrt(0.1*0.9/64) = 0.0375 at
     # chance, so 0.3 is > 5 standard errors above it (deterministic seed; fails only if nothing is learnt)
     assert r.final["test"]["acc"] > 0.3
-    for split in ("train", "test"):
+    for split in ("train", "valid", "test"):
         m = r.final[split]
         assert m["grad_l1"] >= m["grad_l2"] > 0  # ||g||_1 >= ||g||_2
-        assert 0 <= m["vuln_linf"] <= 1 and 0 <= m["vuln_l2"] <= 1
+    assert 0 <= r.final["test"]["vuln_linf"] <= 1 and 0 <= r.final["test"]["vuln_l2"] <= 1
+    assert "vuln_linf" not in r.history[0]["test"]  # attacks at the last epoch only (attack_every=0)
+
+
+def test_validation_split_best_reload_and_lr_halving(monkeypatch):
+    from advdim.empirical import _train
+
+    accs = iter([0.9, 0.5, 0.7])  # validation accuracy of epochs 1, 2, 3: epoch 1 stays the best
+    real_evaluate = _train.evaluate
+
+    def fake_evaluate(model, data, images, *args, **kwargs):
+        out = real_evaluate(model, data, images, *args, **kwargs)
+        return {**out, "acc": next(accs)} if images.shape[0] == 10 else out  # the validation split
+
+    starts = []
+    real_objective = _train.objective
+
+    def spy_objective(method, model, *args, **kwargs):
+        if len(starts) < len(seen) + 1:
+            starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_objective(method, model, *args, **kwargs)
+
+    seen: list[int] = []
+    monkeypatch.setattr(_train, "evaluate", fake_evaluate)
+    monkeypatch.setattr(_train, "objective", spy_objective)
+    cfg = TrainConfig(dataset="synthetic", n_train=100, n_test=16, n_eval=8, epochs=3, batch_size=90, lr=0.1,
+                      halve_every=1, valid_fraction=0.1)  # one step per epoch: start of epoch e = first call
+    r = train(cfg, on_epoch=lambda e, rec: seen.append(e))
+    assert [h["lr"] for h in r.history] == [0.1, 0.05, 0.025]
+    assert [h["valid"]["acc"] for h in r.history] == [0.9, 0.5, 0.7]
+    # epochs 2 and 3 both start from the best weights, those at the end of epoch 1
+    assert all(torch.equal(starts[1][k], starts[2][k]) for k in starts[1])
+    assert not all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    train_idx, valid_idx = _train.split_validation(100, 0.1)
+    assert len(valid_idx) == 10 and set(train_idx.tolist()).isdisjoint(valid_idx.tolist())
+    with pytest.raises(AdvdimError, match="empty split"):
+        _train.split_validation(4, 0.1)
 
 
 def test_bad_config_and_foreign_checkpoint(tmp_path):
