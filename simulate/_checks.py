@@ -33,12 +33,12 @@ class _Plan:
 
 
 def plan(scale: Scale, family: str) -> _Plan:
-    """Budget per scale: TINY is seconds (the test suite), DEFAULT about a minute per conv family."""
+    """Budget per scale: TINY is seconds (the test suite), DEFAULT under a minute per family."""
     if scale is Scale.TINY:
         return _Plan((8, 16), 16 if family == "dense" else 8, 2, 2)
     if scale is Scale.PAPER:
         return _Plan((8, 16, 32, 64, 128), 1000, 4, 4)
-    return _Plan((8, 16, 32, 64), 200, 2, 2) if family == "dense" else _Plan((8, 16, 32), 100, 2, 2)
+    return _Plan((8, 16, 32, 64), 200, 2, 2)  # the default of `advdim simulate` (power: docs/simulate-power.md)
 
 
 @functools.lru_cache(maxsize=8)

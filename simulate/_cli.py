@@ -22,10 +22,6 @@ def _sizes(text: str) -> list[int]:
         raise AdvdimError(f"--sizes must be integers separated by commas, got {text!r}") from None
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to ``app``."""
 
@@ -87,15 +83,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
             return
-        rows = []
-        for r in results:
-            for key, q in r.q.items():
-                status = {True: "pass", False: "FAIL", None: "no prediction"}[q.passed]
-                rows.append([r.family, key, _fmt(q.predicted_slope), _fmt(q.measured_slope),
-                             f"[{q.ci[0]:.3f}, {q.ci[1]:.3f}]", status])
-            ratio = "-" if r.prefactor_ratio is None else f"{r.prefactor_ratio:.3f} +- {r.prefactor_se:.3f}"
-            rows.append([r.family, "E||.||_2^2", "theory" if r.sq_predicted else "-",
-                         " ".join(f"{v:.3g}" for v in r.sq_measured), f"ratio {ratio}", ""])
-        out.print(table("advdim simulate: slope of log E||d_x f||_q vs log d",
-                        ["family", "q", "predicted", "measured", "95% CI", "verdict"], rows))
+        from advdim.report import fmt, fmt_interval, status
+
+        rows = [[v.claim, fmt(v.predicted), fmt(v.measured), fmt_interval(v.interval), status(v.passed)]
+                for r in results for v in r.verdicts()]
+        out.print(table("advdim simulate: predicted vs measured (interval: acceptance band, or 95% CI when n/a)",
+                        ["claim", "predicted", "measured", "interval", "verdict"], rows))
         out.print(f"{nets} topologies x {draws} draws x {inputs} inputs per size; sizes {sizes}; seed {seed}")

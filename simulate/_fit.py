@@ -38,6 +38,9 @@ POWER = 0.99
 #: largest standard error at which the test has the required power at DELTA
 SE_FOR_POWER = DELTA / (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER))
 BOOTSTRAP = 2000
+#: fewest topologies a width group needs to enter the infinite-width extrapolation (its bootstrap
+#: standard error is biased low by sqrt(1 - 1/n) and coarse below this)
+MIN_GROUP = 10
 
 
 def ols_slope(log_d: np.ndarray, log_m: np.ndarray) -> np.ndarray:
@@ -97,6 +100,78 @@ def fit_slope(d: np.ndarray, values: np.ndarray, seed: int = 0, n_boot: int = BO
     return SlopeFit(slope, float(boot.std(ddof=1)), (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))),
                     intercept, tuple(map(float, means)), tuple(map(float, lo)), tuple(map(float, hi)),
                     tuple(map(float, per_topo)))
+
+
+@dataclass(frozen=True)
+class WidthLimit:
+    """The slope deviation ``measured - predicted`` extrapolated to infinite width.
+
+    Attributes:
+        deviation: fitted deviation at ``x = 0`` (the infinite-width limit along ``x``).
+        se, ci: its bootstrap standard error and 95% percentile interval.
+        coefficient, coefficient_se: the fitted finite-width term (deviation per unit of ``x``).
+        groups: ``(x, topologies, deviation, se)`` for each group of topologies sharing ``x``.
+    """
+
+    deviation: float
+    se: float
+    ci: tuple[float, float]
+    coefficient: float
+    coefficient_se: float
+    groups: tuple[tuple[float, int, float, float], ...]
+
+
+def _group_deviations(log_d: np.ndarray, values: np.ndarray, predicted: np.ndarray,
+                      members: list[np.ndarray]) -> np.ndarray:
+    """Slope of log mean measured minus slope of log mean predicted, per group of topology rows.
+
+    ``members[g]`` has shape ``(..., n_g)`` (index rows; leading axes are bootstrap replicates).
+    """
+    return np.stack([ols_slope(log_d, np.log(values[m].mean(axis=-2)))
+                     - ols_slope(log_d, np.log(predicted[m].mean(axis=-2))) for m in members], axis=-1)
+
+
+def fit_width_limit(d: np.ndarray, values: np.ndarray, predicted: np.ndarray, x: np.ndarray, seed: int = 0,
+                    n_boot: int = BOOTSTRAP) -> WidthLimit | None:
+    """Extrapolate the slope deviation to ``x = 0`` by weighted least squares over groups of topologies.
+
+    ``x`` is a finite-width index per topology (``advdim.simulate._study.width_index``: how fast
+    the sum of ``1/width`` over the layers grows with ``log d``; 0 when depth does not grow with
+    ``d``).  Topologies sharing ``x`` form a group; each group's deviation is the slope of its
+    log mean measured norm minus that of its log mean predicted norm.  The deviations are regressed
+    on ``x`` with weights ``1/se_g^2``; the intercept is the deviation at infinite width.  Its
+    standard error comes from a bootstrap stratified by group (topologies resampled within groups),
+    the whole fit repeated on each replicate.
+
+    Returns:
+        ``None`` when there is nothing to extrapolate: fewer than two groups of at least
+        ``MIN_GROUP`` topologies, or every ``x`` is 0 (the finite-width fit is already the limit).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if values.shape != predicted.shape or x.shape != values.shape[:1]:
+        raise AdvdimError(f"values {values.shape}, predicted {predicted.shape} and x {x.shape} disagree")
+    keys, inverse, counts = np.unique(np.round(x, 12), return_inverse=True, return_counts=True)
+    kept = [g for g in range(keys.size) if counts[g] >= MIN_GROUP]
+    if len(kept) < 2 or np.all(x == 0):
+        return None
+    log_d = np.log(np.asarray(d, dtype=np.float64))
+    members = [np.flatnonzero(inverse == g) for g in kept]
+    xs = keys[kept]
+    rng = np.random.default_rng(seed)
+    boot_members = [m[rng.integers(0, m.size, size=(n_boot, m.size))] for m in members]
+    point = _group_deviations(log_d, values, predicted, members)
+    boot = _group_deviations(log_d, values, predicted, boot_members)  # (n_boot, G)
+    se_g = np.maximum(boot.std(axis=0, ddof=1), 1e-12)
+    design = np.stack([np.ones_like(xs), xs], axis=1)
+    solve = np.linalg.pinv(design.T @ (design / se_g[:, None] ** 2)) @ (design / se_g[:, None] ** 2).T  # (2, G)
+    beta, boot_beta = solve @ point, boot @ solve.T
+    return WidthLimit(float(beta[0]), float(boot_beta[:, 0].std(ddof=1)),
+                      (float(np.percentile(boot_beta[:, 0], 2.5)), float(np.percentile(boot_beta[:, 0], 97.5))),
+                      float(beta[1]), float(boot_beta[:, 1].std(ddof=1)),
+                      tuple((float(xg), int(m.size), float(p), float(s))
+                            for xg, m, p, s in zip(xs, members, point, se_g)))
 
 
 def tolerance(se: float, alpha: float = ALPHA) -> float:

@@ -43,6 +43,9 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
                 label=f"fit: slope {r.measured_slope:.3f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]")
         if r.predicted_means is not None and r.predicted_slope is not None:
             ax.plot(d, r.predicted_means, "--", color="C3", label=f"theory: slope {r.predicted_slope:.3f}")
+        if r.limit is not None and r.limit_slope is not None:
+            lo_l, hi_l = (r.predicted_slope or 0.0) + r.limit.ci[0], (r.predicted_slope or 0.0) + r.limit.ci[1]
+            ax.plot([], [], " ", label=f"infinite-width limit: slope {r.limit_slope:.3f} [{lo_l:.3f}, {hi_l:.3f}]")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("input dimension d")

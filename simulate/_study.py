@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 from advdim.simulate._engine import Q_KEYS, sample_norms
-from advdim.simulate._fit import ALPHA, DELTA, SE_FOR_POWER, fit_slope, power, ratio_fit, slope_test, z_value
+from advdim.simulate._fit import (ALPHA, DELTA, SE_FOR_POWER, WidthLimit, fit_slope, fit_width_limit, ols_slope, power,
+                                  ratio_fit, slope_test, z_value)
 
-from advdim.arch import FAMILIES, Dense, Family, family, sample_family
+from advdim.arch import FAMILIES, Conv, Dense, Family, family, sample_family
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target
 from advdim.store import RunStore
@@ -68,6 +69,28 @@ def topologies(name: str, n: int, seed: int, sizes: Sequence[int], channels: int
     return out
 
 
+def width_index(fam: Family, sizes: Sequence[int], channels: int) -> float:
+    """How fast the sum of ``1/width`` over the weighted layers grows with ``log d`` (0: it does not).
+
+    ``(sum_l 1/n_l at the largest size - at the smallest) / log(d_max / d_min)``, with ``n_l`` the
+    output channels of a conv layer or the units of a dense one.  At finite width the spread of
+    the path sum grows with each layer by a factor of order ``1/n_l``; in families whose depth grows
+    with ``d`` (one stride-2 conv per doubling of the side) this bends ``log E||d_x f||_q`` away from
+    the Gaussian law by an amount proportional to this index (``docs/simulate.md``).  Dense nets
+    and any net of fixed depth have index 0.
+
+    >>> round(width_index(family("strided", channels=8), (8, 64), 3), 4)
+    0.0902
+    """
+    def inverse_widths(size: int) -> float:
+        spec = fam.spec(int(size), channels)
+        return sum(1.0 / layer.out_channels if isinstance(layer, Conv) else 1.0 / layer.out_features
+                   for layer in spec.layers if isinstance(layer, (Conv, Dense)))
+
+    lo, hi = min(sizes), max(sizes)
+    return (inverse_widths(hi) - inverse_widths(lo)) / math.log(hi**2 / lo**2)
+
+
 def cell_config(fam: Family, t: int, size: int, channels: int, draws: int, inputs: int, seed: int,
                 target: Target, exact_shortcuts: bool, dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
     return {"family": fam.name, "params": fam.to_json(), "topology": t, "size": size, "channels": channels,
@@ -106,6 +129,7 @@ class TopologyLaw:
     norms: dict[str, tuple[float, ...] | None]  # q -> E||d_x f_k||_q per size
     sq: tuple[float, ...] | None  # E||d_x f_k||_2^2 per size
     slopes: dict[str, float | None]
+    sq_exact: str | None = None  # why the path sum is only approximate (H1 fails), None when it is exact
 
 
 def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> TopologyLaw | None:
@@ -126,7 +150,8 @@ def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> Topolo
         sq: tuple[float, ...] | None = tuple(float(pred.grad_sq_norm(s)) for s in sizes)
     except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
         sq = None
-    return TopologyLaw(norms, sq, {k: pred.predicted_slope.get(k) for k in Q_KEYS})
+    approx = None if pred.hypotheses.get("H1", True) else pred.reasons["H1"]
+    return TopologyLaw(norms, sq, {k: pred.predicted_slope.get(k) for k in Q_KEYS}, approx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,10 +177,25 @@ class QResult:
     predicted_means: tuple[float, ...] | None
     per_topology: tuple[float, ...]
     topologies_used: int
+    limit: WidthLimit | None = None
+
+    @property
+    def limit_slope(self) -> float | None:
+        """The measured slope extrapolated to infinite width (``None`` without an extrapolation)."""
+        if self.limit is None or self.predicted_slope is None:
+            return None
+        return self.predicted_slope + self.limit.deviation
 
     def to_json(self) -> dict[str, Any]:
+        """The issue's keys; ``pass`` judges the infinite-width limit when one is fitted (``judged``)."""
+        limit = None
+        if self.limit is not None and self.predicted_slope is not None:
+            p, lim = self.predicted_slope, self.limit
+            limit = {"slope": p + lim.deviation, "ci": [p + lim.ci[0], p + lim.ci[1]], "se": lim.se,
+                     "finite_width_coefficient": lim.coefficient, "coefficient_se": lim.coefficient_se}
         return {"predicted_slope": self.predicted_slope, "measured_slope": self.measured_slope,
-                "ci": list(self.ci), "pass": self.passed}
+                "ci": list(self.ci), "pass": self.passed, "width_limit": limit,
+                "judged": "width_limit" if limit is not None else "sampled_widths"}
 
 
 @dataclass(frozen=True)
@@ -179,6 +219,7 @@ class FamilyResult:
     sq_predicted: tuple[float, ...] | None
     prefactor_ratio: float | None
     prefactor_se: float | None
+    prefactor_approximate: str | None  # the reason when the path sum is only approximate (not judged)
     values: dict[str, list[list[float]]] = field(repr=False)  # q -> per topology, per size
     topologies: tuple[str, ...] = field(repr=False, default=())
 
@@ -198,12 +239,14 @@ class FamilyResult:
                     "plant_exponent": self.plant_exponent, "has_law": self.has_law,
                     "prefactor": {"measured": list(self.sq_measured),
                                   "predicted": None if self.sq_predicted is None else list(self.sq_predicted),
-                                  "ratio": self.prefactor_ratio, "se": self.prefactor_se},
+                                  "ratio": self.prefactor_ratio, "se": self.prefactor_se,
+                                  "approximate": self.prefactor_approximate},
                     "values": self.values, "topologies": list(self.topologies)})
         for k, v in self.q.items():
             rec["q"][k].update({"se": v.se, "tol": v.tol, "power_at_0.05": v.power, "means": list(v.means),
                                 "predicted_means": None if v.predicted_means is None else list(v.predicted_means),
-                                "per_topology_slopes": list(v.per_topology), "topologies_used": v.topologies_used})
+                                "per_topology_slopes": list(v.per_topology), "topologies_used": v.topologies_used,
+                                "width_groups": None if v.limit is None else [list(g) for g in v.limit.groups]})
         return rec
 
     def _series(self, key: str) -> dict[str, Any]:
@@ -243,23 +286,54 @@ class FamilyResult:
                     {"se": r.se, "ci95": list(r.ci), "plant_exponent": self.plant_exponent,
                      "series": self._series(key)}))
                 continue
+            budget = f"{r.topologies_used} topologies x {self.draws} draws x {self.inputs} inputs, seed {self.seed}"
+            if r.limit is not None and r.limit_slope is not None:
+                out += self._limit_verdicts(claim, r, alpha, budget)
+                continue
             out.append(Verdict(
                 claim, self.reference, r.predicted_slope, r.measured_slope,
                 (r.measured_slope - tol, r.measured_slope + tol), passed,
                 f"|measured - predicted| <= z*se = {z_value(alpha):.3f}*{r.se:.4f}: false rejection {alpha:g}, "
                 f"power {power(r.se, DELTA, alpha):.3f} at +-{DELTA} (alpha 0.01 needs se <= {SE_FOR_POWER:.4f}); "
-                f"{r.topologies_used} topologies x {self.draws} draws x {self.inputs} inputs, seed {self.seed}",
-                {"se": r.se, "ci95": list(r.ci), "power": r.power, "plant_exponent": self.plant_exponent,
-                 "series": self._series(key)}))
+                f"{budget}", {"se": r.se, "ci95": list(r.ci), "power": r.power,
+                              "plant_exponent": self.plant_exponent, "series": self._series(key)}))
         if self.prefactor_ratio is not None and self.prefactor_se is not None:
             tol = z_value(alpha) * self.prefactor_se
+            judged = self.prefactor_approximate is None
+            note = ("" if judged else "reported, not judged: the path sum is exact only under H1, which fails here: "
+                    f"{self.prefactor_approximate}; ")
             out.append(Verdict(
                 f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, self.prefactor_ratio,
-                (self.prefactor_ratio - tol, self.prefactor_ratio + tol), abs(self.prefactor_ratio - 1.0) <= tol,
-                f"ratio of sums over topologies and sizes; bootstrap se {self.prefactor_se:.4f}, "
+                (self.prefactor_ratio - tol, self.prefactor_ratio + tol),
+                abs(self.prefactor_ratio - 1.0) <= tol if judged else None,
+                f"{note}ratio of sums over topologies and sizes; bootstrap se {self.prefactor_se:.4f}, "
                 f"two-sided alpha {alpha:g}", {"measured": list(self.sq_measured),
                                                 "predicted": list(self.sq_predicted or [])}))
         return out
+
+
+    def _limit_verdicts(self, claim: str, r: QResult, alpha: float, budget: str) -> list[Verdict]:
+        """The judged infinite-width row and the reported sampled-width row of one q."""
+        lim, pred, slope = r.limit, r.predicted_slope, r.limit_slope
+        assert lim is not None and pred is not None and slope is not None
+        tol = z_value(alpha) * lim.se
+        groups = "; ".join(f"x={x:.4f}: {n} nets, {dev:+.4f}+-{se:.4f}" for x, n, dev, se in lim.groups)
+        judged = Verdict(
+            f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol),
+            bool(abs(lim.deviation) <= tol),
+            f"deviation from the law extrapolated to infinite width: |{lim.deviation:+.4f}| <= z*se = "
+            f"{z_value(alpha):.3f}*{lim.se:.4f}: false rejection {alpha:g}, power {power(lim.se, DELTA, alpha):.3f} "
+            f"at +-{DELTA}; finite-width term {lim.coefficient:+.3f}+-{lim.coefficient_se:.3f} per unit of the "
+            f"width index x (weighted fit over groups: {groups}); {budget}",
+            {"se": lim.se, "ci95": [pred + lim.ci[0], pred + lim.ci[1]], "power": power(lim.se, DELTA, alpha),
+             "plant_exponent": self.plant_exponent, "groups": [list(g) for g in lim.groups],
+             "coefficient": lim.coefficient})
+        sampled = Verdict(
+            f"{claim} (sampled widths)", self.reference, pred, r.measured_slope, r.ci, None,
+            f"reported, not judged: at finite width the law bends by the finite-width term (judged in the "
+            f"infinite-width row); 95% bootstrap CI over topologies, se {r.se:.4f}",
+            {"se": r.se, "ci95": list(r.ci), "series": self._series(r.q)})
+        return [judged, sampled]
 
 
 def iid_gaussian_coordinates(family_name: str) -> bool:
@@ -347,8 +421,10 @@ def study(
     has_law: bool | None = None
     if theory_available:
         has_law = any(law is not None and any(v is not None for v in law.norms.values()) for law in laws)
+    index = np.array([width_index(f, sizes_t, channels) for f in topos]) if has_law else np.zeros(nets)
     qres: dict[str, QResult] = {}
     for i, key in enumerate(Q_KEYS):
+        limit: WidthLimit | None = None
         fit = fit_slope(d, values[key], seed=seed + i)
         pred_slope: float | None = None
         pred_means: tuple[float, ...] | None = None
@@ -359,10 +435,9 @@ def study(
             mask = np.array([law is not None and law.norms[key] is not None for law in laws])
             used = int(mask.sum())
             if used >= 2:
-                pm = np.array([law.norms[key] for law, m in zip(laws, mask) if m and law is not None],
-                              dtype=np.float64).mean(axis=0)
-                from advdim.simulate._fit import ols_slope
-
+                per_topo = np.array([law.norms[key] for law, m in zip(laws, mask) if m and law is not None],
+                                    dtype=np.float64)
+                pm = per_topo.mean(axis=0)
                 pred_slope = float(ols_slope(np.log(d), np.log(pm)))
                 pred_means = tuple(map(float, pm))
                 if used < nets:
@@ -370,20 +445,28 @@ def study(
                 passed, tol = slope_test(fit.slope, pred_slope, fit.se)
                 if key == "inf" and not iid_gaussian_coordinates(family):
                     passed = None  # reported, not judged: see iid_gaussian_coordinates
+                else:
+                    limit = fit_width_limit(d, values[key][mask], per_topo, index[mask], seed=seed + i)
+                    if limit is not None:
+                        passed, tol = slope_test(pred_slope + limit.deviation, pred_slope, limit.se)
             else:
                 used = nets
-        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(fit.se), fit.means,
-                            fit.lo, fit.hi, pred_means, fit.per_topology, used)
+        se = fit.se if limit is None else limit.se
+        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(se), fit.means,
+                            fit.lo, fit.hi, pred_means, fit.per_topology, used, limit)
 
     sq_pred: tuple[float, ...] | None = None
     ratio = ratio_se = None
+    approx: str | None = None
     if theory_available and tgt is Target.LOGIT:
         smask = np.array([law is not None and law.sq is not None for law in laws])
         if smask.sum() >= 2:
             p = np.array([law.sq for law, m in zip(laws, smask) if m and law is not None], dtype=np.float64)
             sq_pred = tuple(map(float, p.mean(axis=0)))
             ratio, ratio_se = ratio_fit(sq[smask], p, seed=seed)
+            approx = next((law.sq_exact for law, m in zip(laws, smask) if m and law is not None and law.sq_exact),
+                          None)
     return FamilyResult(
         family, sizes_t, tuple(int(x) for x in d), channels, nets, draws, inputs, seed, tgt.value, exact_shortcuts,
-        plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se,
+        plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se, approx,
         {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos))

@@ -39,7 +39,10 @@ def dual(p: float | str) -> float:
 
 def lp(v: np.ndarray, p: float) -> float:
     a = np.abs(np.asarray(v, dtype=np.float64)).ravel()
-    return float(a.max()) if math.isinf(p) else float(np.sum(a**p) ** (1 / p))
+    top = float(a.max()) if a.size else 0.0
+    if math.isinf(p) or top == 0.0:
+        return top
+    return top * float(np.sum((a / top) ** p) ** (1 / p))  # scaled: no under/overflow of a**p
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,7 +88,8 @@ def lemma2_maximiser(g: np.ndarray, p: float | str, eps: float = 1.0) -> np.ndar
         flat[k] = eps * np.sign(g.reshape(-1)[k])
         return out
     q = dual(p)
-    raw = np.sign(g) * np.abs(g) ** (q - 1)
+    scaled = np.abs(g) / np.abs(g).max()  # the maximiser is scale-free; this keeps |g|^(q-1) from under/overflow
+    raw = np.sign(g) * scaled ** (q - 1)
     return eps * raw / lp(raw, p)
 
 

@@ -135,6 +135,13 @@ def _h1(st: list[Step]) -> tuple[bool, str]:
                 break
         if relu is None:
             return False, f"layer {w.index} {w.layer.kind} is not followed by a ReLU (its factor is 1, not 1/2)"
+        pool = next((s for s in st[w.index + 1:relu.index] if isinstance(s.layer, (AvgPool, GlobalAvgPool))), None)
+        if pool is not None and isinstance(w.layer, Conv):
+            return False, (f"layer {pool.index} {pool.layer.kind} pools conv outputs before the ReLU: the pooled "
+                           "pre-activation and the input gradient load on overlapping sums of the same kernel "
+                           "weights, so the ReLU pattern is not independent of the weights (the path sum holds "
+                           "only approximately: measured E||d_x f||_2^2 a few % above it, about 20% where the "
+                           "kernel covers the whole map)")
     return True, "every hidden conv / dense unit is followed by a ReLU active with probability 1/2"
 
 

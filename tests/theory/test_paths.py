@@ -273,3 +273,11 @@ def test_planted_error_fails_the_monte_carlo_check() -> None:
     pooled = parse(MC_SPECS[2])
     samples = mc_grad_sq(pooled, "he", 0, n_nets=120, seed=7)
     assert not mc_verdict(pooled, 4 * float(input_variances(pooled).sum()), samples, "planted: pool").passed
+
+
+def test_pooling_before_the_relu_makes_h1_approximate_but_keeps_the_law() -> None:
+    pooled = predict(family("avgpool"), sizes=(8, 16), symmetry=False)
+    assert pooled.has_law and not pooled.hypotheses["H1"] and "before the ReLU" in pooled.reasons["H1"]
+    assert pooled.grad_sq_norm(16) > 0 and pooled.exponent["2"] is not None
+    # pooling after the ReLU (global-average-pool head) leaves H1 as it is
+    assert predict(family("gap"), sizes=(8, 16), symmetry=False).hypotheses["H1"]
