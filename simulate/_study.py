@@ -22,8 +22,19 @@ from typing import Any
 
 import numpy as np
 from advdim.simulate._engine import Q_KEYS, sample_norms
-from advdim.simulate._fit import (ALPHA, DELTA, SE_FOR_POWER, WidthLimit, fit_slope, fit_width_limit, ols_slope, power,
-                                  ratio_fit, slope_test, z_value)
+from advdim.simulate._fit import (
+    ALPHA,
+    DELTA,
+    SE_FOR_POWER,
+    WidthLimit,
+    fit_slope,
+    fit_width_limit,
+    ols_slope,
+    power,
+    ratio_fit,
+    slope_test,
+    z_value,
+)
 
 from advdim.arch import FAMILIES, Conv, Dense, Family, family, sample_family
 from advdim.errors import AdvdimError, SpecError

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from advdim.simulate._fit import (ALPHA, MIN_GROUP, SE_FOR_POWER, fit_slope, fit_width_limit, power, ratio_fit,
-                                  slope_test)
+from advdim.simulate._fit import (
+    ALPHA,
+    MIN_GROUP,
+    SE_FOR_POWER,
+    fit_slope,
+    fit_width_limit,
+    power,
+    ratio_fit,
+    slope_test,
+)
 from scipy import stats
 
 from advdim.errors import AdvdimError
