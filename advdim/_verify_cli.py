@@ -106,6 +106,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         out_dir: str = typer.Option("report", "--out", help="report folder (HTML, plots, CSV/Parquet, runs.sqlite)"),
         as_json: bool = typer.Option(False, "--json", help="print the verdicts as JSON on stdout"),
+        workers: int = typer.Option(0, "--workers", help="local worker processes for the sweeps (0: in-process)"),
+        scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786"),
         plant_exponent: float = typer.Option(0.0, "--plant-exponent", hidden=True,
                                              help="multiply measured gradient norms by d**X (planted false claim)"),
     ) -> int:
@@ -128,7 +130,10 @@ def register(app: typer.Typer) -> None:
         if plant_exponent != plant_exponent or abs(plant_exponent) == float("inf"):
             raise AdvdimError(f"--plant-exponent must be a finite number, got {plant_exponent}")
         report_dir = _report_dir(out_dir)
-        budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"))
+        if workers < 0:
+            raise AdvdimError(f"--workers must be >= 0, got {workers}")
+        budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"),
+                        workers=workers, scheduler=scheduler)
         registered = all_checks()
         checks = [c for c in registered if part is None or c.part is part]
         present = {c.part for c in registered}
@@ -149,10 +154,11 @@ def register(app: typer.Typer) -> None:
             notes.append(f"planted error: measured gradient norms multiplied by d^{plant_exponent:g} "
                          "(the slope verdicts are expected to FAIL)")
         cmd = command_line("verify", scale=sc.value, only=only, seed=seed, device=device, out=out_dir,
-                           plant_exponent=plant_exponent or None)
+                           workers=workers or None, scheduler=scheduler, plant_exponent=plant_exponent or None)
         info = RunInfo(title="advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)", command=cmd,
                        seed=seed, device=_device_text(dev), scale=sc.value, seconds=seconds, notes=tuple(notes),
-                       settings={"parts": only or "all", "checks": str(len(checks))})
+                       settings={"parts": only or "all", "checks": str(len(checks)),
+                                 "executor": scheduler or (f"{workers} workers" if workers else "in-process")})
         files = write_report(report_dir, rows, info)
         failed = [r for r in rows if r["passed"] is False]
         if as_json:

@@ -41,6 +41,8 @@ class Budget:
             must make the slope verdicts fail).
         out_dir: a folder where a check may write its own plot files (``None``: write none); the
             paths go into ``Verdict.extra["plots"]`` and the report embeds them.
+        workers, scheduler: the executor of the checks' sweeps (:func:`advdim.sweep.run_sweep`):
+            local worker processes, or the address of a Dask ``distributed`` scheduler.
     """
 
     scale: Scale = Scale.DEFAULT
@@ -48,6 +50,8 @@ class Budget:
     device: str = "auto"
     plant_exponent: float = 0.0
     out_dir: str | None = None
+    workers: int = 0
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)

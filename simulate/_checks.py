@@ -45,7 +45,8 @@ def plan(scale: Scale, family: str) -> _Plan:
 def _run(budget: Budget, family: str) -> FamilyResult:
     p = plan(budget.scale, family)
     return study(family, p.sizes, 3, p.nets, p.inputs, budget.seed, budget.device, "logit", True,
-                 budget.plant_exponent, draws=p.draws, progress=False)
+                 budget.plant_exponent, draws=p.draws, workers=budget.workers, scheduler=budget.scheduler,
+                 progress=False)
 
 
 def _with_plots(budget: Budget, res: FamilyResult, verdicts: list[Verdict]) -> list[Verdict]:

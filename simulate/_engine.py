@@ -297,39 +297,82 @@ def shortcut_gradients(spec: Spec, x: torch.Tensor, generator: torch.Generator, 
     """
     if not shortcut_applies(spec, init):
         raise AdvdimError(f"the dense shortcut does not apply to {spec.to_text()}")
+    h = x.reshape(x.shape[0], -1)
+    r0 = torch.linalg.vector_norm(h, dim=1)
+    e = h / torch.where(r0 > 0, r0, torch.ones_like(r0))[:, None]
+    alpha, beta = _dense_chain(spec, r0, generator, target, logit, labels, init)
+    xi = torch.randn(h.shape, generator=generator, dtype=x.dtype, device=x.device)
+    xi = xi - (xi * e).sum(dim=1, keepdim=True) * e
+    return (alpha[:, None] * e + beta[:, None] * xi).reshape(x.shape)
+
+
+def gaussian_input_norms(spec: Spec, n: int, generator: torch.Generator, rng: np.random.Generator,
+                         target: Target = Target.LOGIT, logit: int = 0, labels: torch.Tensor | None = None,
+                         init: Init = Init.HE, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Exact-in-distribution norms of ``d_x f`` for a dense chain on i.i.d. ``N(0, 1)`` inputs, O(d) per sample.
+
+    With a Gaussian input the first layer sees only ``r = ||x||`` (``r^2 ~ chi^2_d``) and a uniform
+    direction ``e``; :func:`shortcut_gradients` gives ``g = alpha e + beta xi_perp`` with ``alpha``,
+    ``beta`` functions of ``r`` and the rest of the net, and ``xi_perp`` a standard Gaussian
+    orthogonal to ``e``.  Given ``(alpha, beta)`` that law is rotation invariant, so ``g`` is its
+    norm ``sqrt(alpha^2 + beta^2 K)`` (``K ~ chi^2_{d-1}``, independent) times a uniform direction
+    ``zeta / ||zeta||_2``, ``zeta ~ N(0, I_d)``: one Gaussian vector of length ``d`` per sample
+    instead of the input, a second vector and a projection.
+
+    Returns:
+        ``{"1", "2", "inf", "sq2"}`` -> ``(n,)`` float64 tensors on ``generator``'s device.
+    """
+    if not shortcut_applies(spec, init):
+        raise AdvdimError(f"the dense shortcut does not apply to {spec.to_text()}")
+    dev = generator.device
+    r0 = torch.from_numpy(np.sqrt(rng.chisquare(spec.d, size=n))).to(device=dev, dtype=dtype)
+    alpha, beta = _dense_chain(spec, r0, generator, target, logit, labels, init)
+    k = torch.from_numpy(rng.chisquare(spec.d - 1, size=n) if spec.d > 1 else np.zeros(n)).to(dev, torch.float64)
+    size = torch.sqrt(alpha.double() ** 2 + beta.double() ** 2 * k)
+    zeta = torch.randn((n, spec.d), generator=generator, dtype=dtype, device=dev)
+    l2 = torch.linalg.vector_norm(zeta, dim=1).double()
+    return {"1": size * zeta.abs().sum(dim=1).double() / l2, "2": size,
+            "inf": size * zeta.abs().amax(dim=1).double() / l2, "sq2": size**2}
+
+
+def _dense_chain(spec: Spec, r0: torch.Tensor, generator: torch.Generator, target: Target, logit: int,
+                 labels: torch.Tensor | None, init: Init) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha, beta)`` of the first layer for inputs of norm ``r0``: ``g = alpha e + beta xi_perp``."""
     dense = [layer for layer in spec.layers if isinstance(layer, Dense)]
     dims = [spec.d] + [layer.out_features for layer in dense]
-    s, dt, dev = x.shape[0], x.dtype, x.device
-    h = x.reshape(s, -1)
-    es, avecs, zs = [], [], []
+    s, dt, dev = r0.shape[0], r0.dtype, r0.device
+    stds = [math.sqrt(init.weight_variance(dims[i], dims[i + 1])) for i in range(len(dense))]
+    r = r0[:, None]
+    es: list[torch.Tensor] = []
+    avecs, zs = [], []
     for i in range(len(dense)):
-        fan_in, fan_out = dims[i], dims[i + 1]
-        std = math.sqrt(init.weight_variance(fan_in, fan_out))
-        r = torch.linalg.vector_norm(h, dim=1, keepdim=True)
-        e = h / torch.where(r > 0, r, torch.ones_like(r))
-        a = torch.randn((s, fan_out), generator=generator, dtype=dt, device=dev) * std
+        a = torch.randn((s, dims[i + 1]), generator=generator, dtype=dt, device=dev) * stds[i]
         z = r * a
-        es.append(e)
         avecs.append(a)
         zs.append(z)
         h = F.relu(z)
-    out = zs[-1]
+        r = torch.linalg.vector_norm(h, dim=1, keepdim=True)
+        es.append(h / torch.where(r > 0, r, torch.ones_like(r)))
+    v = _output_gradient(zs[-1], target, logit, labels)
+    for i in reversed(range(1, len(dense))):
+        e = es[i - 1]
+        xi = torch.randn((s, dims[i]), generator=generator, dtype=dt, device=dev)
+        xi = xi - (xi * e).sum(dim=1, keepdim=True) * e
+        u = (avecs[i] * v).sum(dim=1, keepdim=True) * e + stds[i] * torch.linalg.vector_norm(v, dim=1, keepdim=True) * xi
+        v = u * (zs[i - 1] > 0).to(dt)
+    return (avecs[0] * v).sum(dim=1), stds[0] * torch.linalg.vector_norm(v, dim=1)
+
+
+def _output_gradient(out: torch.Tensor, target: Target, logit: int, labels: torch.Tensor | None) -> torch.Tensor:
+    """``d f_logit / d out`` (a one-hot row) or ``d L / d out`` (softmax minus one-hot)."""
     if target is Target.LOGIT:
         v = torch.zeros_like(out)
         v[:, logit] = 1.0
-    else:
-        if labels is None or labels.shape != (s,):
-            raise AdvdimError(f"the loss gradient needs labels of shape ({s},)")
-        v = torch.softmax(out, dim=1) - F.one_hot(labels, out.shape[1]).to(dt)
-    for i in reversed(range(len(dense))):
-        fan_in, fan_out = dims[i], dims[i + 1]
-        std = math.sqrt(init.weight_variance(fan_in, fan_out))
-        e = es[i]
-        xi = torch.randn((s, fan_in), generator=generator, dtype=dt, device=dev)
-        xi = xi - (xi * e).sum(dim=1, keepdim=True) * e
-        u = (avecs[i] * v).sum(dim=1, keepdim=True) * e + std * torch.linalg.vector_norm(v, dim=1, keepdim=True) * xi
-        v = u * (zs[i - 1] > 0).to(dt) if i > 0 else u
-    return v.reshape(x.shape)
+        return v
+    s = out.shape[0]
+    if labels is None or labels.shape != (s,):
+        raise AdvdimError(f"the loss gradient needs labels of shape ({s},)")
+    return torch.softmax(out, dim=1) - F.one_hot(labels.to(out.device), out.shape[1]).to(out.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +416,12 @@ def sample_norms(
     s_w, s_x, s_y, s_sc = (int(c.generate_state(1)[0]) for c in ss.spawn(4))
     gx = torch.Generator().manual_seed(s_x)
     n = nets * inputs
+    k = spec.n_classes
+    labels = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(s_y)).to(dev)
+    if images is None and exact_shortcuts and shortcut_applies(spec, init):
+        gen = torch.Generator(device=dev).manual_seed(s_sc)
+        norms = gaussian_input_norms(spec, n, gen, np.random.default_rng(s_x), target, logit, labels, init, dtype)
+        return {key: v.reshape(nets, inputs).cpu().numpy() for key, v in norms.items()}
     if images is None:
         x = torch.randn((n, *spec.input_shape), generator=gx, dtype=torch.float64)
     else:
@@ -381,8 +430,6 @@ def sample_norms(
         idx = torch.randint(0, images.shape[0], (n,), generator=gx)
         x = images[idx].to(torch.float64)
     x = x.to(device=dev, dtype=dtype)
-    k = spec.n_classes
-    labels = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(s_y)).to(dev)
     if exact_shortcuts and shortcut_applies(spec, init):
         gen = torch.Generator(device=dev).manual_seed(s_sc)
         g = shortcut_gradients(spec, x, gen, target, logit, labels, init)

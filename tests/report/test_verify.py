@@ -96,7 +96,7 @@ def test_check_plots_reach_the_report(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize("args", [["--scale", "huge"], ["--only", "nothing"], ["--device", "tpu"],
-                                  ["--seed", "x"]])
+                                  ["--seed", "x"], ["--workers", "-1"]])
 def test_bad_input_exits_2_with_one_line(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["verify", *args, "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
@@ -170,3 +170,18 @@ def test_planted_exponent_fails_the_slope_rows(tmp_path: Path,
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count('<tr class="verdict fail" ') == sum(r["passed"] is False for r in planted)
     assert "planted error" in page
+
+
+def test_verify_on_a_dask_cluster_gives_the_in_process_verdicts(tmp_path: Path) -> None:
+    """``--scheduler`` sends the simulate sweeps to Dask (a LocalCluster on loopback): same numbers."""
+    from distributed import LocalCluster
+
+    args = ["--only", "simulate", "--scale", "tiny", "--json"]
+    local = cli("verify", *args, "--out", str(tmp_path / "a"), cwd=tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        remote = cli("verify", *args, "--out", str(tmp_path / "b"), "--scheduler", cluster.scheduler_address,
+                     cwd=tmp_path)
+    assert local.returncode == remote.returncode == 0, remote.stderr[-2000:]
+    rows = [[(r["claim"], r["measured"]) for r in json.loads(res.stdout)["verdicts"]] for res in (local, remote)]
+    assert rows[0] == rows[1] and len(rows[0]) > 10
