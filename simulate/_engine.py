@@ -358,7 +358,8 @@ def _dense_chain(spec: Spec, r0: torch.Tensor, generator: torch.Generator, targe
         e = es[i - 1]
         xi = torch.randn((s, dims[i]), generator=generator, dtype=dt, device=dev)
         xi = xi - (xi * e).sum(dim=1, keepdim=True) * e
-        u = (avecs[i] * v).sum(dim=1, keepdim=True) * e + stds[i] * torch.linalg.vector_norm(v, dim=1, keepdim=True) * xi
+        v_norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        u = (avecs[i] * v).sum(dim=1, keepdim=True) * e + stds[i] * v_norm * xi
         v = u * (zs[i - 1] > 0).to(dt)
     return (avecs[0] * v).sum(dim=1), stds[0] * torch.linalg.vector_norm(v, dim=1)
 
