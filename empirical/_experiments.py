@@ -83,8 +83,9 @@ def configs(which: str, preset: str, data_dir: str | None = None, device: str = 
             out.append(TrainConfig(**base, method=Method.PLAIN, eps=0.0, seed=seed).to_json())
             out += [TrainConfig(**base, method=m, eps=e, seed=seed).to_json() for m in p["methods"] for e in p["eps"]]
         else:
+            # largest size first: the longest runs start first, so that no long one is left alone at the end
             out += [TrainConfig(**base, size=s, method=Method.PGD if e > 0 else Method.PLAIN, eps=e,
-                                seed=seed).to_json() for s in p["sizes"] for e in p["eps"]]
+                                seed=seed).to_json() for s in sorted(p["sizes"], reverse=True) for e in p["eps"]]
     return out
 
 
@@ -132,6 +133,14 @@ def trends(which: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def test(r: dict[str, Any], key: str) -> float:
         return float(r["final"]["test"][key])
 
+    # a net whose ReLUs all died outputs a constant: its input gradient is exactly 0 and its accuracy
+    # chance; it is listed, and left out of the slopes and spreads (log 0)
+    for r in rows:
+        if test(r, "grad_l1") == 0:
+            out.append({"method": r["method"], "eps": r["eps"], "size": r["size"], "collapsed": True,
+                        "text": f"{r['method']} eps {r['eps']:g} size {r['size']}: collapsed (constant output, "
+                                f"zero input gradient, accuracy {test(r, 'acc'):.3f}); left out of the slopes"})
+    rows = [r for r in rows if test(r, "grad_l1") > 0]
     if which == "first-order":
         for m in sorted({r["method"] for r in rows} - {"plain"}):
             sel = sorted((r for r in rows if r["method"] == m), key=lambda r: r["eps"])
@@ -145,6 +154,8 @@ def trends(which: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first_order = {"gp1", "gp2", "fgsm-aug", "l2-aug", "pgd"}
         for e in sorted({r["eps"] for r in rows if r["method"] in first_order}):
             vals = [test(r, "grad_l1") for r in rows if r["method"] in first_order and r["eps"] == e]
+            if len(vals) < 2:
+                continue
             out.append({"eps": e, "spread_grad_l1": max(vals) / min(vals),
                         "text": f"eps {e:g}: E||g||_1 spread (max/min) over {len(vals)} methods "
                                 f"{max(vals) / min(vals):.2f}"})
@@ -198,13 +209,16 @@ def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    collapsed = sum(1 for r in rows if r["final"]["test"]["grad_l1"] == 0)
+    rows = [r for r in rows if r["final"]["test"]["grad_l1"] > 0]  # constant nets: no log of 0
     plain = [r for r in rows if r["method"] == "plain"]
     methods = sorted({r["method"] for r in rows} - {"plain"})
+    colour = {"plain": "k", **{m: f"C{i}" for i, m in enumerate(methods)}}
     panels = [("grad_l1", "E||d_x L||_1"), ("vuln_linf", "vulnerability (l_inf PGD)"), ("acc", "test accuracy")]
     for ax, (key, label) in zip(axes[0], panels):
         for m in methods:
             sel = sorted((r for r in rows if r["method"] == m), key=lambda r: r["eps"])
-            ax.plot([r["eps"] for r in sel], [r["final"]["test"][key] for r in sel], "o-", label=m)
+            ax.plot([r["eps"] for r in sel], [r["final"]["test"][key] for r in sel], "o-", color=colour[m], label=m)
         for r in plain:
             ax.axhline(r["final"]["test"][key], color="k", ls=":", label="plain" if r is plain[0] else None)
         ax.set_xscale("log")
@@ -216,13 +230,16 @@ def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     for ax, (kx, ky) in zip(axes[1], pairs):
         for m in ["plain", *methods]:
             sel = [r for r in rows if r["method"] == m]
-            ax.plot([r["final"]["test"][kx] for r in sel], [r["final"]["test"][ky] for r in sel], "o", label=m)
+            ax.plot([r["final"]["test"][kx] for r in sel], [r["final"]["test"][ky] for r in sel], "o",
+                    color=colour[m], label=m)
         ax.set_xlabel(kx)
         ax.set_ylabel(ky)
     axes[1][0].set_xscale("log")
+    axes[1][0].legend(fontsize=7)
     axes[1][1].set_xscale("log")
     axes[1][1].set_yscale("log")
-    fig.suptitle("Figure 1 analogue (a-f): " + _caption(rows), fontsize=9)
+    note = f"; {collapsed} collapsed run(s) (constant output) omitted" if collapsed else ""
+    fig.suptitle("Figure 1 analogue (a-f): " + _caption(rows) + note, fontsize=9)
     return _save(fig, out, "figure1")
 
 
