@@ -112,7 +112,13 @@ def run_sweep(
             )
     todo = [(k, c) for k, c in unique.items() if k not in done]
 
-    def finish(key: str, config: Config, result: Result) -> None:
+    failures: list[BaseException] = []
+
+    def finish(key: str, config: Config, result: Result | BaseException) -> None:
+        """Store a finished cell; a failed one is remembered and the sweep goes on with the others."""
+        if isinstance(result, BaseException):
+            failures.append(result)
+            return
         if not isinstance(result, dict):
             raise AdvdimError(f"a cell function must return a dict, got {type(result).__name__}")
         if store is not None:
@@ -130,17 +136,30 @@ def run_sweep(
                 futures = {pool.submit(fn, c): (k, c) for k, c in todo}
                 for fut in cf.as_completed(futures):
                     k, c = futures[fut]
-                    finish(k, c, fut.result())
+                    finish(k, c, fut.exception() or fut.result())
                     advance()
         else:
             for k, c in todo:
-                finish(k, c, fn(c))
+                finish(k, c, _call(fn, c))
                 advance()
+    if failures:
+        first = failures[0]
+        where = "are in the run store: fix the cause and rerun with --resume" if store is not None else "are lost"
+        raise AdvdimError(f"{len(failures)} of {len(todo)} cells failed (first: {type(first).__name__}: {first}); "
+                          f"the {len(todo) - len(failures)} finished cells {where}") from first
     return [done[k] for k in keys]
 
 
+def _call(fn: Callable[[Config], Result], config: Config) -> Result | Exception:
+    """``fn(config)``, or the exception it raised (the sweep goes on; ``KeyboardInterrupt`` stops it)."""
+    try:
+        return fn(config)
+    except Exception as e:  # noqa: BLE001 - reported with the others at the end of the sweep
+        return e
+
+
 def _run_dask(address: str, timeout: float, todo: list[tuple[str, Config]], fn: Callable[[Config], Result],
-              finish: Callable[[str, Config, Result], None], advance: Callable[[], None]) -> None:
+              finish: Callable[[str, Config, Result | BaseException], None], advance: Callable[[], None]) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -154,7 +173,7 @@ def _run_dask(address: str, timeout: float, todo: list[tuple[str, Config]], fn: 
         index = {f.key: i for i, f in enumerate(futures)}
         for fut in as_completed(futures):
             k, c = todo[index[fut.key]]
-            finish(k, c, fut.result())
+            finish(k, c, fut.exception() or fut.result())
             advance()
     finally:
         client.close()

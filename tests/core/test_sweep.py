@@ -52,3 +52,14 @@ def test_bad_executor_arguments() -> None:
         run_sweep("sq", CONFIGS, _square, workers=-1, progress=False)
     with pytest.raises(AdvdimError, match="cannot reach the Dask scheduler"):
         run_sweep("sq", CONFIGS, _square, scheduler="tcp://127.0.0.1:9", progress=False, connect_timeout=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_cell_keeps_the_others_and_fails_the_sweep(tmp_path: Path, workers: int) -> None:
+    """One cell raising does not stop the sweep: the others are stored, then one error names the count."""
+    configs = [*CONFIGS[:6], {"x": "not a number"}]  # _square raises TypeError on a string
+    with RunStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(AdvdimError, match=r"1 of 7 cells failed \(first: TypeError.*6 finished cells are in"):
+            run_sweep("sq", configs, _square, store, workers=workers, progress=False)
+        assert store.count("sq") == 6
+        assert run_sweep("sq", CONFIGS, _square, store, progress=False) == EXPECTED  # resumed from the store
