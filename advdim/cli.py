@@ -113,6 +113,9 @@ for _name in _LAYERS:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning :class:`AdvdimError` into a one-line message and exit 2."""
+    from advdim.alloc import keep_freed_memory
+
+    keep_freed_memory()
     try:
         rc = app(args=argv, standalone_mode=False)
     except AdvdimError as e:

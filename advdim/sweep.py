@@ -39,6 +39,9 @@ def _square(config: Config) -> Result:
 
 
 def _init_worker(threads: int) -> None:
+    from advdim.alloc import keep_freed_memory
+
+    keep_freed_memory()
     try:
         import torch
 

@@ -237,6 +237,9 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
     Returns:
         The :class:`TrainResult` (the model of the last epoch, as the reference's ``last.pt``).
     """
+    from advdim.alloc import keep_freed_memory
+
+    keep_freed_memory()  # large activations otherwise cost page faults every step (advdim.alloc)
     device = resolve_device(config.device)
     if data is None:
         data = load(config.dataset, config.data_dir, seed=config.seed)

@@ -113,6 +113,10 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     """Sweep cell function: evaluate one topology at one size (module level: picklable)."""
     import torch
 
+    from advdim.alloc import keep_freed_memory
+
+    keep_freed_memory()  # also on Dask workers, which do not run the advdim command
+
     params = {k: v for k, v in config["params"].items() if k != "family"}
     fam = family(config["family"], **params)
     spec = fam.spec(int(config["size"]), int(config["channels"]))
