@@ -108,6 +108,17 @@ def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 
             "plots": [str(p) for p in plots], "trends": [t["text"] for t in found]}
 
 
+def collapsed(row: dict[str, Any], classes: int = 10) -> bool:
+    """Whether a finished run did not learn: zero input gradient, or, on at least 100 evaluated test
+    images, test accuracy within 3 binomial standard errors of chance ``1/classes`` (the presets'
+    nets reach 0.8 and more; below 100 images accuracy cannot tell a dead net from a weak one)."""
+    test = row["final"]["test"]
+    chance = 1.0 / classes
+    n = min(int(row.get("n_eval") or 0), int(row.get("n_test") or row.get("n_eval") or 0))
+    at_chance = n >= 100 and float(test["acc"]) <= chance + 3.0 * math.sqrt(chance * (1 - chance) / n)
+    return float(test["grad_l1"]) == 0.0 or at_chance
+
+
 def _loglog_slope(x: list[float], y: list[float]) -> float | None:
     """Least-squares slope of log y against log x (``None`` with < 2 points or a value <= 0)."""
     if len(x) < 2 or min(y) <= 0:
@@ -134,14 +145,15 @@ def trends(which: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def test(r: dict[str, Any], key: str) -> float:
         return float(r["final"]["test"][key])
 
-    # a net whose ReLUs all died outputs a constant: its input gradient is exactly 0 and its accuracy
-    # chance; it is listed, and left out of the slopes and spreads (log 0)
+    # a net that did not learn (ReLUs died, constant output: accuracy at chance, input gradient 0 or
+    # nearly) is listed, and left out of the slopes and spreads
     for r in rows:
-        if test(r, "grad_l1") == 0:
+        if collapsed(r):
             out.append({"method": r["method"], "eps": r["eps"], "size": r["size"], "collapsed": True,
-                        "text": f"{r['method']} eps {r['eps']:g} size {r['size']}: collapsed (constant output, "
-                                f"zero input gradient, accuracy {test(r, 'acc'):.3f}); left out of the slopes"})
-    rows = [r for r in rows if test(r, "grad_l1") > 0]
+                        "text": f"{r['method']} eps {r['eps']:g} size {r['size']}: collapsed (accuracy "
+                                f"{test(r, 'acc'):.3f}, at chance; E||g||_1 {test(r, 'grad_l1'):.2g}); "
+                                "left out of the slopes"})
+    rows = [r for r in rows if not collapsed(r)]
     if which == "first-order":
         for m in sorted({r["method"] for r in rows} - {"plain"}):
             sel = sorted((r for r in rows if r["method"] == m), key=lambda r: r["eps"])
@@ -210,8 +222,8 @@ def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 9))
-    collapsed = sum(1 for r in rows if r["final"]["test"]["grad_l1"] == 0)
-    rows = [r for r in rows if r["final"]["test"]["grad_l1"] > 0]  # constant nets: no log of 0
+    n_collapsed = sum(1 for r in rows if collapsed(r))
+    rows = [r for r in rows if not collapsed(r)]  # constant nets: no log of 0
     plain = [r for r in rows if r["method"] == "plain"]
     methods = sorted({r["method"] for r in rows} - {"plain"})
     colour = {"plain": "k", **{m: f"C{i}" for i, m in enumerate(methods)}}
@@ -239,7 +251,7 @@ def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     axes[1][0].legend(fontsize=7)
     axes[1][1].set_xscale("log")
     axes[1][1].set_yscale("log")
-    note = f"; {collapsed} collapsed run(s) (constant output) omitted" if collapsed else ""
+    note = f"; {n_collapsed} collapsed run(s) (constant output) omitted" if n_collapsed else ""
     fig.suptitle("Figure 1 analogue (a-f): " + _caption(rows) + note, fontsize=9)
     return _save(fig, out, "figure1")
 
@@ -254,6 +266,8 @@ def plot_dimension(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     from scipy.interpolate import UnivariateSpline
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    n_collapsed = sum(1 for r in rows if collapsed(r))
+    rows = [r for r in rows if not collapsed(r)]
     for eps in sorted({r["eps"] for r in rows}):
         sel = sorted((r for r in rows if r["eps"] == eps), key=lambda r: r["d"])
         x = [math.sqrt(r["d"]) for r in sel]
@@ -277,7 +291,8 @@ def plot_dimension(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         axes[3].legend(fontsize=7)
     axes[3].set_xlabel("E||d_x L||_1")
     axes[3].set_ylabel("vulnerability")
-    fig.suptitle("Figure 2 analogue (a-d): " + _caption(rows), fontsize=9)
+    note = f"; {n_collapsed} collapsed run(s) (accuracy at chance) omitted" if n_collapsed else ""
+    fig.suptitle("Figure 2 analogue (a-d): " + _caption(rows) + note, fontsize=9)
     return _save(fig, out, "figure2")
 
 

@@ -29,3 +29,21 @@ def test_tiny_experiment_end_to_end(which, tmp_path, monkeypatch):
         assert store.count(ex.RUN_KIND) == summary["cells"]
     again = ex.run_experiment(which, "small", tmp_path, progress=False)  # resumes: nothing recomputed
     assert again["cells"] == summary["cells"]
+
+
+def test_collapsed_runs_are_recognised_and_left_out_of_the_trends():
+    def row(acc, grad, size, eps=0.05):
+        return {"method": "pgd", "eps": eps, "size": size, "d": size * size, "n_eval": 500, "n_test": 500,
+                "final": {"test": {"acc": acc, "grad_l1": grad, "vuln_linf": 0.02}}}
+
+    # the dimension preset's PGD eps 0.05 nets at 56 and 112 px: chance accuracy, gradient ~1e-4
+    dead = [row(0.104, 1.3e-4, 56), row(0.104, 4.9e-4, 112)]
+    alive = [row(0.826, 3.5, 28), row(0.83, 4.0, 56, eps=0.0), row(0.84, 5.0, 112, eps=0.0), row(0.8, 3.0, 28, 0.0)]
+    assert all(ex.collapsed(r) for r in dead) and not any(ex.collapsed(r) for r in alive)
+    assert ex.collapsed(row(0.9, 0.0, 28))  # an exactly zero gradient: a constant net
+    # chance + 3 binomial se on 500 images is 0.140: a net just above it has learned something
+    assert not ex.collapsed(row(0.15, 1.0, 28)) and ex.collapsed(row(0.13, 1.0, 28))
+    found = ex.trends("dimension", dead + alive)
+    assert sum(bool(t.get("collapsed")) for t in found) == 2
+    plain = next(t for t in found if t.get("eps") == 0.0 and "slope_grad_l1" in t)
+    assert plain["slope_grad_l1"] > 0
