@@ -168,8 +168,9 @@ def register(app: typer.Typer) -> None:
             print_verdicts("advdim verify", rows)
             for note in notes:
                 err.print(note)
-            out.print(f"{len(rows) - len(failed)} passed, {len(failed)} failed in {seconds:.1f} s; "
-                      f"report: {files.html}", soft_wrap=True)
+            n_pass = sum(1 for r in rows if r["passed"] is True)
+            out.print(f"{n_pass} passed, {len(failed)} failed, {len(rows) - n_pass - len(failed)} n/a (reported, not "
+                      f"judged) in {seconds:.1f} s; report: {files.html}", soft_wrap=True)
         return 1 if failed else 0
 
 
