@@ -59,7 +59,8 @@ class SlopeFit:
         ci: 95% percentile bootstrap interval.
         intercept: the fitted ``log M`` at ``log d = 0``.
         means: ``M(d)`` per size; ``lo`` / ``hi``: 95% bootstrap interval of each mean.
-        per_topology: the least-squares slope of each topology's own values.
+        per_topology: the least-squares slope of each topology's own values (NaN for a topology with
+            a zero mean at some size: all its sampled nets were dead there, e.g. 4 channels on a 1x1 map).
     """
 
     slope: float
@@ -85,10 +86,12 @@ def fit_slope(d: np.ndarray, values: np.ndarray, seed: int = 0, n_boot: int = BO
         raise AdvdimError(f"a slope needs at least 2 sizes, got {d.size}")
     if values.ndim != 2 or values.shape[1] != d.size or values.shape[0] < 2:
         raise AdvdimError(f"values must have shape (topologies >= 2, {d.size}), got {values.shape}")
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise AdvdimError("gradient norms must be positive and finite to fit a log-log slope")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise AdvdimError("gradient norms must be finite and non-negative to fit a log-log slope")
     log_d = np.log(d)
     means = values.mean(axis=0)
+    if np.any(means <= 0):
+        raise AdvdimError("every size needs a positive mean gradient norm to fit a log-log slope")
     slope = float(ols_slope(log_d, np.log(means)))
     intercept = float(np.log(means).mean() - slope * log_d.mean())
     rng = np.random.default_rng(seed)
@@ -96,7 +99,8 @@ def fit_slope(d: np.ndarray, values: np.ndarray, seed: int = 0, n_boot: int = BO
     boot_means = values[idx].mean(axis=1)  # (n_boot, S)
     boot = ols_slope(log_d, np.log(boot_means))
     lo, hi = np.percentile(boot_means, [2.5, 97.5], axis=0)
-    per_topo = ols_slope(log_d, np.log(values))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a dead net (zero gradient) has no slope of its own
+        per_topo = np.where(np.all(values > 0, axis=1), ols_slope(log_d, np.log(values)), np.nan)
     return SlopeFit(slope, float(boot.std(ddof=1)), (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))),
                     intercept, tuple(map(float, means)), tuple(map(float, lo)), tuple(map(float, hi)),
                     tuple(map(float, per_topo)))

@@ -60,7 +60,8 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         r = result.q[key]
-        ax.hist(r.per_topology, bins=30, color="C0", alpha=0.7, label="per-topology slope")
+        finite = [v for v in r.per_topology if np.isfinite(v)]
+        ax.hist(finite, bins=30, color="C0", alpha=0.7, label="per-topology slope")
         ax.axvline(r.measured_slope, color="C0", label="slope of the mean")
         if r.predicted_slope is not None:
             ax.axvline(r.predicted_slope, color="C3", linestyle="--", label="theory")

@@ -260,7 +260,8 @@ class FamilyResult:
         for k, v in self.q.items():
             rec["q"][k].update({"se": v.se, "tol": v.tol, "power_at_0.05": v.power, "means": list(v.means),
                                 "predicted_means": None if v.predicted_means is None else list(v.predicted_means),
-                                "per_topology_slopes": list(v.per_topology), "topologies_used": v.topologies_used,
+                                "per_topology_slopes": [x if math.isfinite(x) else None for x in v.per_topology],
+                                "topologies_used": v.topologies_used,
                                 "width_groups": None if v.limit is None else [list(g) for g in v.limit.groups]})
         return rec
 

@@ -69,6 +69,15 @@ def test_ratio_fit() -> None:
     assert abs(ratio - 1) < 5 * se
 
 
+def test_a_dead_topology_keeps_the_fit_and_loses_only_its_own_slope() -> None:
+    """A topology whose sampled nets were all dead at one size (zero mean) still counts in M(d)."""
+    values = _synthetic(0.5, 50, 0.1, seed=5)
+    values[7, 2] = 0.0
+    fit = fit_slope(D, values, seed=0)
+    assert np.isnan(fit.per_topology[7]) and np.isfinite(np.delete(np.array(fit.per_topology), 7)).all()
+    assert abs(fit.slope - 0.5) < 5 * fit.se
+
+
 def test_fit_preconditions() -> None:
     with pytest.raises(AdvdimError):
         fit_slope(D[:1], np.ones((3, 1)))
