@@ -332,11 +332,10 @@ class FamilyResult:
         """The judged infinite-width row and the reported sampled-width row of one q."""
         lim, pred, slope = r.limit, r.predicted_slope, r.limit_slope
         assert lim is not None and pred is not None and slope is not None
-        tol = z_value(alpha) * lim.se
+        passed, tol = slope_test(slope, pred, lim.se, alpha)  # the one test, as for the plain fit
         groups = "; ".join(f"x={x:.4f}: {n} nets, {dev:+.4f}+-{se:.4f}" for x, n, dev, se in lim.groups)
         judged = Verdict(
-            f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol),
-            bool(abs(lim.deviation) <= tol),
+            f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol), passed,
             f"deviation from the law extrapolated to infinite width: |{lim.deviation:+.4f}| <= z*se = "
             f"{z_value(alpha):.3f}*{lim.se:.4f}: false rejection {alpha:g}, power {power(lim.se, DELTA, alpha):.3f} "
             f"at +-{DELTA}; finite-width term {lim.coefficient:+.3f}+-{lim.coefficient_se:.3f} per unit of the "

@@ -97,3 +97,20 @@ def test_cli_json(capsys) -> None:  # type: ignore[no-untyped-def]
             assert d["q"][q]["judged"] in ("width_limit", "sampled_widths")
     assert main(["simulate", "--family", "bogus"]) == 2
     assert main(["simulate", "--resume"]) == 2
+
+
+def test_depth_growing_family_is_judged_at_infinite_width() -> None:
+    """strided with >= MIN_GROUP topologies per width: a judged limit row and a reported sampled row per q.
+
+    Fixed seed; the judged row's false-rejection rate is ALPHA = 0.01, a planted d^0.5 is rejected with certainty.
+    """
+    kwargs = dict(sizes=(8, 16), nets=60, inputs=1, draws=1, seed=0, progress=False)
+    res = study("strided", **kwargs)  # type: ignore[arg-type]
+    assert res.q["1"].limit is not None and len(res.q["1"].limit.groups) >= 2
+    assert res.to_json()["q"]["1"]["judged"] == "width_limit"
+    rows = {v.claim: v for v in res.verdicts()}
+    limit = rows["strided: slope of E||d_x f_k||_1 vs d (infinite-width limit)"]
+    sampled = rows["strided: slope of E||d_x f_k||_1 vs d (sampled widths)"]
+    assert limit.passed is True and sampled.passed is None and limit.measured == res.q["1"].limit_slope
+    planted = study("strided", plant_exponent=0.5, **kwargs)  # type: ignore[arg-type]
+    assert [v.passed for v in planted.verdicts() if "infinite-width limit" in v.claim] == [False, False]
