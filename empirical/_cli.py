@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
                                          "default)"),
         seed: int = typer.Option(0, "--seed"),
         data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR-10 batches, ...)"),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
+        device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu or cuda"),
         store: Path = typer.Option(None, "--store", help="run store (SQLite) receiving one record per epoch"),
         checkpoint: Path = typer.Option(None, "--checkpoint", help="checkpoint file written every epoch"),
         resume: bool = typer.Option(False, "--resume", help="continue from --checkpoint"),
@@ -48,12 +48,14 @@ def register(app: typer.Typer) -> None:
         from advdim.empirical._defences import Method
         from advdim.empirical._train import DEFAULT_ARCH, TrainConfig, train
 
+        from advdim.build import resolve_device
         from advdim.cli import emit_json, out, table
         from advdim.errors import AdvdimError
         from advdim.store import RunStore
 
         if resume and checkpoint is None:
             raise AdvdimError("--resume needs --checkpoint")
+        device = resolve_device(device).type
         config = TrainConfig(dataset=dataset, size=size, pad=pad, arch=arch or DEFAULT_ARCH,
                              method=Method.parse(method), eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
                              halve_every=halve_every, valid_fraction=valid_fraction, n_train=n_train or None,
@@ -87,7 +89,7 @@ def register(app: typer.Typer) -> None:
                                          "core on cpu, 0 = in-process otherwise)"),
         scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address tcp://host:port"),
         data_dir: str = typer.Option(None, "--data-dir"),
-        device: str = typer.Option("cpu", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu or cuda"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Run a Section 4 experiment as a resumable sweep, then draw its figures."""
@@ -95,8 +97,10 @@ def register(app: typer.Typer) -> None:
 
         from advdim.empirical._experiments import run_experiment
 
+        from advdim.build import resolve_device
         from advdim.cli import emit_json, out
 
+        device = resolve_device(device).type
         if workers is None:
             workers = (os.cpu_count() or 1) if device == "cpu" and scheduler is None else 0
         if workers == 0:

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         inputs: int = typer.Option(DEFAULT_INPUTS, help="Gaussian inputs per weight draw"),
         draws: int = typer.Option(DEFAULT_DRAWS, help="independent weight draws per topology and size"),
         seed: int = typer.Option(0, help="seed of every random draw"),
-        device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+        device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda"),
         target: str = typer.Option("logit", help="logit (f_0) | loss (cross-entropy)"),
         exact_shortcuts: bool = typer.Option(True, "--exact-shortcuts/--no-exact-shortcuts",
                                              help="exact conditional sampling for dense chains"),

@@ -28,9 +28,10 @@ sample instead of ``O(sum_l n_{l-1} n_l)``, each sample with its own fresh weigh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,31 @@ def choose_scheme(spec: Spec, device: torch.device) -> Scheme:
     return Scheme.SPLIT if h * w >= SPLIT_FROM_PIXELS else Scheme.GROUPED
 
 
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Turn off TF32 for CUDA convolutions and matmuls inside the block (restored after).
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 (10-bit mantissa) by default: ~1e-3
+    relative error per product, which breaks "the engine equals the plain computation to 1e-5".
+    The engine's float32 means IEEE float32 on every device.
+    """
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def choose_channels_last(spec: Spec, device: torch.device) -> bool:
+    """Whether to run ``spec``'s maps in NHWC layout on ``device``.
+
+    On CPU oneDNN's NHWC convolutions are 1.2-2x faster than NCHW for these 3-16 channel nets
+    (measured, ``docs/performance.md``); the numbers are the same up to float rounding.
+    """
+    return device.type == "cpu" and any(isinstance(layer, Conv) for layer in spec.layers)
+
+
 @dataclass(frozen=True)
 class Stack:
     """The weights of R nets of one spec, stacked along a leading net axis.
@@ -109,7 +135,7 @@ def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = I
                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Stack:
     """Draw the weights of ``nets`` independent nets: i.i.d. ``N(0, Var)`` per ``init``, biases 0.
 
-    Drawn on the CPU from ``generator`` (so the same seed gives the same nets on every device).
+    Drawn on the CPU from ``generator``, in ``dtype`` (so the same seed gives the same nets on every device).
     Only Gaussian schemes (He, LeCun, Glorot) are supported.
     """
     if init not in (Init.HE, Init.LECUN, Init.GLOROT):
@@ -131,8 +157,8 @@ def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = I
             biases.append(None)
             continue
         std = math.sqrt(init.weight_variance(fan_in, fan_out))
-        w = torch.randn((nets, *wshape), generator=generator, dtype=torch.float64) * std
-        weights.append(w.to(device=dev, dtype=dtype))
+        w = torch.randn((nets, *wshape), generator=generator, dtype=dtype) * std  # float32 draws: ~5x faster
+        weights.append(w.to(device=dev))
         biases.append(torch.zeros(nets, wshape[0], dtype=dtype, device=dev) if layer.bias else None)
     return Stack(spec, tuple(weights), tuple(biases))
 
@@ -166,23 +192,79 @@ def stack_modules(nets: Sequence[nn.Module], spec: Spec) -> Stack:
 _PAD_MODE = {Padding.CIRCULAR: "circular", Padding.REFLECT: "reflect", Padding.ZEROS: "constant"}
 
 
-def _pad(h: torch.Tensor, layer: Conv) -> torch.Tensor:
-    if layer.pad == 0:
+class _CircularPad(torch.autograd.Function):
+    """Circular padding of the last two dimensions by ``p``, with a backward that folds in place.
+
+    ``F.pad(mode="circular")`` differentiates through slices, whose backward fills a zero tensor
+    per slice and adds them up: 3-4x the cost of the convolutions it serves at 128x128 on a
+    2-core CPU (``docs/performance.md``).  Here the backward is one copy of the interior rows and
+    four in-place additions of the wrapped strips.  Equal to ``F.pad`` (tests/simulate/test_engine.py).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, p: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.p = p
+        hh, ww = h.shape[-2:]
+        fmt = torch.channels_last if _is_channels_last(h) else torch.contiguous_format
+        out = torch.empty((*h.shape[:-2], hh + 2 * p, ww + 2 * p), dtype=h.dtype, device=h.device,
+                          memory_format=fmt)
+        out[..., p:p + hh, p:p + ww] = h
+        out[..., :p, p:p + ww] = h[..., hh - p:, :]
+        out[..., hh + p:, p:p + ww] = h[..., :p, :]
+        out[..., :, :p] = out[..., :, ww:ww + p]
+        out[..., :, ww + p:] = out[..., :, p:2 * p]
+        return out
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        p = ctx.p
+        hh, ww = go.shape[-2] - 2 * p, go.shape[-1] - 2 * p
+        g = go[..., p:p + hh, :].clone(memory_format=torch.preserve_format)
+        g[..., :p, :] += go[..., hh + p:, :]
+        g[..., hh - p:, :] += go[..., :p, :]
+        g[..., p:2 * p] += g[..., ww + p:]
+        g[..., ww:ww + p] += g[..., :p]
+        return g[..., p:p + ww], None
+
+
+def _is_channels_last(h: torch.Tensor) -> bool:
+    return h.dim() == 4 and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last)
+
+
+def circular_pad(h: torch.Tensor, p: int) -> torch.Tensor:
+    """``F.pad(h, (p, p, p, p), mode="circular")`` with a cheap backward (see :class:`_CircularPad`)."""
+    if p == 0:
         return h
+    if p > min(h.shape[-2:]):
+        raise AdvdimError(f"circular padding {p} exceeds the map {h.shape[-2]}x{h.shape[-1]}")
+    return _CircularPad.apply(h, p)  # type: ignore[no-any-return]
+
+
+def _pad(h: torch.Tensor, layer: Conv) -> torch.Tensor:
+    """Pad for ``layer``; zero padding is left to the convolution itself (see :func:`_conv_padding`)."""
+    if layer.pad == 0 or layer.padding is Padding.ZEROS:
+        return h
+    if layer.padding is Padding.CIRCULAR:
+        return circular_pad(h, layer.pad)
     p = layer.pad
     return F.pad(h, (p, p, p, p), mode=_PAD_MODE[layer.padding])
+
+
+def _conv_padding(layer: Conv) -> int:
+    return layer.pad if layer.padding is Padding.ZEROS else 0
 
 
 def _conv(h: torch.Tensor | list[torch.Tensor], layer: Conv, w: torch.Tensor, b: torch.Tensor | None,
           scheme: Scheme) -> torch.Tensor | list[torch.Tensor]:
     r = w.shape[0]
+    pad = _conv_padding(layer)
     if scheme is Scheme.GROUPED:
         assert isinstance(h, torch.Tensor)
         wf = w.reshape(r * w.shape[1], *w.shape[2:])
         bf = None if b is None else b.reshape(-1)
-        return F.conv2d(_pad(h, layer), wf, bf, stride=layer.stride, dilation=layer.dilation, groups=r)
+        return F.conv2d(_pad(h, layer), wf, bf, stride=layer.stride, padding=pad, dilation=layer.dilation, groups=r)
     assert isinstance(h, list)
-    return [F.conv2d(_pad(hi, layer), w[i], None if b is None else b[i], stride=layer.stride,
+    return [F.conv2d(_pad(hi, layer), w[i], None if b is None else b[i], stride=layer.stride, padding=pad,
                      dilation=layer.dilation) for i, hi in enumerate(h)]
 
 
@@ -204,8 +286,12 @@ def _to_flat(h: torch.Tensor | list[torch.Tensor], r: int, how: str) -> torch.Te
     return t.amax(dim=(3, 4))
 
 
-def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED) -> torch.Tensor:
-    """Logits of every net on its own inputs: ``x`` of shape ``(B, R, C, H, W)`` -> ``(B, R, K)``."""
+def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED,
+            channels_last: bool = False) -> torch.Tensor:
+    """Logits of every net on its own inputs: ``x`` of shape ``(B, R, C, H, W)`` -> ``(B, R, K)``.
+
+    ``channels_last`` runs the maps in NHWC layout (faster oneDNN convolutions on CPU; same numbers).
+    """
     spec = stack.spec
     r = stack.nets
     if x.dim() != 5 or x.shape[1] != r or tuple(x.shape[2:]) != spec.input_shape:
@@ -214,6 +300,8 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED) -> t
     b = x.shape[0]
     h: torch.Tensor | list[torch.Tensor]
     h = x.reshape(b, r * x.shape[2], *x.shape[3:]) if scheme is Scheme.GROUPED else list(x.unbind(1))
+    if channels_last:
+        h = _map(h, lambda t: t.contiguous(memory_format=torch.channels_last))
     flat = False
     for layer, w, bias in zip(spec.layers, stack.weights, stack.biases):
         if isinstance(layer, Conv):
@@ -244,15 +332,16 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED) -> t
 
 
 def input_gradients(stack: Stack, x: torch.Tensor, target: Target = Target.LOGIT, logit: int = 0,
-                    labels: torch.Tensor | None = None, scheme: Scheme = Scheme.GROUPED) -> torch.Tensor:
+                    labels: torch.Tensor | None = None, scheme: Scheme = Scheme.GROUPED,
+                    channels_last: bool = False) -> torch.Tensor:
     """Per (input, net) gradient ``d f_logit / d x`` or ``d L / d x``; shape of ``x`` ``(B, R, C, H, W)``.
 
     One forward and one backward pass for all R nets (the nets do not interact, so the gradient
     of the summed output is each net's own gradient).
     """
     xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = forward(stack, xg, scheme)
+    with torch.enable_grad(), ieee_float32():
+        out = forward(stack, xg, scheme, channels_last)
         if target is Target.LOGIT:
             if not 0 <= logit < out.shape[2]:
                 raise AdvdimError(f"logit index {logit} out of range for {out.shape[2]} logits")
@@ -423,8 +512,8 @@ def sample_norms(
         gen = torch.Generator(device=dev).manual_seed(s_sc)
         norms = gaussian_input_norms(spec, n, gen, np.random.default_rng(s_x), target, logit, labels, init, dtype)
         return {key: v.reshape(nets, inputs).cpu().numpy() for key, v in norms.items()}
-    if images is None:
-        x = torch.randn((n, *spec.input_shape), generator=gx, dtype=torch.float64)
+    if images is None:  # drawn in the working precision: float32 draws are ~5x faster than float64 ones
+        x = torch.randn((n, *spec.input_shape), generator=gx, dtype=dtype)
     else:
         if tuple(images.shape[1:]) != spec.input_shape:
             raise AdvdimError(f"images of shape {tuple(images.shape[1:])} do not fit {spec.input_shape}")
@@ -442,6 +531,6 @@ def sample_norms(
             sch = choose_scheme(spec, dev)
         xb = x.reshape(nets, inputs, *spec.input_shape).transpose(0, 1)  # (B, R, ...)
         yb = labels.reshape(nets, inputs).transpose(0, 1)
-        g = input_gradients(stack, xb, target, logit, yb, sch)
+        g = input_gradients(stack, xb, target, logit, yb, sch, choose_channels_last(spec, dev))
         norms = _norms(g.transpose(0, 1).reshape(n, *spec.input_shape))
     return {key: v.reshape(nets, inputs).cpu().numpy() for key, v in norms.items()}

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from advdim.simulate._engine import (
     Scheme,
+    circular_pad,
     draw_stack,
     input_gradients,
     sample_norms,
@@ -31,8 +33,9 @@ KS_ALPHA = 1e-3
 
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("scheme", [Scheme.GROUPED, Scheme.SPLIT])
-def test_engine_equals_plain_autograd(name: str, scheme: Scheme) -> None:
-    """Shortcuts off: the batched engine equals build + gradients net by net, to 1e-5 (float32)."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_engine_equals_plain_autograd(name: str, scheme: Scheme, channels_last: bool) -> None:
+    """Shortcuts off: the batched engine equals build + gradients net by net, to 1e-5 (float32), in both layouts."""
     for t in range(2):
         spec = sample_family(name, np.random.default_rng([7, t])).spec(16)
         nets = [build(spec, seed=100 + r) for r in range(3)]
@@ -41,12 +44,34 @@ def test_engine_equals_plain_autograd(name: str, scheme: Scheme) -> None:
         x = torch.randn(4, 3, *spec.input_shape, generator=gen)
         labels = torch.randint(0, spec.n_classes, (4, 3), generator=gen)
         for target in Target:
-            g = input_gradients(stack, x, target, 2, labels, scheme)
+            g = input_gradients(stack, x, target, 2, labels, scheme, channels_last)
             for r, net in enumerate(nets):
                 ref = input_gradient(net, x[:, r], target, 2, labels[:, r])
                 for q in (1, 2, math.inf):
                     a, b = lp_norm(g[:, r], q), lp_norm(ref, q)
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 1, 1), (2, 4, 2, 3), (3, 6, 4)])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_circular_pad_equals_torch_pad(shape: tuple[int, ...], p: int, channels_last: bool) -> None:
+    """The engine's circular padding and its folding backward equal F.pad's, float64, exactly up to rounding."""
+    if p > min(shape[-2:]):
+        with pytest.raises(AdvdimError, match="exceeds the map"):
+            circular_pad(torch.zeros(shape), p)
+        return
+    gen = torch.Generator().manual_seed(p)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_a, out_b = circular_pad(a, p), F.pad(b, (p, p, p, p), mode="circular")
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    w = torch.randn(out_a.shape, generator=gen, dtype=torch.float64)
+    (ga,) = torch.autograd.grad((out_a * w).sum(), a)
+    (gb,) = torch.autograd.grad((out_b * w).sum(), b)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
 
 
 def test_draw_stack_has_he_variance() -> None:
