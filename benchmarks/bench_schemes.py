@@ -20,7 +20,8 @@ from advdim.arch import family
 from advdim.build import resolve_device
 from benchmarks.bench_simulate import _rate
 
-VARIANTS = [(Scheme.GROUPED, False), (Scheme.GROUPED, True), (Scheme.SPLIT, False), (Scheme.SPLIT, True)]
+VARIANTS = [(Scheme.GROUPED, False), (Scheme.GROUPED, True), (Scheme.SPLIT, False), (Scheme.SPLIT, True),
+            (Scheme.UNFOLD, False)]
 
 
 def _label(scheme: Scheme, cl: bool) -> str:
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
             for r in (int(x) for x in args.nets.split(",")):
                 stack = draw_stack(spec, r, torch.Generator().manual_seed(0), device=dev)
                 x = torch.randn(args.inputs, r, *spec.input_shape, device=dev)
-                rates = [_rate(lambda sch=sch, cl=cl: input_gradients(stack, x, scheme=sch, channels_last=cl),
+                rates = [_rate(lambda sch=sch, cl=cl, st=stack, x=x: input_gradients(st, x, scheme=sch,
+                                                                                      channels_last=cl),
                                r * args.inputs, args.seconds, dev) for sch, cl in VARIANTS]
                 best = max(range(len(VARIANTS)), key=lambda i: rates[i])
                 chosen = _label(choose_scheme(spec, dev), choose_channels_last(spec, dev))

@@ -24,3 +24,7 @@ $PY -m benchmarks.bench_simulate --device cuda --seconds 1 --nets 256 --no-naive
 echo "== advdim simulate --device cuda (default study)"
 /usr/bin/time -v advdim simulate --device cuda --out "$out/sim" 2>&1 | tee "$out/simulate.log" \
   | grep -E "PASS|FAIL|n/a|Elapsed|Maximum resident" | head -60
+echo "== advdim train --device cuda (default run)"
+/usr/bin/time -v advdim train --device cuda 2>&1 | tee "$out/train.log" | grep -E "Elapsed|test" | tail -8
+echo "== advdim verify --device cuda"
+/usr/bin/time -v advdim verify --device cuda 2>&1 | tee "$out/verify.log" | grep -E "passed|failed|Elapsed|FAIL" | tail -8

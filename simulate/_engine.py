@@ -1,13 +1,16 @@
 """Batched Monte Carlo engine: ``||d_x f_k||_q`` (or ``||d_x L||_q``) of many He-initialised nets at once.
 
 R nets of one spec are evaluated in one autograd call.  Their weights are stacked along a
-leading net axis (a :class:`Stack`), never built as ``R`` modules.  Two batching schemes for
+leading net axis (a :class:`Stack`), never built as ``R`` modules.  Three batching schemes for
 convolutions, chosen per device and map size (see ``docs/performance.md`` for the measurements):
 
 - ``Scheme.GROUPED``: the nets are stacked into the channel dimension and every convolution is
   one ``conv2d`` call with ``groups=R`` (fast where per-net overhead dominates: small maps, GPU);
 - ``Scheme.SPLIT``: one ``conv2d`` call per net on the whole input batch, inside one graph and one
   backward pass (fast on CPU at large maps, where grouped convolutions are slow).
+- ``Scheme.UNFOLD``: maps held net-major as ``(R*B, C, H, W)``; every convolution is one
+  ``unfold`` (im2col) and one broadcast batched matmul with the R weight matrices (no grouped
+  convolution kernel: cuDNN runs those group by group).
 
 Dense layers always run as one batched matmul (``einsum`` over the net axis).
 
@@ -55,7 +58,7 @@ from advdim.arch import (
 from advdim.build import Init, resolve_device
 from advdim.choice import Choice
 from advdim.errors import AdvdimError, SpecError
-from advdim.gradients import Target, lp_norm
+from advdim.gradients import Target
 
 #: the norm orders every evaluation reports (keys of the result dicts)
 Q_KEYS = ("1", "2", "inf")
@@ -68,14 +71,15 @@ class Scheme(Choice):
     AUTO = "auto"
     GROUPED = "grouped"
     SPLIT = "split"
+    UNFOLD = "unfold"
 
     @classmethod
     def noun(cls) -> str:
         return "batching scheme"
 
 
-#: on CPU, maps with at least this many pixels at the first conv use the SPLIT scheme (measured:
-#: with 4 nets grouped conv is ~2x faster at 8x8-16x16 and on par or slower from 64x64 on a 2-core CPU; see docs)
+#: maps with at least this many pixels at the first conv use the SPLIT scheme on CPU and the NHWC
+#: layout on CUDA (measured with benchmarks/bench_schemes.py; see docs/performance.md)
 SPLIT_FROM_PIXELS = 64 * 64
 
 
@@ -106,10 +110,17 @@ def ieee_float32() -> Iterator[None]:
 def choose_channels_last(spec: Spec, device: torch.device) -> bool:
     """Whether to run ``spec``'s maps in NHWC layout on ``device``.
 
-    On CPU oneDNN's NHWC convolutions are 1.2-2x faster than NCHW for these 3-16 channel nets
-    (measured, ``docs/performance.md``); the numbers are the same up to float rounding.
+    Measured with ``benchmarks/bench_schemes.py`` (``docs/performance.md``): on CPU oneDNN's NHWC
+    convolutions are 1.2-2x faster than NCHW for these 3-16 channel nets at every map size; with
+    cuDNN's grouped convolutions NHWC wins from 64x64 maps (up to 2.6x at 128x128 with 64 or more
+    nets) and loses below (up to 5x at 16x16 with 512 nets).  Same numbers up to float rounding.
     """
-    return device.type == "cpu" and any(isinstance(layer, Conv) for layer in spec.layers)
+    if not any(isinstance(layer, Conv) for layer in spec.layers):
+        return False
+    if device.type == "cpu":
+        return True
+    _, h, w = spec.input_shape
+    return h * w >= SPLIT_FROM_PIXELS
 
 
 @dataclass(frozen=True)
@@ -258,6 +269,9 @@ def _conv(h: torch.Tensor | list[torch.Tensor], layer: Conv, w: torch.Tensor, b:
           scheme: Scheme) -> torch.Tensor | list[torch.Tensor]:
     r = w.shape[0]
     pad = _conv_padding(layer)
+    if scheme is Scheme.UNFOLD:
+        assert isinstance(h, torch.Tensor)
+        return _conv_unfold(h, layer, w, b)
     if scheme is Scheme.GROUPED:
         assert isinstance(h, torch.Tensor)
         wf = w.reshape(r * w.shape[1], *w.shape[2:])
@@ -268,15 +282,32 @@ def _conv(h: torch.Tensor | list[torch.Tensor], layer: Conv, w: torch.Tensor, b:
                      dilation=layer.dilation) for i, hi in enumerate(h)]
 
 
+def _conv_unfold(h: torch.Tensor, layer: Conv, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``h`` ``(R*B, C, H, W)`` net-major -> ``(R*B, O, H', W')``: im2col, then one batched matmul per net."""
+    r, o = w.shape[0], w.shape[1]
+    hp = _pad(h, layer)
+    pad, k, dil, st = _conv_padding(layer), layer.kernel, layer.dilation, layer.stride
+    cols = F.unfold(hp, k, dilation=dil, padding=pad, stride=st)  # (R*B, C*k*k, L)
+    ho = (hp.shape[-2] + 2 * pad - dil * (k - 1) - 1) // st + 1
+    wo = (hp.shape[-1] + 2 * pad - dil * (k - 1) - 1) // st + 1
+    rb = h.shape[0]
+    out = torch.matmul(w.reshape(r, 1, o, -1), cols.reshape(r, rb // r, cols.shape[1], -1))  # (R, B, O, L)
+    if b is not None:
+        out = out + b.reshape(r, 1, o, 1)
+    return out.reshape(rb, o, ho, wo)
+
+
 def _map(h: torch.Tensor | list[torch.Tensor], fn: object) -> torch.Tensor | list[torch.Tensor]:
     f = fn  # a callable on one tensor
     return [f(x) for x in h] if isinstance(h, list) else f(h)  # type: ignore[operator]
 
 
-def _to_flat(h: torch.Tensor | list[torch.Tensor], r: int, how: str) -> torch.Tensor:
+def _to_flat(h: torch.Tensor | list[torch.Tensor], r: int, how: str, scheme: Scheme) -> torch.Tensor:
     """Map representation -> (B, R, n): flatten, global average or global max."""
     if isinstance(h, list):
         t = torch.stack(h, dim=1)  # (B, R, C, H, W)
+    elif scheme is Scheme.UNFOLD:
+        t = h.reshape(r, -1, *h.shape[1:]).transpose(0, 1)
     else:
         t = h.reshape(h.shape[0], r, -1, *h.shape[2:])
     if how == "flatten":
@@ -299,7 +330,13 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED,
                           f"got {tuple(x.shape)}")
     b = x.shape[0]
     h: torch.Tensor | list[torch.Tensor]
-    h = x.reshape(b, r * x.shape[2], *x.shape[3:]) if scheme is Scheme.GROUPED else list(x.unbind(1))
+    if scheme is Scheme.GROUPED:
+        h = x.reshape(b, r * x.shape[2], *x.shape[3:])
+    elif scheme is Scheme.UNFOLD:
+        h = x.transpose(0, 1).reshape(r * b, *x.shape[2:])
+        channels_last = False  # im2col reads NCHW
+    else:
+        h = list(x.unbind(1))
     if channels_last:
         h = _map(h, lambda t: t.contiguous(memory_format=torch.channels_last))
     flat = False
@@ -323,7 +360,7 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED,
         elif isinstance(layer, (Flatten, GlobalAvgPool, GlobalMaxPool)):
             if not flat:
                 how = "flatten" if isinstance(layer, Flatten) else "avg" if isinstance(layer, GlobalAvgPool) else "max"
-                h = _to_flat(h, r, how)
+                h = _to_flat(h, r, how, scheme)
                 flat = True
         else:
             raise SpecError(f"the engine has no rule for layer {layer!r}")
@@ -471,9 +508,15 @@ def _output_gradient(out: torch.Tensor, target: Target, logit: int, labels: torc
 
 
 def _norms(g: torch.Tensor) -> dict[str, torch.Tensor]:
-    flat = g.reshape(g.shape[0], -1).to(torch.float64)
-    return {"1": lp_norm(flat, 1), "2": lp_norm(flat, 2), "inf": lp_norm(flat, math.inf),
-            "sq2": (flat**2).sum(dim=1)}
+    """``||g||_1, ||g||_2, ||g||_inf, ||g||_2^2`` per sample, float64; two passes over ``|g|`` in its own dtype.
+
+    Sums accumulate in float64 (``sum(dtype=...)``) without a float64 copy of ``g``: float32
+    squares are exact to 2^-24 relative, far below the Monte Carlo error.
+    """
+    a = g.reshape(g.shape[0], -1).abs()
+    sq = (a * a).sum(dim=1, dtype=torch.float64)
+    return {"1": a.sum(dim=1, dtype=torch.float64), "2": sq.sqrt(), "inf": a.amax(dim=1).to(torch.float64),
+            "sq2": sq}
 
 
 def sample_norms(
@@ -532,5 +575,5 @@ def sample_norms(
         xb = x.reshape(nets, inputs, *spec.input_shape).transpose(0, 1)  # (B, R, ...)
         yb = labels.reshape(nets, inputs).transpose(0, 1)
         g = input_gradients(stack, xb, target, logit, yb, sch, choose_channels_last(spec, dev))
-        norms = _norms(g.transpose(0, 1).reshape(n, *spec.input_shape))
+        norms = {key: v.reshape(inputs, nets).T for key, v in _norms(g.reshape(n, -1)).items()}  # no copy of g
     return {key: v.reshape(nets, inputs).cpu().numpy() for key, v in norms.items()}

@@ -31,7 +31,7 @@ def _to(stack: Stack, device: str) -> Stack:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-@pytest.mark.parametrize("scheme", [Scheme.GROUPED, Scheme.SPLIT])
+@pytest.mark.parametrize("scheme", [Scheme.GROUPED, Scheme.SPLIT, Scheme.UNFOLD])
 def test_cuda_gradients_equal_cpu_float64(name: str, scheme: Scheme) -> None:
     """float64: every coordinate of d_x f and d_x L equals the CPU's to 1e-10 (relative to the largest)."""
     for t in range(2):

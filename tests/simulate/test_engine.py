@@ -32,7 +32,7 @@ KS_ALPHA = 1e-3
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-@pytest.mark.parametrize("scheme", [Scheme.GROUPED, Scheme.SPLIT])
+@pytest.mark.parametrize("scheme", [Scheme.GROUPED, Scheme.SPLIT, Scheme.UNFOLD])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_engine_equals_plain_autograd(name: str, scheme: Scheme, channels_last: bool) -> None:
     """Shortcuts off: the batched engine equals build + gradients net by net, to 1e-5 (float32), in both layouts."""
