@@ -29,15 +29,19 @@ def register(app: typer.Typer) -> None:
     def simulate(
         families: list[str] = typer.Option(None, "--family", "-f", help="family name (repeatable); default: all"),
         sizes: str = typer.Option("8,16,32,64", help="input sides s, comma-separated (d = channels * s^2)"),
-        channels: int = typer.Option(3, help="input channels"),
+        channels: int = typer.Option(None, help="input channels [default: 3, or the dataset's with --data]"),
         nets: int = typer.Option(DEFAULT_NETS, help="random topologies per family"),
-        inputs: int = typer.Option(DEFAULT_INPUTS, help="Gaussian inputs per weight draw"),
+        inputs: int = typer.Option(DEFAULT_INPUTS, help="inputs per weight draw"),
         draws: int = typer.Option(DEFAULT_DRAWS, help="independent weight draws per topology and size"),
         seed: int = typer.Option(0, help="seed of every random draw"),
         device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda"),
         target: str = typer.Option("logit", help="logit (f_0) | loss (cross-entropy)"),
         exact_shortcuts: bool = typer.Option(True, "--exact-shortcuts/--no-exact-shortcuts",
                                              help="exact conditional sampling for dense chains"),
+        data: str = typer.Option(None, "--data",
+                                 help="real-image inputs instead of Gaussian ones: fashion-mnist | cifar10 | synthetic "
+                                      "(its first 1000 test images, resampled to each size)"),
+        data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR-10 batches, ...)"),
         workers: int = typer.Option(0, help="local worker processes (0: in-process)"),
         scheduler: str = typer.Option(None, help="Dask distributed scheduler address, e.g. tcp://host:8786"),
         store: Path = typer.Option(None, help="run store (SQLite) receiving every finished cell"),
@@ -60,17 +64,25 @@ def register(app: typer.Typer) -> None:
                 raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
         if resume and store is None:
             raise AdvdimError("--resume needs --store")
+        if channels is None:
+            channels = 3
+            if data is not None:
+                from advdim.empirical._data import load
+
+                channels = load(data, data_dir).channels
         run_store = RunStore(store) if store is not None else None
         results = []
         try:
             for name in names:
                 results.append(study(name, _sizes(sizes), channels, nets, inputs, seed, device, target,
                                      exact_shortcuts, store=run_store, draws=draws, workers=workers,
-                                     scheduler=scheduler, resume=resume, progress=not as_json))
+                                     scheduler=scheduler, resume=resume, progress=not as_json, data=data,
+                                     data_dir=data_dir))
                 if run_store is not None:
                     run_store.put("simulate.family", {"family": name, "sizes": _sizes(sizes), "channels": channels,
                                                       "nets": nets, "draws": draws, "inputs": inputs, "seed": seed,
-                                                      "target": target, "shortcuts": exact_shortcuts},
+                                                      "target": target, "shortcuts": exact_shortcuts,
+                                                      **({"data": data} if data else {})},
                                   results[-1].to_record())
         finally:
             if run_store is not None:
@@ -89,4 +101,5 @@ def register(app: typer.Typer) -> None:
                 for r in results for v in r.verdicts()]
         out.print(table("advdim simulate: predicted vs measured (interval: acceptance band, or 95% CI when n/a)",
                         ["claim", "predicted", "measured", "interval", "verdict"], rows))
-        out.print(f"{nets} topologies x {draws} draws x {inputs} inputs per size; sizes {sizes}; seed {seed}")
+        source = f"{data} test images" if data else "Gaussian inputs"
+        out.print(f"{nets} topologies x {draws} draws x {inputs} {source} per size; sizes {sizes}; seed {seed}")

@@ -213,7 +213,7 @@ class _CircularPad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, p: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, h: torch.Tensor, p: int) -> torch.Tensor:
         ctx.p = p
         hh, ww = h.shape[-2:]
         fmt = torch.channels_last if _is_channels_last(h) else torch.contiguous_format
@@ -227,7 +227,7 @@ class _CircularPad(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor, None]:
         p = ctx.p
         hh, ww = go.shape[-2] - 2 * p, go.shape[-1] - 2 * p
         g = go[..., p:p + hh, :].clone(memory_format=torch.preserve_format)
@@ -248,7 +248,7 @@ def circular_pad(h: torch.Tensor, p: int) -> torch.Tensor:
         return h
     if p > min(h.shape[-2:]):
         raise AdvdimError(f"circular padding {p} exceeds the map {h.shape[-2]}x{h.shape[-1]}")
-    return _CircularPad.apply(h, p)  # type: ignore[no-any-return]
+    return _CircularPad.apply(h, p)
 
 
 def _pad(h: torch.Tensor, layer: Conv) -> torch.Tensor:

@@ -14,6 +14,7 @@ by :func:`advdim.sweep.run_sweep` (in-process, local processes or Dask) and stor
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Sequence
@@ -103,10 +104,31 @@ def width_index(fam: Family, sizes: Sequence[int], channels: int) -> float:
 
 
 def cell_config(fam: Family, t: int, size: int, channels: int, draws: int, inputs: int, seed: int,
-                target: Target, exact_shortcuts: bool, dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
-    return {"family": fam.name, "params": fam.to_json(), "topology": t, "size": size, "channels": channels,
-            "draws": draws, "inputs": inputs, "seed": seed, "target": target.value,
-            "shortcuts": exact_shortcuts, "dtype": dtype, "device": device}
+                target: Target, exact_shortcuts: bool, dtype: str = "float32", device: str = "cpu",
+                data: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    cfg = {"family": fam.name, "params": fam.to_json(), "topology": t, "size": size, "channels": channels,
+           "draws": draws, "inputs": inputs, "seed": seed, "target": target.value,
+           "shortcuts": exact_shortcuts, "dtype": dtype, "device": device}
+    if data is not None:  # Gaussian cells keep their old keys (and stored results)
+        cfg.update({"data": data, "data_dir": data_dir})
+    return cfg
+
+
+#: real-image inputs: each cell draws its inputs (with replacement) from the first IMAGE_POOL test images
+IMAGE_POOL = 1000
+
+
+@functools.lru_cache(maxsize=16)
+def image_pool(data: str, data_dir: str | None, size: int) -> Any:
+    """The first :data:`IMAGE_POOL` test images of ``data``, zero-padded to a multiple of 32, resampled
+    to ``size`` (bilinear down, pixel copy up) and normalised: a float32 ``(M, C, size, size)`` tensor.
+
+    Cached per process (sweep workers load a dataset once, not once per cell).
+    """
+    from advdim.empirical._data import load
+
+    ds = load(data, data_dir)
+    return ds.batch(ds.x_test[:IMAGE_POOL], size=size, pad=True)
 
 
 def run_cell(config: dict[str, Any]) -> dict[str, Any]:
@@ -122,9 +144,12 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
     spec = fam.spec(int(config["size"]), int(config["channels"]))
     ss = np.random.SeedSequence([int(config["seed"]), _fam_code(fam.name), int(config["topology"]),
                                  int(config["size"])])
+    images = None
+    if config.get("data") is not None:
+        images = image_pool(str(config["data"]), config.get("data_dir"), int(config["size"]))
     norms = sample_norms(spec, int(config["draws"]), int(config["inputs"]), ss, Target(config["target"]),
                          exact_shortcuts=bool(config["shortcuts"]), device=config["device"],
-                         dtype=getattr(torch, config["dtype"]))
+                         dtype=getattr(torch, config["dtype"]), images=images)
     out: dict[str, Any] = {"d": spec.d, "n": int(norms["2"].size)}  # no timings: results are reproducible
     for key, v in norms.items():
         out[key] = float(v.mean())
@@ -237,6 +262,7 @@ class FamilyResult:
     prefactor_approximate: str | None  # the reason when the path sum is only approximate (not judged)
     values: dict[str, list[list[float]]] = field(repr=False)  # q -> per topology, per size
     topologies: tuple[str, ...] = field(repr=False, default=())
+    data: str | None = None  # the dataset of real-image inputs; None: Gaussian inputs
 
     @property
     def reference(self) -> str:
@@ -252,6 +278,7 @@ class FamilyResult:
         rec.update({"d": list(self.d), "channels": self.channels, "draws": self.draws, "inputs": self.inputs,
                     "seed": self.seed, "target": self.target, "exact_shortcuts": self.exact_shortcuts,
                     "plant_exponent": self.plant_exponent, "has_law": self.has_law,
+                    "inputs_from": self.data or "gaussian",
                     "prefactor": {"measured": list(self.sq_measured),
                                   "predicted": None if self.sq_predicted is None else list(self.sq_predicted),
                                   "ratio": self.prefactor_ratio, "se": self.prefactor_se,
@@ -393,6 +420,8 @@ def study(
     progress: bool = True,
     dtype: str = "float32",
     with_theory: bool = True,
+    data: str | None = None,
+    data_dir: str | None = None,
 ) -> FamilyResult:
     """Monte Carlo study of ``E||d_x f_k||_q`` against ``d`` for a family (Theorems 4-5, Appendix B).
 
@@ -408,6 +437,9 @@ def study(
         store: run store; every finished cell is written at once (``resume`` reuses them).
         workers, scheduler: executors of :func:`advdim.sweep.run_sweep`.
         with_theory: ask ``advdim.theory.predict`` for the finite-d prediction.
+        data, data_dir: real images instead of Gaussian inputs: a dataset of ``advdim.empirical``
+            (``fashion-mnist``, ``cifar10`` from ``data_dir``, ``synthetic``), its first
+            :data:`IMAGE_POOL` test images resampled to each size; ``channels`` must be the dataset's.
     Returns:
         A :class:`FamilyResult`; ``.verdicts()`` compares it with the theory.
     """
@@ -419,9 +451,16 @@ def study(
     if nets < 2 or inputs < 1 or draws < 1:
         raise AdvdimError(f"need nets >= 2, inputs >= 1, draws >= 1 (got {nets}, {inputs}, {draws})")
     dev = resolve_device(device).type
+    if data is not None:  # load and resample here, so that a missing dataset or a bad size fails before any cell
+        from advdim.empirical._data import DatasetName
+
+        data = DatasetName.parse(data).value
+        pools = [image_pool(data, data_dir, s) for s in sizes_t]
+        if pools[0].shape[1] != channels:
+            raise AdvdimError(f"{data} images have {pools[0].shape[1]} channel(s), but channels is {channels}")
     topos = topologies(family, nets, seed, sizes_t, channels)
-    configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev)
-               for t, fam in enumerate(topos) for s in sizes_t]
+    configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev, data,
+                           data_dir) for t, fam in enumerate(topos) for s in sizes_t]
     results = run_sweep(KIND, configs, run_cell, store, workers=workers, scheduler=scheduler, resume=resume,
                         progress=progress, description=f"simulate {family}")
     n_s = len(sizes_t)
@@ -484,4 +523,4 @@ def study(
     return FamilyResult(
         family, sizes_t, tuple(int(x) for x in d), channels, nets, draws, inputs, seed, tgt.value, exact_shortcuts,
         plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se, approx,
-        {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos))
+        {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos), data)

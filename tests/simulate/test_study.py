@@ -114,3 +114,44 @@ def test_depth_growing_family_is_judged_at_infinite_width() -> None:
     assert limit.passed is True and sampled.passed is None and limit.measured == res.q["1"].limit_slope
     planted = study("strided", plant_exponent=0.5, **kwargs)  # type: ignore[arg-type]
     assert [v.passed for v in planted.verdicts() if "infinite-width limit" in v.claim] == [False, False]
+
+
+def test_image_inputs_dense_law_holds_and_planted_error_fails() -> None:
+    """Real images (the synthetic dataset, resampled per size) instead of Gaussian inputs: the dense law is
+    input-independent, so each judged dense verdict passes at level ALPHA; a planted +0.5 exponent fails."""
+    kw = dict(sizes=(8, 16, 32), channels=1, nets=30, draws=2, inputs=2, seed=1, progress=False, data="synthetic")
+    res = study("dense", **kw)  # type: ignore[arg-type]
+    assert res.data == "synthetic" and res.to_record()["inputs_from"] == "synthetic"
+    assert res.d == (64, 256, 1024)
+    judged = [v for v in res.verdicts() if v.passed is not None]
+    assert len(judged) == 4 and all(v.passed for v in judged), [v.claim for v in judged if not v.passed]
+    planted = study("dense", plant_exponent=0.5, **kw)  # type: ignore[arg-type]
+    assert not any(v.passed for v in planted.verdicts() if "slope of" in v.claim)
+
+
+def test_image_inputs_differ_from_gaussian_cells(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Image cells are stored under their own keys: a Gaussian run in the same store does not reuse them."""
+    from advdim.store import RunStore
+
+    kw = dict(sizes=(8, 16), channels=1, nets=3, draws=1, inputs=2, seed=0, progress=False, with_theory=False)
+    with RunStore(tmp_path / "s.sqlite") as store:
+        img = study("strided", store=store, data="synthetic", **kw)  # type: ignore[arg-type]
+        gauss = study("strided", store=store, **kw)  # type: ignore[arg-type]
+        assert store.count("simulate.cell") == 12
+    assert img.values["2"] != gauss.values["2"]
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    (dict(data="synthetic", channels=3), "1 channel"),
+    (dict(data="cifar10", channels=3), "cifar"),
+    (dict(data="synthetic", channels=1, sizes=(8, 48)), "size 48"),
+    (dict(data="imagenet", channels=3), "imagenet"),
+])
+def test_image_inputs_bad_requests_fail_before_any_cell(kw, message, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from advdim.store import RunStore
+
+    args = dict(sizes=(8, 16), nets=3, draws=1, inputs=1, seed=0, progress=False, with_theory=False) | kw
+    with RunStore(tmp_path / "s.sqlite") as store:
+        with pytest.raises(AdvdimError, match=f"(?i){message}"):
+            study("strided", store=store, **args)  # type: ignore[arg-type]
+        assert store.count("simulate.cell") == 0
