@@ -167,8 +167,9 @@ def _dimension_runs(scale: Scale, seed: int, device: str) -> tuple[list[int], di
         for s in sizes:
             r = train(TrainConfig(**base, size=s, method=Method.parse(method), eps=eps, seed=seed), data=data)
             sub = data.subset(base["n_train"], base["n_test"])
-            g = input_gradient(r.model, sub.batch(sub.x_test, s), Target.LOSS, labels=sub.y_test)
-            runs[method].append((r.d, lp_norm(g, 1).double().numpy()))
+            dev = next(r.model.parameters()).device
+            g = input_gradient(r.model, sub.batch(sub.x_test, s, device=dev), Target.LOSS, labels=sub.y_test.to(dev))
+            runs[method].append((r.d, lp_norm(g, 1).double().cpu().numpy()))
     return sizes, runs, base
 
 

@@ -42,6 +42,12 @@ def _step(g: torch.Tensor, p: float) -> torch.Tensor:
     return g / lp_norm(g, 2).clamp_min(1e-300).view(-1, *([1] * (g.dim() - 1)))
 
 
+def _on_device_of(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (as float64) and ``y`` on the device of ``net``'s parameters (a net trained on a GPU)."""
+    dev = next(net.parameters()).device
+    return x.to(device=dev, dtype=torch.float64), y.to(dev)
+
+
 def lemma2_ratios(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: float, eps_grid: np.ndarray,
                   norm_factor: float = 1.0) -> np.ndarray:
     """Per-sample ``(L(x + delta) - L(x)) / (eps ||d_x L||_q)``; shape ``(len(eps_grid), B)``.
@@ -50,13 +56,14 @@ def lemma2_ratios(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: float, 
     sets it to ``d ** plant_exponent``).
     """
     net = _double(model)
-    xd, q = x.double(), dual(p)
+    xd, y = _on_device_of(net, x, y)
+    q = dual(p)
     g = input_gradient(net, xd, Target.LOSS, labels=y)
     gq = lp_norm(g, q) * norm_factor
     u = _step(g, p)
     with torch.no_grad():
         base = F.cross_entropy(net(xd), y, reduction="none")
-        rows = [((F.cross_entropy(net(xd + eps * u), y, reduction="none") - base) / (eps * gq)).numpy()
+        rows = [((F.cross_entropy(net(xd + eps * u), y, reduction="none") - base) / (eps * gq)).cpu().numpy()
                 for eps in eps_grid]
     return np.stack(rows)
 
@@ -65,13 +72,13 @@ def prop3_gaps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid: np.
                norm_factor: float = 1.0) -> np.ndarray:
     """Per-sample FGSM-augmented minus l_1-penalised loss; shape ``(len(eps_grid), B)``."""
     net = _double(model)
-    xd = x.double()
+    xd, y = _on_device_of(net, x, y)
     g = input_gradient(net, xd, Target.LOSS, labels=y)
     g1 = lp_norm(g, 1) * norm_factor
     with torch.no_grad():
         base = F.cross_entropy(net(xd), y, reduction="none")
         rows = [((base + F.cross_entropy(net(xd + eps * g.sign()), y, reduction="none")) / 2
-                 - (base + eps * g1 / 2)).numpy() for eps in eps_grid]
+                 - (base + eps * g1 / 2)).cpu().numpy() for eps in eps_grid]
     return np.stack(rows)
 
 

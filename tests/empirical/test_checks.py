@@ -19,3 +19,11 @@ def test_lemma2_writes_its_plot(tmp_path):
     verdicts = check_lemma2(Budget(scale=Scale.TINY, seed=0, out_dir=str(tmp_path)))
     assert (tmp_path / "lemma2.png").is_file() and (tmp_path / "lemma2.svg").is_file()
     assert verdicts[0].extra["plots"]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("check", [check_lemma2, check_prop3, check_dimension])
+def test_check_runs_on_a_gpu(check):
+    """A net trained on the GPU: the checks move their test points to it (a device mismatch once failed them)."""
+    verdicts = check(Budget(scale=Scale.TINY, seed=0, device="cuda"))
+    assert all(v.passed is not False for v in verdicts), [(v.claim, v.detail) for v in verdicts if not v.passed]
