@@ -78,9 +78,11 @@ class Scheme(Choice):
         return "batching scheme"
 
 
-#: maps with at least this many pixels at the first conv use the SPLIT scheme on CPU and the NHWC
-#: layout on CUDA (measured with benchmarks/bench_schemes.py; see docs/performance.md)
-SPLIT_FROM_PIXELS = 64 * 64
+#: on CPU, input maps with at least this many pixels use the SPLIT scheme (measured with
+#: benchmarks/bench_schemes.py, docs/performance.md: GROUPED wins up to 64x64, SPLIT 1.7-2.4x at 128x128)
+SPLIT_FROM_PIXELS = 96 * 96
+#: on CUDA, input maps with at least this many pixels run in NHWC layout (same benchmark)
+CUDA_NHWC_FROM_PIXELS = 64 * 64
 
 
 def choose_scheme(spec: Spec, device: torch.device) -> Scheme:
@@ -120,7 +122,7 @@ def choose_channels_last(spec: Spec, device: torch.device) -> bool:
     if device.type == "cpu":
         return True
     _, h, w = spec.input_shape
-    return h * w >= SPLIT_FROM_PIXELS
+    return h * w >= CUDA_NHWC_FROM_PIXELS
 
 
 @dataclass(frozen=True)
