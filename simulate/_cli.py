@@ -67,9 +67,9 @@ def register(app: typer.Typer) -> None:
         if channels is None:
             channels = 3
             if data is not None:
-                from advdim.empirical._data import load
+                from advdim.simulate._study import image_pool
 
-                channels = load(data, data_dir).channels
+                channels = int(image_pool(data, data_dir, _sizes(sizes)[0]).shape[1])
         run_store = RunStore(store) if store is not None else None
         results = []
         try:

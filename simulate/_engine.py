@@ -114,8 +114,8 @@ def choose_channels_last(spec: Spec, device: torch.device) -> bool:
 
     Measured with ``benchmarks/bench_schemes.py`` (``docs/performance.md``): on CPU oneDNN's NHWC
     convolutions are 1.2-2x faster than NCHW for these 3-16 channel nets at every map size; with
-    cuDNN's grouped convolutions NHWC wins from 64x64 maps (up to 2.6x at 128x128 with 64 or more
-    nets) and loses below (up to 5x at 16x16 with 512 nets).  Same numbers up to float rounding.
+    cuDNN's grouped convolutions NHWC wins from 64x64 maps (up to 2.7x at 128x128 with 64 or more
+    nets) and loses below (up to 8x at 16x16 with 512 nets).  Same numbers up to float rounding.
     """
     if not any(isinstance(layer, Conv) for layer in spec.layers):
         return False
@@ -577,5 +577,5 @@ def sample_norms(
         xb = x.reshape(nets, inputs, *spec.input_shape).transpose(0, 1)  # (B, R, ...)
         yb = labels.reshape(nets, inputs).transpose(0, 1)
         g = input_gradients(stack, xb, target, logit, yb, sch, choose_channels_last(spec, dev))
-        norms = {key: v.reshape(inputs, nets).T for key, v in _norms(g.reshape(n, -1)).items()}  # no copy of g
+        norms = {key: v.reshape(inputs, nets).T for key, v in _norms(g.reshape(n, -1)).items()}  # (B, R) -> (R, B)
     return {key: v.reshape(nets, inputs).cpu().numpy() for key, v in norms.items()}

@@ -125,10 +125,15 @@ def image_pool(data: str, data_dir: str | None, size: int) -> Any:
 
     Cached per process (sweep workers load a dataset once, not once per cell).
     """
+    ds = _dataset(data, data_dir)
+    return ds.batch(ds.x_test[:IMAGE_POOL], size=size, pad=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(data: str, data_dir: str | None) -> Any:
     from advdim.empirical._data import load
 
-    ds = load(data, data_dir)
-    return ds.batch(ds.x_test[:IMAGE_POOL], size=size, pad=True)
+    return load(data, data_dir)
 
 
 def run_cell(config: dict[str, Any]) -> dict[str, Any]:
