@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from advdim.simulate._fit import ALPHA, z_value
+from advdim.simulate._fit import ALPHA, critical
 from advdim.simulate._study import FamilyResult, study
 
 from advdim.checks import Budget, Part, Scale, register
@@ -76,7 +76,7 @@ def check_strided(budget: Budget) -> list[Verdict]:
 def lower_verdicts(low: FamilyResult, high: FamilyResult, alpha: float = ALPHA) -> list[Verdict]:
     """One-sided tests ``slope(low) < slope(high)`` per q (independent studies: se of the difference)."""
     out = []
-    z = z_value(2 * alpha)  # one-sided level alpha
+    z = critical(2 * alpha, min(low.nets, high.nets))  # one-sided level alpha, small-sample corrected
     for key in low.q:
         a, b = low.q[key], high.q[key]
         diff = b.measured_slope - a.measured_slope

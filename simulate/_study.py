@@ -28,13 +28,13 @@ from advdim.simulate._fit import (
     DELTA,
     SE_FOR_POWER,
     WidthLimit,
+    critical,
     fit_slope,
     fit_width_limit,
     ols_slope,
     power,
     ratio_fit,
     slope_test,
-    z_value,
 )
 
 from advdim.arch import FAMILIES, Conv, Dense, Family, family, sample_family
@@ -44,6 +44,8 @@ from advdim.store import RunStore
 from advdim.verdict import Verdict
 
 KIND = "simulate.cell"
+#: how the verdicts' critical value c is made (see advdim.simulate._fit.critical)
+CRITICAL_NOTE = "c = t_(1-alpha/2, n-1) sqrt(n/(n-1)), n topologies"
 REFERENCES = {"dense": "Theorem 4", "strided": "Theorem 5 / Corollary 6", "gap": "Theorem 5 / Corollary 6",
               "avgpool": "Appendix B", "maxpool": "Section 3.2 (no law: max pooling breaks H1-H3)"}
 
@@ -323,7 +325,8 @@ class FamilyResult:
                                    f"no prediction ({reason}); 95% bootstrap CI over {self.nets} topologies",
                                    {"se": r.se, "series": self._series(key)}))
                 continue
-            passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha)
+            n = r.topologies_used
+            passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha, n)
             if key == "inf" and not iid_gaussian_coordinates(self.family):
                 out.append(Verdict(
                     claim, self.reference, r.predicted_slope, r.measured_slope,
@@ -341,12 +344,13 @@ class FamilyResult:
             out.append(Verdict(
                 claim, self.reference, r.predicted_slope, r.measured_slope,
                 (r.measured_slope - tol, r.measured_slope + tol), passed,
-                f"|measured - predicted| <= z*se = {z_value(alpha):.3f}*{r.se:.4f}: false rejection {alpha:g}, "
-                f"power {power(r.se, DELTA, alpha):.3f} at +-{DELTA} (alpha 0.01 needs se <= {SE_FOR_POWER:.4f}); "
+                f"|measured - predicted| <= c*se = {critical(alpha, n):.3f}*{r.se:.4f} ({CRITICAL_NOTE}): false "
+                f"rejection {alpha:g}, power {power(r.se, DELTA, alpha, n):.3f} at +-{DELTA} (alpha 0.01 needs se <= "
+                f"{SE_FOR_POWER:.4f} at large n); "
                 f"{budget}", {"se": r.se, "ci95": list(r.ci), "power": r.power,
                               "plant_exponent": self.plant_exponent, "series": self._series(key)}))
         if self.prefactor_ratio is not None and self.prefactor_se is not None:
-            tol = z_value(alpha) * self.prefactor_se
+            tol = critical(alpha, self.nets) * self.prefactor_se
             judged = self.prefactor_approximate is None
             note = ("" if judged else "reported, not judged: the path sum is exact only under H1, which fails here: "
                     f"{self.prefactor_approximate}; ")
@@ -364,15 +368,17 @@ class FamilyResult:
         """The judged infinite-width row and the reported sampled-width row of one q."""
         lim, pred, slope = r.limit, r.predicted_slope, r.limit_slope
         assert lim is not None and pred is not None and slope is not None
-        passed, tol = slope_test(slope, pred, lim.se, alpha)  # the one test, as for the plain fit
+        n = r.topologies_used
+        passed, tol = slope_test(slope, pred, lim.se, alpha, n)  # the one test, as for the plain fit
         groups = "; ".join(f"x={x:.4f}: {n} nets, {dev:+.4f}+-{se:.4f}" for x, n, dev, se in lim.groups)
         judged = Verdict(
             f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol), passed,
             f"deviation from the law extrapolated to infinite width: |{lim.deviation:+.4f}| <= z*se = "
-            f"{z_value(alpha):.3f}*{lim.se:.4f}: false rejection {alpha:g}, power {power(lim.se, DELTA, alpha):.3f} "
+            f"{critical(alpha, n):.3f}*{lim.se:.4f} ({CRITICAL_NOTE}): false rejection {alpha:g}, power "
+            f"{power(lim.se, DELTA, alpha, n):.3f} "
             f"at +-{DELTA}; finite-width term {lim.coefficient:+.3f}+-{lim.coefficient_se:.3f} per unit of the "
             f"width index x (weighted fit over groups: {groups}); {budget}",
-            {"se": lim.se, "ci95": [pred + lim.ci[0], pred + lim.ci[1]], "power": power(lim.se, DELTA, alpha),
+            {"se": lim.se, "ci95": [pred + lim.ci[0], pred + lim.ci[1]], "power": power(lim.se, DELTA, alpha, n),
              "plant_exponent": self.plant_exponent, "groups": [list(g) for g in lim.groups],
              "coefficient": lim.coefficient})
         sampled = Verdict(
@@ -501,17 +507,17 @@ def study(
                 pred_means = tuple(map(float, pm))
                 if used < nets:
                     fit = fit_slope(d, values[key][mask], seed=seed + i)
-                passed, tol = slope_test(fit.slope, pred_slope, fit.se)
+                passed, tol = slope_test(fit.slope, pred_slope, fit.se, n=used)
                 if key == "inf" and not iid_gaussian_coordinates(family):
                     passed = None  # reported, not judged: see iid_gaussian_coordinates
                 else:
                     limit = fit_width_limit(d, values[key][mask], per_topo, index[mask], seed=seed + i)
                     if limit is not None:
-                        passed, tol = slope_test(pred_slope + limit.deviation, pred_slope, limit.se)
+                        passed, tol = slope_test(pred_slope + limit.deviation, pred_slope, limit.se, n=used)
             else:
                 used = nets
         se = fit.se if limit is None else limit.se
-        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(se), fit.means,
+        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(se, n=used), fit.means,
                             fit.lo, fit.hi, pred_means, fit.per_topology, used, limit)
 
     sq_pred: tuple[float, ...] | None = None

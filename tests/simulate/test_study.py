@@ -155,3 +155,15 @@ def test_image_inputs_bad_requests_fail_before_any_cell(kw, message, tmp_path) -
         with pytest.raises(AdvdimError, match=f"(?i){message}"):
             study("strided", store=store, **args)  # type: ignore[arg-type]
         assert store.count("simulate.cell") == 0
+
+
+def test_few_topologies_keep_the_false_rejection_rate() -> None:
+    """200 dense studies of 5 topologies: the small-sample critical value keeps false rejections near 0.01.
+
+    With z = 2.576 they were 8-12% (the bootstrap se over 5 topologies is biased low and the error
+    is Student-like); with t_(0.995, 4) sqrt(5/4) = 5.15 a count above binom.ppf(0.999, 200, 0.01) = 8
+    has probability < 1e-3 under a true rate of 0.01.
+    """
+    r = rates("dense", 200, (8, 32), nets=5, draws=2, inputs=2, channels=3)
+    bound = stats.binom.ppf(0.999, 200, ALPHA)
+    assert all(v <= bound for v in r.false_reject.values()), r.false_reject
