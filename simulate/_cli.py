@@ -64,6 +64,10 @@ def register(app: typer.Typer) -> None:
                 raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
         if resume and store is None:
             raise AdvdimError("--resume needs --store")
+        if data is not None:
+            from advdim.empirical._data import DatasetName
+
+            data = DatasetName.parse(data).value
         if channels is None:
             channels = 3
             if data is not None:

@@ -378,7 +378,7 @@ class FamilyResult:
         assert lim is not None and pred is not None and slope is not None
         n = r.topologies_used
         passed, tol = slope_test(slope, pred, lim.se, alpha, n)  # the one test, as for the plain fit
-        groups = "; ".join(f"x={x:.4f}: {n} nets, {dev:+.4f}+-{se:.4f}" for x, n, dev, se in lim.groups)
+        groups = "; ".join(f"x={x:.4f}: {m} nets, {dev:+.4f}+-{se:.4f}" for x, m, dev, se in lim.groups)
         judged = Verdict(
             f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol), passed,
             f"{self._approximate_note()}"
