@@ -4,7 +4,7 @@
 
 For each family's default member, size and number of nets per call, times one engine call
 (``input_gradients``: forward + input-gradient pass of R nets on 4 inputs each) under
-``Scheme.GROUPED`` / ``Scheme.SPLIT`` and NCHW / NHWC (channels_last), and prints samples per
+``Scheme.GROUPED`` / ``Scheme.SPLIT`` in NCHW and NHWC (channels_last) and ``Scheme.UNFOLD``, and prints samples per
 second with the winner.  This is the measurement behind ``choose_scheme`` and
 ``choose_channels_last`` in ``advdim.simulate._engine`` (see ``docs/performance.md``).
 """
@@ -18,7 +18,7 @@ from advdim.simulate._engine import Scheme, choose_channels_last, choose_scheme,
 
 from advdim.arch import family
 from advdim.build import resolve_device
-from benchmarks.bench_simulate import _rate
+from benchmarks.bench_simulate import rate
 
 VARIANTS = [(Scheme.GROUPED, False), (Scheme.GROUPED, True), (Scheme.SPLIT, False), (Scheme.SPLIT, True),
             (Scheme.UNFOLD, False)]
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in (int(x) for x in args.nets.split(",")):
                 stack = draw_stack(spec, r, torch.Generator().manual_seed(0), device=dev)
                 x = torch.randn(args.inputs, r, *spec.input_shape, device=dev)
-                rates = [_rate(lambda sch=sch, cl=cl, st=stack, x=x: input_gradients(st, x, scheme=sch,
+                rates = [rate(lambda sch=sch, cl=cl, st=stack, x=x: input_gradients(st, x, scheme=sch,
                                                                                       channels_last=cl),
                                r * args.inputs, args.seconds, dev) for sch, cl in VARIANTS]
                 best = max(range(len(VARIANTS)), key=lambda i: rates[i])

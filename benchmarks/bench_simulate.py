@@ -29,7 +29,7 @@ def matmul_flops(seconds: float, device: torch.device, n: int = 1024) -> float:
     n = 8192 if device.type == "cuda" else n
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     with ieee_float32():
-        return 2 * n**3 * _rate(lambda: a @ b, 1, seconds, device)
+        return 2 * n**3 * rate(lambda: a @ b, 1, seconds, device)
 
 
 def spec_flops(spec) -> float:  # type: ignore[no-untyped-def]
@@ -55,12 +55,12 @@ def conv_flops(seconds: float, device: torch.device, side: int = 128, channels: 
     best = 0.0
     for fmt in (torch.contiguous_format, torch.channels_last):
         xf = x.contiguous(memory_format=fmt)
-        rate = _rate(lambda xf=xf: torch.nn.functional.conv2d(xf, w, padding=1), 1, seconds, device)
-        best = max(best, rate * 2.0 * batch * channels * side * side * channels * 9)
+        calls = rate(lambda xf=xf: torch.nn.functional.conv2d(xf, w, padding=1), 1, seconds, device)
+        best = max(best, calls * 2.0 * batch * channels * side * side * channels * 9)
     return best
 
 
-def _rate(fn, samples: int, seconds: float, device: torch.device | None = None) -> float:  # type: ignore[no-untyped-def]
+def rate(fn, samples: int, seconds: float, device: torch.device | None = None) -> float:  # type: ignore[no-untyped-def]
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     fn()
     sync()
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             def engine(spec=spec, n=n, b=b) -> None:  # type: ignore[no-untyped-def]
                 sample_norms(spec, n, b, seed=0, device=dev)
 
-            rn = float("nan") if args.no_naive else _rate(naive, n * b, args.seconds, dev)
-            re = _rate(engine, n * b, args.seconds, dev)
+            rn = float("nan") if args.no_naive else rate(naive, n * b, args.seconds, dev)
+            re = rate(engine, n * b, args.seconds, dev)
             if name == "dense":  # the exact shortcut does no matrix products: no FLOP share
                 flops = "- | - | -"
             else:
