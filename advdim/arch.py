@@ -750,7 +750,8 @@ def parse_family(text: str) -> Family:
     """Parse ``name`` or ``name(key=value,...)`` (tuples as ``a/b/c``), e.g. ``dense(widths=64/64)``."""
     m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", text, re.IGNORECASE)
     if m is None:
-        raise SpecError(f"cannot read family {text!r}")
+        raise SpecError(f"{text!r} is neither a family (name or name(key=value,...); known: {', '.join(FAMILIES)}) "
+                        "nor a spec text 'CxHxW > layer > ...'")
     name, argtext = m.group(1).lower(), m.group(2)
     if name not in FAMILIES:
         raise SpecError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
@@ -784,9 +785,10 @@ def resolve(text: str, size: int | None = None, channels: int = 3) -> Spec:
         if size is not None and spec.input_shape[1:] != (size, size):
             raise SpecError(f"the spec's input {spec.input_shape} disagrees with --size {size}")
         return spec
+    fam = parse_family(text)
     if size is None:
-        raise SpecError("a family needs an input size (--size)")
-    return parse_family(text).spec(size, channels)
+        raise SpecError(f"the family {fam.name!r} needs an input size (--size)")
+    return fam.spec(size, channels)
 
 
 def shapes_of(layers: Sequence[Layer], input_shape: Shape) -> list[Shape]:

@@ -1,31 +1,60 @@
 """The ``advdim`` command (Typer + Rich).
 
 Every command prints a readable table for people and, with ``--json``, machine-readable JSON on
-stdout.  Bad input is a one-line message on stderr and exit status 2, never a traceback.  The
-theory, simulate and empirical layers add their commands through ``register(app)`` in their
-private ``_cli`` modules.
+stdout.  The theory, simulate and empirical layers add their commands through ``register(app)``
+in their private ``_cli`` modules, which import nothing heavy at module level: ``advdim --help``,
+``advdim arch`` and ``advdim theory`` never import torch, matplotlib, pandas or Dask.
+
+Exit status (``advdim.errors.EXIT_*``):
+
+- 0: done (for ``verify`` and ``measure``: every judged claim passed);
+- 1: a judged claim failed;
+- 2: bad input or an environment fault (a malformed architecture, a missing dataset, an
+  unreadable checkpoint, a full disk, an unreachable scheduler, not enough memory, ...): one
+  line ``advdim: error: ...`` on stderr, never a traceback;
+- 130: interrupted (Ctrl-C or SIGTERM): one line saying what was kept, e.g. ``interrupted: 12
+  cells stored; rerun with --resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
-from advdim.errors import AdvdimError
+from advdim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, AdvdimError, Interrupted
 
 try:  # Typer >= 0.16 vendors click
     from typer._click.exceptions import ClickException as _ClickException
 except ImportError:  # pragma: no cover - older Typer depends on click
     from click.exceptions import ClickException as _ClickException  # type: ignore[assignment]
 
+
+
+class _Group(typer.core.TyperGroup):
+    """Keeps a Ctrl-C and an unexpected end of file from Click, which would turn them into a bare
+    exit 130 and an "Aborted" (``main`` reports them in one line)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted("advdim: interrupted") from None
+        except EOFError as e:
+            raise AdvdimError(f"unexpected end of a file or of the input{': ' + str(e) if str(e) else ''}") from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="advdim",
     help="Check how adversarial vulnerability scales with input dimension "
     "(Simon-Gabriel et al., ICML 2019): theory, Monte Carlo simulation and training.",
@@ -112,29 +141,64 @@ for _name in _LAYERS:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning :class:`AdvdimError` into a one-line message and exit 2."""
+    """Entry point: run the app; one line on stderr and a documented exit status for every fault
+    of the input or the environment (see the module docstring)."""
     from advdim.alloc import keep_freed_memory
 
     keep_freed_memory()
-    try:
-        rc = app(args=argv, standalone_mode=False)
-    except AdvdimError as e:
-        err.print(f"advdim: error: {e}", highlight=False, soft_wrap=True)
-        return 2
-    except typer.Abort:
-        err.print("advdim: aborted")
-        return 130
-    except typer.Exit as e:
-        return int(e.exit_code)
-    except _ClickException as e:  # usage errors: unknown option, bad value, ...
-        if type(e).__name__ == "NoArgsIsHelpError":
-            e.show()
-            return 2
-        err.print(f"advdim: error: {e.format_message()}", highlight=False, soft_wrap=True)
-        return int(e.exit_code)
-    except SystemExit as e:
-        return int(e.code or 0)
+    with _sigterm_interrupts():
+        try:
+            rc = app(args=argv, standalone_mode=False)
+        except Interrupted as e:
+            err.print(str(e), highlight=False, soft_wrap=True)
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:  # outside a command (while parsing)
+            err.print("advdim: interrupted", highlight=False)
+            return EXIT_INTERRUPTED
+        except AdvdimError as e:
+            return _error(str(e))
+        except typer.Exit as e:
+            return int(e.exit_code)
+        except _ClickException as e:  # usage errors: unknown option, bad value, ...
+            if type(e).__name__ == "NoArgsIsHelpError":
+                e.show()
+                return EXIT_BAD_INPUT
+            err.print(f"advdim: error: {e.format_message()}", highlight=False, soft_wrap=True)
+            return int(e.exit_code)
+        except MemoryError:
+            return _error("out of memory: use smaller --sizes, fewer --nets or --inputs")
+        except OSError as e:  # the environment: a full disk, a read-only folder, a vanished file, ...
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            return _error(f"{e.strerror or type(e).__name__}{where}: {e}" if not e.strerror else
+                          f"{e.strerror}{where}")
+        except RuntimeError as e:
+            if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+                return _error("the GPU ran out of memory: use smaller --sizes or fewer --nets, or --device cpu")
+            raise
+        except SystemExit as e:
+            return int(e.code or 0)
     return rc if isinstance(rc, int) else 0
+
+
+def _error(message: str) -> int:
+    err.print(f"advdim: error: {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    return EXIT_BAD_INPUT
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a command like Ctrl-C does (what is finished is kept; a one-line message)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> None:

@@ -20,3 +20,15 @@ class DataError(AdvdimError):
 
 class StoreError(AdvdimError):
     """The run store cannot be opened or a record does not match its configuration."""
+
+
+class Interrupted(Exception):  # noqa: N818 - a user's interrupt, not an error of theirs
+    """The user interrupted a command (Ctrl-C, SIGTERM).  The message says what was kept, e.g.
+    ``"interrupted: 12 cells stored; rerun with --resume"``; the CLI prints it and exits 130."""
+
+
+#: the exit codes of the ``advdim`` command (documented in docs/user-guide.md)
+EXIT_OK = 0
+EXIT_FAILED = 1  # a judged claim failed (verify, measure)
+EXIT_BAD_INPUT = 2  # bad input or an environment fault: one line on stderr
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM

@@ -9,8 +9,22 @@ Public surface:
 - :func:`plot_family`: log-log plot and per-topology histogram (PNG + SVG).
 """
 
-from advdim.simulate._engine import Scheme, sample_norms
-from advdim.simulate._plot import plot_family
-from advdim.simulate._study import FamilyResult, QResult, study
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from advdim._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from advdim.simulate._engine import Scheme, sample_norms
+    from advdim.simulate._plot import plot_family
+    from advdim.simulate._study import FamilyResult, QResult, study
+
+_EXPORTS = {
+    "Scheme": "advdim.simulate._engine", "sample_norms": "advdim.simulate._engine",
+    "plot_family": "advdim.simulate._plot",
+    "FamilyResult": "advdim.simulate._study", "QResult": "advdim.simulate._study", "study": "advdim.simulate._study",
+}
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 __all__ = ["FamilyResult", "QResult", "Scheme", "plot_family", "sample_norms", "study"]

@@ -10,21 +10,36 @@ too (``lemma2``, ``eq3``, ``proposition3``, ``one_neuron`` and their checkers).
 Importing this package does not import torch (the numeric checkers import it when called).
 """
 
-from advdim.theory._first_order import (
-    Statement,
-    check_lemma2,
-    check_one_neuron,
-    check_proposition3_numeric,
-    check_proposition3_on_net,
-    check_snr,
-    eq3,
-    eq3_epsilon,
-    lemma2,
-    lemma2_maximiser,
-    one_neuron,
-    proposition3,
-)
-from advdim.theory._law import Prediction, d, hypotheses, loss_weight, predict
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from advdim._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from advdim.theory._first_order import (
+        Statement,
+        check_lemma2,
+        check_one_neuron,
+        check_proposition3_numeric,
+        check_proposition3_on_net,
+        check_snr,
+        eq3,
+        eq3_epsilon,
+        lemma2,
+        lemma2_maximiser,
+        one_neuron,
+        proposition3,
+    )
+    from advdim.theory._law import Prediction, d, hypotheses, loss_weight, predict
+
+_EXPORTS = {
+    **dict.fromkeys(["Statement", "check_lemma2", "check_one_neuron", "check_proposition3_numeric",
+                     "check_proposition3_on_net", "check_snr", "eq3", "eq3_epsilon", "lemma2", "lemma2_maximiser",
+                     "one_neuron", "proposition3"], "advdim.theory._first_order"),
+    **dict.fromkeys(["Prediction", "d", "hypotheses", "loss_weight", "predict"], "advdim.theory._law"),
+}
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 __all__ = [
     "Prediction", "Statement", "check_lemma2", "check_one_neuron", "check_proposition3_numeric",
