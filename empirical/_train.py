@@ -33,8 +33,10 @@ the store ignores the duplicate.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ from torch.nn import functional as F
 
 from advdim.arch import resolve
 from advdim.build import Init, build, resolve_device
-from advdim.errors import AdvdimError
+from advdim.errors import AdvdimError, Interrupted
 from advdim.gradients import Target, input_gradient, lp_norm
 from advdim.store import RunStore
 
@@ -213,12 +215,80 @@ def split_validation(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tenso
     return perm[n_valid:], perm[:n_valid]
 
 
+#: the keys of a checkpoint (see :func:`train`)
+CHECKPOINT_KEYS = ("config", "epoch", "lr", "model", "optimizer", "best_acc", "best_model", "order_gen",
+                   "attack_gen", "torch_rng", "history")
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``<path>.tmp``, flush it to disk, then rename it over ``path``: ``path`` is
+    either the previous file or the new one, whole.  On any failure (a full disk, Ctrl-C) the
+    temporary file is removed and the error re-raised; ``path`` is left as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        # through a Python file so that a write error is an OSError (torch's own writer turns it
+        # into a RuntimeError that names no cause)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unreadable(path: Path, reason: str) -> AdvdimError:
+    reason = " ".join(reason.split())  # one line
+    if len(reason) > 120:
+        reason = reason[:117] + "..."
+    return AdvdimError(f"checkpoint {str(path)!r} is not a readable advdim checkpoint ({reason}); "
+                       "delete it to start over")
+
+
+def _load_checkpoint(path: Path, device: torch.device, config: TrainConfig) -> dict[str, Any]:
+    """The training state saved in ``path`` for ``config``; a file that is not one (empty,
+    truncated, another format, another configuration) raises a one-line :class:`AdvdimError`."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise _unreadable(path, "the file is empty")
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
+            raise _unreadable(path, f"{size} bytes that are not a torch archive: truncated or another format")
+        # weights only: plain containers and tensors, no code run from the file
+        state = torch.load(path, map_location=device, weights_only=True)
+    except OSError as err:
+        raise AdvdimError(f"cannot read checkpoint {str(path)!r}: {err.strerror or err}") from None
+    except AdvdimError:
+        raise
+    except Exception as err:  # torch.load raises many types: UnpicklingError, RuntimeError, ...
+        raise _unreadable(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(state, dict):
+        raise _unreadable(path, f"it holds a {type(state).__name__}, not a training state")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise _unreadable(path, f"it lacks {', '.join(missing)}")
+    if state["config"] != config.store_config():
+        raise AdvdimError(f"checkpoint {str(path)!r} belongs to another configuration; remove it or change it")
+    return state
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def _interrupted(config: TrainConfig, running: int | None, done: int, saved: int, stored: bool,
+                 checkpoint: Path | None) -> Interrupted:
+    """The message of a Ctrl-C: where training stood and what a rerun can resume from."""
+    where = (f"interrupted in epoch {running} of {config.epochs}" if running is not None
+             else f"interrupted after epoch {done} of {config.epochs}")
+    if checkpoint is None:
+        kept = f"{_epochs(done)} in the run store, " if stored and done else ""
+        return Interrupted(f"{where}: {kept}nothing to resume without --checkpoint")
+    if saved == 0:
+        return Interrupted(f"{where}: no epoch finished, nothing to resume")
+    kept = "stored and checkpointed" if stored else "checkpointed"
+    return Interrupted(f"{where}: {_epochs(saved)} {kept}; rerun with --resume")
 
 
 def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | os.PathLike[str] | None = None,
@@ -260,17 +330,18 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
     best_acc, best_state = -1.0, None
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != config.store_config():
-            raise AdvdimError(f"checkpoint {str(ckpt)!r} belongs to another configuration; remove it or change it")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        order_gen.set_state(state["order_gen"])
-        attack_gen.set_state(state["attack_gen"])
-        torch.set_rng_state(state["torch_rng"])
-        history = list(state["history"])
-        start_epoch, lr = int(state["epoch"]), float(state["lr"])
-        best_acc, best_state = float(state["best_acc"]), state["best_model"]
+        state = _load_checkpoint(ckpt, device, config)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            order_gen.set_state(state["order_gen"])
+            attack_gen.set_state(state["attack_gen"])
+            torch.set_rng_state(state["torch_rng"])
+            history = list(state["history"])
+            start_epoch, lr = int(state["epoch"]), float(state["lr"])
+            best_acc, best_state = float(state["best_acc"]), state["best_model"]
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise _unreadable(ckpt, f"its state does not fit the model: {exc}") from None
     n = x_train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     n_eval = config.n_eval
@@ -287,56 +358,75 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
 
         bar_cm = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=err)
-    with bar_cm as bar:
-        task = None
-        if bar is not None:
-            task = bar.add_task(f"{config.method.value} eps={config.eps:g} size={size}",
-                                total=(config.epochs - start_epoch) * steps_per_epoch)
-        for epoch in range(start_epoch, config.epochs):
-            if config.halve_every and epoch > 0 and epoch % config.halve_every == 0:
-                if best_state is not None:  # the reference reloads best.pt, then halves the lr
-                    model.load_state_dict(best_state)
-                lr /= 2
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            model.train()
-            perm = torch.randperm(n, generator=order_gen)
-            total, count = 0.0, 0
-            for s in range(steps_per_epoch):
-                idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
-                x = data.batch(x_train[idx], size, config.pad, device=device)
-                y = y_train[idx].to(device)
-                loss = objective(config.method, model, x, y, config.eps, attack_gen, bounds=(bounds[0], bounds[1]))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-                if bar is not None:
-                    bar.advance(task)
-            if not math.isfinite(total):
-                raise AdvdimError(f"training diverged at epoch {epoch + 1} (loss {total}); lower --lr or --eps")
-            model.eval()
-            last = epoch + 1 == config.epochs
-            attack = last or (config.attack_every > 0 and (epoch + 1) % config.attack_every == 0)
-            record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "lr": lr, "d": spec.d,
-                                      "size": size}
-            for split, (xs, ys) in evals.items():
-                record[split] = evaluate(model, data, xs, ys, size, config.pad, config.attack_eps,
-                                         config.attack_steps, device=device, attack=attack and split == "test")
-            if "valid" in record and record["valid"]["acc"] > best_acc:
-                best_acc = record["valid"]["acc"]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            history.append(record)
-            if store is not None:
-                store.put(EPOCH_KIND, {**config.store_config(), "epoch": epoch + 1}, record)
-            if ckpt is not None:
-                _atomic_save({"config": config.store_config(), "epoch": epoch + 1, "lr": lr,
-                              "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "best_acc": best_acc, "best_model": best_state,
-                              "order_gen": order_gen.get_state(), "attack_gen": attack_gen.get_state(),
-                              "torch_rng": torch.get_rng_state(), "history": history}, ckpt)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, record)
+    running: int | None = None  # the epoch in progress (1-based); None between epochs
+    saved = start_epoch  # the epoch of the checkpoint on disk
+    try:
+        with bar_cm as bar:
+            task = None
+            if bar is not None:
+                task = bar.add_task(f"{config.method.value} eps={config.eps:g} size={size}",
+                                    total=(config.epochs - start_epoch) * steps_per_epoch)
+            for epoch in range(start_epoch, config.epochs):
+                running = epoch + 1
+                if config.halve_every and epoch > 0 and epoch % config.halve_every == 0:
+                    if best_state is not None:  # the reference reloads best.pt, then halves the lr
+                        model.load_state_dict(best_state)
+                    lr /= 2
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                model.train()
+                perm = torch.randperm(n, generator=order_gen)
+                total, count = 0.0, 0
+                for s in range(steps_per_epoch):
+                    idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
+                    x = data.batch(x_train[idx], size, config.pad, device=device)
+                    y = y_train[idx].to(device)
+                    loss = objective(config.method, model, x, y, config.eps, attack_gen, bounds=(bounds[0], bounds[1]))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(idx)
+                    count += len(idx)
+                    if bar is not None:
+                        bar.advance(task)
+                if not math.isfinite(total):
+                    raise AdvdimError(f"training diverged at epoch {epoch + 1} (loss {total}); lower --lr or --eps")
+                model.eval()
+                last = epoch + 1 == config.epochs
+                attack = last or (config.attack_every > 0 and (epoch + 1) % config.attack_every == 0)
+                record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "lr": lr, "d": spec.d,
+                                          "size": size}
+                for split, (xs, ys) in evals.items():
+                    record[split] = evaluate(model, data, xs, ys, size, config.pad, config.attack_eps,
+                                             config.attack_steps, device=device, attack=attack and split == "test")
+                if "valid" in record and record["valid"]["acc"] > best_acc:
+                    best_acc = record["valid"]["acc"]
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                history.append(record)
+                if store is not None:
+                    store.put(EPOCH_KIND, {**config.store_config(), "epoch": epoch + 1}, record)
+                if ckpt is not None:
+                    try:
+                        _atomic_save({"config": config.store_config(), "epoch": epoch + 1, "lr": lr,
+                                      "model": model.state_dict(),
+                                      "optimizer": optimizer.state_dict(), "best_acc": best_acc,
+                                      "best_model": best_state, "order_gen": order_gen.get_state(),
+                                      "attack_gen": attack_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                      "history": history}, ckpt)
+                    except OSError as exc:
+                        in_store = (f"{_epochs(epoch + 1)} {'is' if epoch == 0 else 'are'} in the run store; "
+                                    if store is not None else "")
+                        before = (f"the checkpoint of epoch {saved} is intact" if saved
+                                  else "no checkpoint of this run was written")
+                        fix = "free space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+                        raise AdvdimError(f"cannot write checkpoint {str(ckpt)!r}: {exc.strerror or exc}; {in_store}"
+                                          f"{before}; {fix} and rerun with --resume") from None
+                    saved = epoch + 1
+                running = None
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, record)
+    except KeyboardInterrupt:
+        raise _interrupted(config, running, len(history), saved if ckpt is not None else 0, store is not None,
+                           ckpt) from None
     model.eval()
     return TrainResult(config, tuple(history), model, spec.d)

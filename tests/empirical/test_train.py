@@ -1,5 +1,7 @@
-"""Training: records per epoch, exact resume after kill -9, the CLI."""
+"""Training: records per epoch, exact resume after kill -9 and Ctrl-C, unreadable and unwritable
+checkpoints, the CLI."""
 
+import errno
 import json
 import os
 import signal
@@ -12,7 +14,7 @@ import pytest
 import torch
 from advdim.empirical import Method, TrainConfig, train
 
-from advdim.errors import AdvdimError
+from advdim.errors import AdvdimError, Interrupted
 from advdim.store import RunStore
 
 CFG = dict(dataset="synthetic", n_train=96, n_test=32, n_eval=16, epochs=3, batch_size=32, method="pgd", eps=0.05)
@@ -134,3 +136,113 @@ def test_cli_train_json():
     bad = subprocess.run([sys.executable, "-m", "advdim", "train", "--method", "nope"], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+
+
+TINY = dict(dataset="synthetic", n_train=40, n_test=16, n_eval=8, batch_size=16)
+
+
+def test_an_unreadable_checkpoint_is_one_line_and_left_alone(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=1)
+    good = tmp_path / "good.ckpt"
+    train(cfg, checkpoint=good)
+    whole = good.read_bytes()
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint\n" * 64)
+    (tmp_path / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    torch.save({"config": cfg.store_config(), "epoch": 1}, tmp_path / "keys.ckpt")
+    torch.save(cfg, tmp_path / "object.ckpt")  # a pickled object: refused by a weights-only load
+    reasons = {"empty": "the file is empty", "garbage": "not a torch archive: truncated or another format",
+               "truncated": "not a torch archive: truncated or another format", "list": "it holds a list",
+               "keys": "it lacks lr, model, optimizer", "object": "UnpicklingError: Weights only load failed"}
+    for name, reason in reasons.items():
+        path = tmp_path / f"{name}.ckpt"
+        before = path.read_bytes()
+        with pytest.raises(AdvdimError) as info:
+            train(cfg, checkpoint=path, resume=True)
+        message = str(info.value)
+        assert message.startswith(f"checkpoint {str(path)!r} is not a readable advdim checkpoint ("), message
+        assert reason in message and message.endswith("; delete it to start over") and "\n" not in message
+        assert path.read_bytes() == before
+
+
+def test_cli_empty_checkpoint_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "empty.ckpt"
+    path.touch()
+    out = subprocess.run([sys.executable, "-m", "advdim", "train", "--dataset", "synthetic", "--size", "28",
+                          "--epochs", "1", "--n-train", "32", "--n-test", "16", "--n-eval", "8", "--checkpoint",
+                          str(path), "--resume"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [f"advdim: error: checkpoint {str(path)!r} is not a readable advdim checkpoint "
+                                       "(the file is empty); delete it to start over"]
+
+
+def _failing_save(exc):
+    def save(obj, f):
+        f.write(b"half a checkpoint" * 100)
+        raise exc
+
+    return save
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()],
+                         ids=["disk-full", "ctrl-c"])
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch, exc):
+    cfg = TrainConfig(**TINY, epochs=2)
+    ckpt = tmp_path / "c.ckpt"
+    after_epoch_1 = []
+
+    def on_epoch(e, rec):  # from epoch 2 on, writing fails after a part of the file
+        after_epoch_1.append(ckpt.read_bytes())
+        monkeypatch.setattr(torch, "save", _failing_save(exc))
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        want = (AdvdimError if isinstance(exc, OSError) else Interrupted)
+        with pytest.raises(want) as info:
+            train(cfg, store=store, checkpoint=ckpt, on_epoch=on_epoch)
+        assert store.count("empirical.epoch") == 2
+    monkeypatch.undo()
+    if isinstance(exc, OSError):
+        assert str(info.value) == (f"cannot write checkpoint {str(ckpt)!r}: No space left on device; 2 epochs are in "
+                                   "the run store; the checkpoint of epoch 1 is intact; free space and rerun with "
+                                   "--resume")
+    else:
+        assert str(info.value) == "interrupted in epoch 2 of 2: 1 epoch stored and checkpointed; rerun with --resume"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.ckpt")) == ["c.ckpt"]  # no .tmp
+    assert ckpt.read_bytes() == after_epoch_1[0]
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=3, halve_every=2, method="pgd", eps=0.05)
+    torch.manual_seed(0)
+    want = train(cfg).history
+
+    def ctrl_c(e, rec):
+        if e == 1:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "c.ckpt"
+    with RunStore(tmp_path / "s.sqlite") as store:
+        torch.manual_seed(0)
+        with pytest.raises(Interrupted) as info:
+            train(cfg, store=store, checkpoint=ckpt, on_epoch=ctrl_c)
+        assert str(info.value) == "interrupted after epoch 1 of 3: 1 epoch stored and checkpointed; rerun with --resume"
+        assert store.count("empirical.epoch") == 1
+        torch.manual_seed(1)  # the checkpoint restores the generators: the state before resuming does not matter
+        got = train(cfg, store=store, checkpoint=ckpt, resume=True).history
+        assert store.count("empirical.epoch") == 3
+    assert got == want
+    assert not (tmp_path / "c.ckpt.tmp").exists()
+
+
+def test_ctrl_c_without_a_checkpoint_says_nothing_can_be_resumed(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=2)
+
+    def ctrl_c(e, rec):
+        raise KeyboardInterrupt
+
+    with RunStore(tmp_path / "s.sqlite") as store, pytest.raises(Interrupted) as info:
+        train(cfg, store=store, on_epoch=ctrl_c)
+    assert str(info.value) == ("interrupted after epoch 1 of 2: 1 epoch in the run store, nothing to resume without "
+                               "--checkpoint")
