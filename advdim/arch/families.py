@@ -1,0 +1,304 @@
+"""Families: rules that map an input side ``s`` (and channels) to a :class:`Spec`; random members."""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from advdim.arch.grammar import _fmt_value, parse
+from advdim.arch.layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, Layer, MaxPool, Padding, ReLU, Shape, Spec
+from advdim.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Family:
+    """A rule mapping an input side ``size`` and ``channels`` to a :class:`Spec`.
+
+    Attributes:
+        name: family name (``dense``, ``strided``, ``avgpool``, ``maxpool``, ...).
+        params: the family's parameters, a sorted tuple of ``(name, value)`` pairs.
+    """
+
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    def spec(self, size: int, channels: int = 3) -> Spec:
+        """The member at input shape ``(channels, size, size)``."""
+        if not isinstance(size, int) or size < 1:
+            raise SpecError(f"family {self.name}: input size must be a positive integer, got {size!r}")
+        if not isinstance(channels, int) or channels < 1:
+            raise SpecError(f"family {self.name}: channels must be a positive integer, got {channels!r}")
+        builder = FAMILIES[self.name].builder
+        return Spec((channels, size, size), tuple(builder(size, **dict(self.params))))
+
+    def valid_sizes(self, candidates: Iterable[int]) -> list[int]:
+        out = []
+        for s in candidates:
+            try:
+                self.spec(s)
+            except SpecError:
+                continue
+            out.append(s)
+        return out
+
+    def get(self, key: str) -> Any:
+        return dict(self.params)[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"family": self.name, **{k: _jsonable(v) for k, v in self.params}}
+
+    def to_text(self) -> str:
+        args = ",".join(f"{k}={_fmt_param(v)}" for k, v in self.params)
+        return f"{self.name}({args})"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def _fmt_param(v: Any) -> str:
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, tuple):
+        return "/".join(str(x) for x in v)
+    return _fmt_value(v)
+
+
+@dataclass(frozen=True)
+class FamilyType:
+    """A registered family: its layer builder, its defaults and a random-member sampler."""
+
+    name: str
+    builder: Callable[..., list[Layer]]
+    defaults: dict[str, Any]
+    sampler: Callable[[np.random.Generator], dict[str, Any]]
+    doc: str
+
+    def make(self, **params: Any) -> Family:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise SpecError(f"family {self.name}: unknown parameter(s) {sorted(unknown)}")
+        merged = {**self.defaults, **params}
+        return Family(self.name, tuple(sorted((k, _normalise_param(k, v)) for k, v in merged.items())))
+
+    def sample(self, rng: np.random.Generator | int) -> Family:
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        return self.make(**self.sampler(rng))
+
+
+def _normalise_param(key: str, value: Any) -> Any:
+    if key == "padding":
+        return value if isinstance(value, Padding) else Padding.parse(str(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+def _check_positive(family: str, **values: Any) -> None:
+    for k, v in values.items():
+        vs = v if isinstance(v, tuple) else (v,)
+        if not vs or any((not isinstance(x, int)) or x < 1 for x in vs):
+            raise SpecError(f"family {family}: {k} must be positive integer(s), got {v!r}")
+
+
+def _halvings(family: str, size: int, final: int) -> int:
+    _check_positive(family, final=final)
+    if size < final or size % final:
+        raise SpecError(f"family {family}: input size {size} is not final size {final} times a power of 2")
+    ratio = size // final
+    m = int(round(math.log2(ratio)))
+    if 2**m != ratio:
+        raise SpecError(f"family {family}: input size {size} is not final size {final} times a power of 2")
+    return m
+
+
+def _dense_layers(size: int, widths: tuple[int, ...], classes: int) -> list[Layer]:
+    _check_positive("dense", classes=classes)
+    if widths:
+        _check_positive("dense", widths=widths)
+    layers: list[Layer] = [Flatten()]
+    for w in widths:
+        layers += [Dense(w), ReLU()]
+    return [*layers, Dense(classes)]
+
+
+def _conv_trunk(family: str, size: int, channels: int, kernel: int, final: int, padding: Padding,
+                dilation: int, reduce: Callable[[], list[Layer]]) -> list[Layer]:
+    _check_positive(family, channels=channels, kernel=kernel, dilation=dilation)
+    m = _halvings(family, size, final)
+    layers: list[Layer] = [Conv(channels, kernel, 1, dilation, padding), ReLU()]
+    for _ in range(m):
+        layers += reduce()
+    return layers
+
+
+def _head(head: tuple[int, ...], classes: int, family: str) -> list[Layer]:
+    _check_positive(family, classes=classes)
+    layers: list[Layer] = [Flatten()]
+    for w in head:
+        layers += [Dense(w), ReLU()]
+    return [*layers, Dense(classes)]
+
+
+def _strided_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
+                    head: tuple[int, ...], classes: int) -> list[Layer]:
+    trunk = _conv_trunk("strided", size, channels, kernel, final, padding, dilation,
+                        lambda: [Conv(channels, kernel, 2, dilation, padding), ReLU()])
+    return trunk + _head(head, classes, "strided")
+
+
+def _avgpool_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
+                    head: tuple[int, ...], classes: int) -> list[Layer]:
+    trunk = _conv_trunk("avgpool", size, channels, kernel, final, padding, dilation,
+                        lambda: [Conv(channels, kernel, 1, dilation, padding), AvgPool(2), ReLU()])
+    return trunk + _head(head, classes, "avgpool")
+
+
+def _maxpool_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
+                    head: tuple[int, ...], classes: int) -> list[Layer]:
+    trunk = _conv_trunk("maxpool", size, channels, kernel, final, padding, dilation,
+                        lambda: [Conv(channels, kernel, 1, dilation, padding), ReLU(), MaxPool(2)])
+    return trunk + _head(head, classes, "maxpool")
+
+
+def _gap_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
+                classes: int) -> list[Layer]:
+    trunk = _conv_trunk("gap", size, channels, kernel, final, padding, dilation,
+                        lambda: [Conv(channels, kernel, 2, dilation, padding), ReLU()])
+    return [*trunk, GlobalAvgPool(), Dense(classes)]
+
+
+_PADDINGS = (Padding.CIRCULAR, Padding.ZEROS, Padding.REFLECT)
+
+
+def _sample_dense(rng: np.random.Generator) -> dict[str, Any]:
+    depth = int(rng.integers(1, 5))
+    return {"widths": tuple(int(w) for w in rng.choice([32, 64, 128, 256], size=depth))}
+
+
+def _sample_conv(rng: np.random.Generator, with_head: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "channels": int(rng.choice([4, 8, 16, 32])),
+        "kernel": int(rng.choice([3, 5])),
+        "final": int(rng.choice([1, 2, 4])),
+        "padding": _PADDINGS[int(rng.integers(0, 3))],
+    }
+    if with_head:
+        out["head"] = tuple(int(w) for w in rng.choice([32, 64], size=int(rng.integers(0, 2))))
+    return out
+
+
+_CONV_DEFAULTS: dict[str, Any] = {
+    "channels": 16, "kernel": 3, "final": 4, "padding": Padding.CIRCULAR, "dilation": 1, "head": (),
+    "classes": 10,
+}
+
+FAMILIES: dict[str, FamilyType] = {
+    "dense": FamilyType(
+        "dense", _dense_layers, {"widths": (256, 256), "classes": 10}, _sample_dense,
+        "flatten, then hidden dense+ReLU layers of the given widths, then K logits (Theorem 4)",
+    ),
+    "strided": FamilyType(
+        "strided", _strided_layers, dict(_CONV_DEFAULTS), _sample_conv,
+        "stride-1 conv, then stride-2 convs until the map is `final`, then a dense head (Corollary 6)",
+    ),
+    "avgpool": FamilyType(
+        "avgpool", _avgpool_layers, dict(_CONV_DEFAULTS), _sample_conv,
+        "as strided, each stride-2 conv replaced by a stride-1 conv + 2x2 average pool (Appendix B)",
+    ),
+    "maxpool": FamilyType(
+        "maxpool", _maxpool_layers, dict(_CONV_DEFAULTS), _sample_conv,
+        "as avgpool with ReLU then 2x2 max pooling (the paper's Section 4.2 net pools this way)",
+    ),
+    "gap": FamilyType(
+        "gap", _gap_layers, {k: v for k, v in _CONV_DEFAULTS.items() if k != "head"},
+        lambda rng: _sample_conv(rng, with_head=False),
+        "as strided, with a global-average-pool head instead of flatten",
+    ),
+}
+
+
+def family(name: str, **params: Any) -> Family:
+    """A family by name with parameters overriding its defaults.
+
+    >>> family("dense", widths=(64,)).spec(8, channels=1).d
+    64
+    """
+    ftype = FAMILIES.get(name)
+    if ftype is None:
+        raise SpecError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+    return ftype.make(**params)
+
+
+def sample_family(name: str, rng: np.random.Generator | int) -> Family:
+    """A random member topology of family ``name`` (seeded)."""
+    ftype = FAMILIES.get(name)
+    if ftype is None:
+        raise SpecError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+    return ftype.sample(rng)
+
+
+def parse_family(text: str) -> Family:
+    """Parse ``name`` or ``name(key=value,...)`` (tuples as ``a/b/c``), e.g. ``dense(widths=64/64)``."""
+    m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise SpecError(f"{text!r} is neither a family (name or name(key=value,...); known: {', '.join(FAMILIES)}) "
+                        "nor a spec text 'CxHxW > layer > ...'")
+    name, argtext = m.group(1).lower(), m.group(2)
+    if name not in FAMILIES:
+        raise SpecError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+    params: dict[str, Any] = {}
+    defaults = FAMILIES[name].defaults
+    if argtext and argtext.strip():
+        for item in argtext.split(","):
+            key, eq, raw = item.partition("=")
+            key, raw = key.strip(), raw.strip()
+            if not eq or key not in defaults:
+                raise SpecError(f"family {name}: cannot read parameter {item.strip()!r}")
+            default = defaults[key]
+            if isinstance(default, Padding):
+                params[key] = Padding.parse(raw)
+            elif isinstance(default, tuple):
+                try:
+                    params[key] = tuple(int(x) for x in raw.split("/") if x.strip())
+                except ValueError:
+                    raise SpecError(f"family {name}: {key} must be integers separated by '/'") from None
+            else:
+                if not re.fullmatch(r"[+-]?\d+", raw):
+                    raise SpecError(f"family {name}: {key} must be an integer, got {raw!r}")
+                params[key] = int(raw)
+    return family(name, **params)
+
+
+def resolve(text: str, size: int | None = None, channels: int = 3) -> Spec:
+    """A spec from either a family (``strided``, ``dense(widths=64)``) at ``size`` or a spec text."""
+    if ">" in text:
+        spec = parse(text)
+        if size is not None and spec.input_shape[1:] != (size, size):
+            raise SpecError(f"the spec's input {spec.input_shape} disagrees with --size {size}")
+        return spec
+    fam = parse_family(text)
+    if size is None:
+        raise SpecError(f"the family {fam.name!r} needs an input size (--size)")
+    return fam.spec(size, channels)
+
+
+def shapes_of(layers: Sequence[Layer], input_shape: Shape) -> list[Shape]:
+    """Shapes through a layer list without building a spec (no logits check)."""
+    out = [tuple(input_shape)]
+    for layer in layers:
+        out.append(layer.out_shape(out[-1]))
+    return out

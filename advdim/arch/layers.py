@@ -1,0 +1,366 @@
+"""Layer records and whole-network specs (:class:`Spec`): shapes, in-degrees, parameters, JSON."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from advdim.arch import grammar as _grammar  # the text form names layers in messages: bound late
+from advdim.choice import Choice
+from advdim.errors import SpecError
+
+Shape = tuple[int, ...]
+
+
+class Padding(Choice):
+    """How a convolution pads its input map (``same``-size padding of ``dilation*(k-1)//2``)."""
+
+    CIRCULAR = "circular"
+    ZEROS = "zeros"
+    REFLECT = "reflect"
+    VALID = "valid"  # no padding at all
+
+    @classmethod
+    def noun(cls) -> str:
+        return "padding mode"
+
+    @classmethod
+    def error(cls) -> type[SpecError]:
+        return SpecError
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Base of all layer records.  Subclasses define ``out_shape`` and ``in_degree``."""
+
+    kind: ClassVar[str] = "layer"
+    #: True for layers with trainable, randomly initialised weights (H3 applies to them).
+    has_weights: ClassVar[bool] = False
+
+    def out_shape(self, shape: Shape) -> Shape:
+        raise NotImplementedError
+
+    def in_degree(self, shape: Shape) -> int:
+        """Number of inputs of one output node (interior nodes, before padding effects)."""
+        return 1
+
+    def n_params(self, shape: Shape) -> int:
+        return 0
+
+    def args(self) -> dict[str, Any]:
+        """Non-default arguments, in declaration order (for the text and JSON forms)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.default is not value and f.default != value:
+                out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+
+def _need_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise SpecError(f"{_grammar.format_layer(layer)}: needs a (C, H, W) map, got shape {shape}")
+    c, h, w = shape
+    return c, h, w
+
+
+def _need_flat(layer: Layer, shape: Shape) -> int:
+    if len(shape) != 1:
+        raise SpecError(
+            f"{_grammar.format_layer(layer)}: needs a flat input, got shape {shape} (add 'flatten' first)"
+        )
+    return shape[0]
+
+
+def _positive(layer: Layer, **values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecError(f"{_grammar.format_layer(layer)}: {name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Conv(Layer):
+    """2-D convolution, ``out_channels`` filters of size ``kernel x kernel``.
+
+    Padding is ``dilation*(kernel-1)//2`` on each side (``same`` for odd kernels) in the given
+    mode, or none for ``Padding.VALID``.  A stride must divide the padded output exactly.
+    """
+
+    out_channels: int
+    kernel: int = 3
+    stride: int = 1
+    dilation: int = 1
+    padding: Padding = Padding.CIRCULAR
+    bias: bool = True
+
+    kind: ClassVar[str] = "conv"
+    has_weights: ClassVar[bool] = True
+
+    @property
+    def pad(self) -> int:
+        return 0 if self.padding is Padding.VALID else self.dilation * (self.kernel - 1) // 2
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _positive(self, out_channels=self.out_channels, kernel=self.kernel, stride=self.stride,
+                  dilation=self.dilation)
+        _, h, w = _need_map(self, shape)
+        span = self.dilation * (self.kernel - 1) + 1
+        if self.padding is Padding.CIRCULAR and self.pad > min(h, w):
+            raise SpecError(f"{_grammar.format_layer(self)}: circular padding {self.pad} exceeds the map {h}x{w}")
+        if self.padding is Padding.REFLECT and self.pad >= min(h, w):
+            raise SpecError(f"{_grammar.format_layer(self)}: reflect padding {self.pad} needs a map larger "
+                            f"than {h}x{w}")
+        out = []
+        for n in (h, w):
+            padded = n + 2 * self.pad
+            if span > padded:
+                raise SpecError(
+                    f"{_grammar.format_layer(self)}: kernel span {span} is larger than the padded map {padded}"
+                )
+            covered = padded - span if self.padding is Padding.VALID else n
+            if covered % self.stride != 0:
+                raise SpecError(
+                    f"{_grammar.format_layer(self)}: stride {self.stride} does not divide the map "
+                    f"(size {n}, padded {padded}, kernel span {span})"
+                )
+            out.append((padded - span) // self.stride + 1)
+        return (self.out_channels, out[0], out[1])
+
+    def in_degree(self, shape: Shape) -> int:
+        return shape[0] * self.kernel * self.kernel
+
+    def n_params(self, shape: Shape) -> int:
+        return self.out_channels * self.in_degree(shape) + (self.out_channels if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class Dense(Layer):
+    """Fully connected layer on a flat input: ``y = W x + b`` with ``W`` of shape (out, in)."""
+
+    out_features: int
+    bias: bool = True
+
+    kind: ClassVar[str] = "dense"
+    has_weights: ClassVar[bool] = True
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _positive(self, out_features=self.out_features)
+        _need_flat(self, shape)
+        return (self.out_features,)
+
+    def in_degree(self, shape: Shape) -> int:
+        return shape[0]
+
+    def n_params(self, shape: Shape) -> int:
+        return self.out_features * shape[0] + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class _Pool(Layer):
+    """Non-overlapping ``size x size`` pooling with stride ``size``; it must divide the map."""
+
+    size: int = 2
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _positive(self, size=self.size)
+        c, h, w = _need_map(self, shape)
+        if h % self.size or w % self.size:
+            raise SpecError(f"{_grammar.format_layer(self)}: pool size {self.size} does not divide the map {h}x{w}")
+        return (c, h // self.size, w // self.size)
+
+    def in_degree(self, shape: Shape) -> int:
+        return self.size * self.size
+
+
+@dataclass(frozen=True)
+class AvgPool(_Pool):
+    """Average pooling: deterministic weights ``1/size**2`` (so H3 fails, Appendix B)."""
+
+    kind: ClassVar[str] = "avgpool"
+
+
+@dataclass(frozen=True)
+class MaxPool(_Pool):
+    """Max pooling: the gradient is routed to the arg-max of each window."""
+
+    kind: ClassVar[str] = "maxpool"
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool(Layer):
+    """Average over the whole map: (C, H, W) -> (C,)."""
+
+    kind: ClassVar[str] = "globalavgpool"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return (_need_map(self, shape)[0],)
+
+    def in_degree(self, shape: Shape) -> int:
+        return shape[1] * shape[2]
+
+
+@dataclass(frozen=True)
+class GlobalMaxPool(Layer):
+    """Maximum over the whole map: (C, H, W) -> (C,) (the head of the paper's Section 4.2 net)."""
+
+    kind: ClassVar[str] = "globalmaxpool"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return (_need_map(self, shape)[0],)
+
+    def in_degree(self, shape: Shape) -> int:
+        return shape[1] * shape[2]
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """(C, H, W) -> (C*H*W,), channel-major as ``torch.flatten``."""
+
+    kind: ClassVar[str] = "flatten"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return (int(np.prod(shape)),)
+
+
+@dataclass(frozen=True)
+class ReLU(Layer):
+    """Rectified linear unit, element-wise."""
+
+    kind: ClassVar[str] = "relu"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Batch normalisation over channels (maps) or features (flat); weight 1, bias 0 at init."""
+
+    kind: ClassVar[str] = "batchnorm"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def n_params(self, shape: Shape) -> int:
+        return 2 * shape[0]
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.kind: cls
+    for cls in (Conv, Dense, AvgPool, MaxPool, GlobalAvgPool, GlobalMaxPool, Flatten, ReLU, BatchNorm)
+}
+
+AnyLayer = Conv | Dense | AvgPool | MaxPool | GlobalAvgPool | GlobalMaxPool | Flatten | ReLU | BatchNorm
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A concrete network: input shape ``(C, H, W)`` and a tuple of layers ending in K logits.
+
+    ``Spec`` validates itself on construction; an invalid spec cannot exist.
+    """
+
+    input_shape: Shape
+    layers: tuple[Layer, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_shape, tuple) or len(self.input_shape) != 3:
+            raise SpecError(f"input shape must be (C, H, W), got {self.input_shape!r}")
+        for n in self.input_shape:
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise SpecError(f"input shape must hold positive integers, got {self.input_shape!r}")
+        if not self.layers:
+            raise SpecError("a spec needs at least one layer")
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise SpecError(f"layer {i}: not a layer record: {layer!r}")
+        shapes = self.shapes()
+        if len(shapes[-1]) != 1:
+            raise SpecError(
+                f"the last layer {_grammar.format_layer(self.layers[-1])} must output a flat vector of logits, "
+                f"got shape {shapes[-1]}"
+            )
+
+    # ---- shape bookkeeping -----------------------------------------------------------------
+    def shapes(self) -> list[Shape]:
+        """Shapes before the first layer and after each layer (``len(layers) + 1`` entries)."""
+        shape: Shape = self.input_shape
+        out = [shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.out_shape(shape)
+            except SpecError as err:
+                raise SpecError(f"layer {i} {err}") from None
+            out.append(shape)
+        return out
+
+    @property
+    def d(self) -> int:
+        """Input dimension ``C * H * W``."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def n_classes(self) -> int:
+        return self.shapes()[-1][0]
+
+    def n_params(self) -> int:
+        shapes = self.shapes()
+        return sum(layer.n_params(s) for layer, s in zip(self.layers, shapes))
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per layer: index, text form, output shape, in-degree, parameter count."""
+        shapes = self.shapes()
+        return [
+            {
+                "index": i,
+                "layer": _grammar.format_layer(layer),
+                "out_shape": list(shapes[i + 1]),
+                "in_degree": layer.in_degree(shapes[i]),
+                "params": layer.n_params(shapes[i]),
+            }
+            for i, layer in enumerate(self.layers)
+        ]
+
+    # ---- serialisation ---------------------------------------------------------------------
+    def to_text(self) -> str:
+        return _grammar.format_spec(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape),
+            "layers": [{"kind": layer.kind, **layer.args()} for layer in self.layers],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> Spec:
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as err:
+                raise SpecError(f"spec JSON does not parse: {err}") from None
+        if not isinstance(data, dict) or "input_shape" not in data or "layers" not in data:
+            raise SpecError("spec JSON needs the keys 'input_shape' and 'layers'")
+        layers = []
+        for i, item in enumerate(data["layers"]):
+            if not isinstance(item, dict) or "kind" not in item:
+                raise SpecError(f"layer {i}: JSON layer needs a 'kind'")
+            kwargs = dict(item)
+            layers.append(_grammar._make_layer(i, kwargs.pop("kind"), [], kwargs))
+        return cls(tuple(int(n) for n in data["input_shape"]), tuple(layers))
+
+    def with_input(self, input_shape: Shape) -> Spec:
+        return replace(self, input_shape=tuple(input_shape))
