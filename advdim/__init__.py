@@ -15,12 +15,24 @@ from advdim._lazy import lazy_getattr
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from advdim.arch import Family, Padding, Spec, family, format_spec, parse, parse_family, sample_family
+    from advdim.arch import (
+        Family,
+        Padding,
+        Spec,
+        Target,
+        family,
+        format_spec,
+        parse,
+        parse_family,
+        register_family,
+        resolve_target,
+        sample_family,
+    )
     from advdim.errors import AdvdimError, DataError, HypothesisError, SpecError, StoreError
 
 _EXPORTS = {
-    **dict.fromkeys(["Family", "Padding", "Spec", "family", "format_spec", "parse", "parse_family", "sample_family"],
-                    "advdim.arch"),
+    **dict.fromkeys(["Family", "Padding", "Spec", "Target", "family", "format_spec", "parse", "parse_family",
+                     "register_family", "resolve_target", "sample_family"], "advdim.arch"),
     **dict.fromkeys(["AdvdimError", "DataError", "HypothesisError", "SpecError", "StoreError"], "advdim.errors"),
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
@@ -34,10 +46,13 @@ __all__ = [
     "Spec",
     "SpecError",
     "StoreError",
+    "Target",
     "__version__",
     "family",
     "format_spec",
     "parse",
     "parse_family",
+    "register_family",
+    "resolve_target",
     "sample_family",
 ]

@@ -43,9 +43,18 @@ from advdim.arch.layers import (
     Shape,
     Spec,
 )
+from advdim.arch.targets import (
+    Target,
+    TargetKind,
+    load_object,
+    register_family,
+    resolve_target,
+    unregister_family,
+)
 
 __all__ = [
     "FAMILIES", "AvgPool", "BatchNorm", "Conv", "Dense", "Family", "FamilyType", "Flatten", "GlobalAvgPool",
     "GlobalMaxPool", "Layer", "MaxPool", "Padding", "ReLU", "Shape", "Spec", "family", "format_layer", "format_spec",
-    "parse", "parse_family", "resolve", "sample_family", "shapes_of",
+    "parse", "parse_family", "resolve", "sample_family", "shapes_of", "Target", "TargetKind", "load_object",
+    "register_family", "resolve_target", "unregister_family",
 ]
