@@ -146,13 +146,15 @@ class Stack:
 
 def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = Init.HE,
                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Stack:
-    """Draw the weights of ``nets`` independent nets: i.i.d. ``N(0, Var)`` per ``init``, biases 0.
+    """Draw the weights of ``nets`` independent nets by ``init``, the laws of :func:`advdim.build.init_weights`:
+
+    - ``he``, ``lecun``, ``glorot``: i.i.d. ``N(0, Var)``, biases 0;
+    - ``torch`` (PyTorch's default): weights and biases i.i.d. uniform on ``[-b, b]``, ``b = 1/sqrt(fan_in)``;
+    - ``orthogonal``: per net, the Q factor of a Gaussian matrix (sign-fixed), (semi-)orthogonal rows
+      scaled by ``sqrt(2)``, biases 0.
 
     Drawn on the CPU from ``generator``, in ``dtype`` (so the same seed gives the same nets on every device).
-    Only Gaussian schemes (He, LeCun, Glorot) are supported.
     """
-    if init not in (Init.HE, Init.LECUN, Init.GLOROT):
-        raise AdvdimError(f"the engine draws Gaussian weights only (he, lecun, glorot), not {init.value}")
     if nets < 1:
         raise AdvdimError(f"nets must be positive, got {nets}")
     dev = torch.device(device)
@@ -169,11 +171,32 @@ def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = I
             weights.append(None)
             biases.append(None)
             continue
-        std = math.sqrt(init.weight_variance(fan_in, fan_out))
-        w = torch.randn((nets, *wshape), generator=generator, dtype=dtype) * std  # float32 draws: ~5x faster
+        b: torch.Tensor | None = None
+        if init is Init.TORCH:
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand((nets, *wshape), generator=generator, dtype=dtype) * 2 - 1) * bound
+            if layer.bias:
+                b = (torch.rand((nets, wshape[0]), generator=generator, dtype=dtype) * 2 - 1) * bound
+        elif init is Init.ORTHOGONAL:
+            w = _orthogonal(nets, wshape[0], fan_in, generator).to(dtype).reshape(nets, *wshape)
+        else:
+            std = math.sqrt(init.weight_variance(fan_in, fan_out))
+            w = torch.randn((nets, *wshape), generator=generator, dtype=dtype) * std  # float32 draws: ~5x faster
         weights.append(w.to(device=dev))
-        biases.append(torch.zeros(nets, wshape[0], dtype=dtype, device=dev) if layer.bias else None)
+        if layer.bias and b is None:
+            b = torch.zeros(nets, wshape[0], dtype=dtype)
+        biases.append(None if b is None else b.to(device=dev))
     return Stack(spec, tuple(weights), tuple(biases))
+
+
+def _orthogonal(nets: int, rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """``nets`` (semi-)orthogonal ``rows x cols`` matrices times ``sqrt(2)`` (float64, batched QR)."""
+    flat = torch.randn(nets, max(rows, cols), min(rows, cols), dtype=torch.float64, generator=generator)
+    q, r = torch.linalg.qr(flat)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    if rows < cols:
+        q = q.transpose(-2, -1)
+    return math.sqrt(2.0) * q
 
 
 def stack_modules(nets: Sequence[nn.Module], spec: Spec) -> Stack:

@@ -137,3 +137,46 @@ def test_images_as_inputs() -> None:
     a = sample_norms(spec, 4, 2, seed=0, images=images, exact_shortcuts=True)
     b = sample_norms(spec, 4, 2, seed=0, images=images, exact_shortcuts=False)
     assert np.all(np.isfinite(a["2"])) and np.all(np.isfinite(b["2"]))
+
+
+@pytest.mark.parametrize("init", ["torch", "orthogonal"])
+def test_engine_draws_every_init_like_build(init: str) -> None:
+    """The engine's weight laws equal :func:`advdim.build.init_weights`' (the plain per-net build):
+    a KS two-sample test at level KS_ALPHA on ||d_x f||_2 of 300 nets from each (strided, zero
+    padding: biases matter), and each law's exact structure on the drawn weights."""
+    from advdim.build import Init
+
+    spec = family("strided", channels=4, padding="zeros").spec(8, channels=1)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(300, *spec.input_shape, generator=gen, dtype=torch.float64)
+    plain = []
+    for i in range(300):
+        net = build(spec, seed=1000 + i, init=Init(init)).double()
+        plain.append(float(lp_norm(input_gradient(net, x[i:i + 1], Target.LOGIT), 2)[0]))
+    stack = draw_stack(spec, 300, torch.Generator().manual_seed(9), Init(init), dtype=torch.float64)
+    fast = lp_norm(input_gradients(stack, x.unsqueeze(0), Target.LOGIT)[0], 2).numpy()  # x: (1 input, R nets, ...)
+    assert _ks(fast, np.array(plain)) > KS_ALPHA
+    w = stack.weights[0]
+    assert w is not None
+    if init == "torch":  # uniform on [-b, b], b = 1/sqrt(fan_in): bounded, variance b^2/3, biases drawn
+        b = 1 / math.sqrt(9)
+        assert float(w.abs().max()) <= b and float(w.abs().max()) > 0.99 * b
+        assert abs(float((w**2).mean()) / (b * b / 3) - 1) < 5 * math.sqrt(0.8 / w.numel())  # Var(U^2)/E^2 = 0.8
+        assert stack.biases[0] is not None and float(stack.biases[0].abs().max()) > 0
+    if init == "orthogonal":  # 4 rows of length 9: W W^T = 2 I for every net
+        m = w.reshape(300, 4, 9)
+        eye = 2 * torch.eye(4, dtype=torch.float64).expand(300, 4, 4)
+        torch.testing.assert_close(m @ m.transpose(1, 2), eye, atol=1e-10, rtol=0)
+
+
+def test_engine_init_test_has_power() -> None:
+    """The KS test above tells PyTorch's default init from He's (a variance 6x smaller)."""
+    from advdim.build import Init
+
+    spec = family("strided", channels=4, padding="zeros").spec(8, channels=1)
+    x = torch.randn(300, *spec.input_shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    he = draw_stack(spec, 300, torch.Generator().manual_seed(9), Init.HE, dtype=torch.float64)
+    tv = draw_stack(spec, 300, torch.Generator().manual_seed(8), Init.TORCH, dtype=torch.float64)
+    x = x.unsqueeze(0)  # (1 input, R nets, ...)
+    assert _ks(lp_norm(input_gradients(he, x, Target.LOGIT)[0], 2).numpy(),
+               lp_norm(input_gradients(tv, x, Target.LOGIT)[0], 2).numpy()) < KS_ALPHA
