@@ -8,10 +8,16 @@ single writer whatever the executor), and returns the results in the order of th
 Executors, chosen by arguments (the code of a sweep does not change):
 
 - in-process (default): a plain loop;
-- ``workers=N``: N local processes (``spawn`` start method; ``fn`` must be importable);
+- ``workers=N``: N local processes (``spawn`` start method; ``fn`` must be importable).  The
+  workers ignore Ctrl-C (the terminal sends it to the whole process group: the parent stops
+  them) and end on their own within a second when the parent dies, even by ``kill -9``;
 - ``scheduler="tcp://host:8786"``: a Dask ``distributed`` cluster.  A worker that dies mid-task
   has its task re-run elsewhere by the scheduler; a result can only be written once, because the
   store ignores a second write of the same key.
+
+Whatever stops a sweep, the cells finished before are in the store and ``--resume`` goes on from
+them: Ctrl-C raises :class:`~advdim.errors.Interrupted` and a lost Dask scheduler an
+:class:`~advdim.errors.AdvdimError`, each with a one-line message that says how many are kept.
 
     >>> run_sweep("demo", [{"x": 1}, {"x": 2}], _square, progress=False)
     [{'y': 1}, {'y': 4}]
@@ -19,14 +25,20 @@ Executors, chosen by arguments (the code of a sweep does not change):
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
-from advdim.errors import AdvdimError, StoreError
+from advdim.errors import AdvdimError, Interrupted, StoreError
 from advdim.store import RunStore, canonical
 
 Config = dict[str, Any]
@@ -38,9 +50,22 @@ def _square(config: Config) -> Result:
     return {"y": config["x"] ** 2}
 
 
-def _init_worker(threads: int) -> None:
+def _sleep(config: Config) -> Result:
+    """A slow demo cell: sleeps ``config["seconds"]`` (used by the interruption tests)."""
+    time.sleep(config["seconds"])
+    return {"slept": config["seconds"]}
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Set up a worker process of the pool started by process ``parent``."""
     from advdim.alloc import keep_freed_memory
 
+    # Ctrl-C reaches every process of the terminal's group: the parent handles it and ends the
+    # workers, which must not print a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # held since the start (_sigint_blocked): a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent(parent)
     keep_freed_memory()
     try:
         import torch
@@ -48,6 +73,50 @@ def _init_worker(threads: int) -> None:
         torch.set_num_threads(threads)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when process ``parent`` dies, even by SIGKILL (no orphaned workers).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``).  It fires when
+    the parent *thread* that started this process exits: the pool starts its workers in
+    ``submit``, i.e. in the thread that runs :func:`run_sweep`, which outlives the pool (it ends
+    the workers before it returns).  Everywhere, and should the parent die before ``prctl``, a
+    daemon thread also checks the parent every half second (:func:`_watch_parent`).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0))
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl: the thread suffices
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), name="advdim-watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    """Exit the process (status 1, at once) as soon as its parent is no longer process ``parent``."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Hold SIGINT in this thread while it starts workers.  They inherit the mask, so a Ctrl-C
+    that comes before :func:`_init_worker` ignores it is dropped there rather than printed as a
+    traceback; here it is delivered on leaving (nothing is lost)."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextmanager
@@ -93,6 +162,11 @@ def run_sweep(
         connect_timeout: seconds to wait for the Dask scheduler.
     Returns:
         The results, in the order of ``configs``.
+    Raises:
+        Interrupted: Ctrl-C (or SIGTERM made a ``KeyboardInterrupt``); the queued cells are
+            dropped, the running ones stopped, and the message says how many cells are stored.
+        AdvdimError: bad arguments, cells that failed (the others are stored first), or the
+            Dask scheduler unreachable or lost mid-sweep.
     """
     if workers < 0:
         raise AdvdimError(f"workers must be >= 0, got {workers}")
@@ -128,29 +202,42 @@ def run_sweep(
             store.put(kind, config, result)
         done[key] = result
 
-    with _progress(len(todo), description or kind, progress) as advance:
-        if scheduler:
-            _run_dask(scheduler, connect_timeout, todo, fn, finish, advance)
-        elif workers:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(threads,)) as pool:
-                futures = {pool.submit(fn, c): (k, c) for k, c in todo}
-                for fut in cf.as_completed(futures):
-                    k, c = futures[fut]
-                    finish(k, c, fut.exception() or fut.result())
+    def kept() -> str:
+        """What a stopped sweep keeps.  The store is asked, not ``done``: an interrupt raised as
+        ``store.put`` returns comes after the commit but before ``finish`` counts the cell."""
+        if store is None:
+            return f"no --store, the {_cells(len(done))} finished are lost"
+        n = len(done)
+        with suppress(StoreError):  # a store that fails now: count what finish saw
+            n += sum(store.has(kind, c) for k, c in todo if k not in done)
+        return f"{_cells(n)} stored"
+
+    try:
+        with _progress(len(todo), description or kind, progress) as advance:
+            if scheduler:
+                _run_dask(scheduler, connect_timeout, todo, fn, finish, advance)
+            elif workers:
+                _run_processes(workers, todo, fn, finish, advance)
+            else:
+                for k, c in todo:
+                    finish(k, c, _call(fn, c))
                     advance()
-        else:
-            for k, c in todo:
-                finish(k, c, _call(fn, c))
-                advance()
+    except KeyboardInterrupt:
+        rerun = "; rerun with --resume" if store is not None else ""
+        raise Interrupted(f"interrupted: {kept()}{rerun}") from None
+    except _SchedulerLost:
+        rerun = "rerun with --resume" if store is not None else "rerun"
+        raise AdvdimError(f"lost the Dask scheduler at {scheduler}: {kept()}; restart it and {rerun}") from None
     if failures:
         first = failures[0]
         where = "are in the run store: fix the cause and rerun with --resume" if store is not None else "are lost"
         raise AdvdimError(f"{len(failures)} of {len(todo)} cells failed (first: {type(first).__name__}: {first}); "
                           f"the {len(todo) - len(failures)} finished cells {where}") from first
     return [done[k] for k in keys]
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell{'' if n == 1 else 's'}"
 
 
 def _call(fn: Callable[[Config], Result], config: Config) -> Result | Exception:
@@ -161,22 +248,106 @@ def _call(fn: Callable[[Config], Result], config: Config) -> Result | Exception:
         return e
 
 
+def _run_processes(workers: int, todo: list[tuple[str, Config]], fn: Callable[[Config], Result],
+                   finish: Callable[[str, Config, Result | BaseException], None], advance: Callable[[], None]) -> None:
+    """The ``workers=N`` executor.  On any exception (Ctrl-C included) the queued cells are
+    cancelled and the workers ended at once, not left to finish their cells."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_init_worker, initargs=(threads, os.getpid()))
+    pending: dict[cf.Future[Result], tuple[str, Config]] = {}  # futures not yet given to finish
+    try:
+        with _sigint_blocked():
+            for k, c in todo:
+                pending[pool.submit(fn, c)] = (k, c)
+        for fut in cf.as_completed(list(pending)):
+            k, c = pending[fut]
+            finish(k, c, fut.exception() or fut.result())
+            advance()
+            del pending[fut]
+    except KeyboardInterrupt:
+        _stop(pool)
+        for fut, (k, c) in pending.items():  # cells that finished as the interrupt came: stored too
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                finish(k, c, fut.result())
+        raise
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel the queued cells and end the workers (SIGTERM, then SIGKILL after 5 s)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # private, the same in 3.8-3.13
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(5)
+        if p.is_alive():  # pragma: no cover - a worker stuck in uninterruptible I/O
+            p.kill()
+            p.join()
+
+
+class _SchedulerLost(Exception):  # noqa: N818 - internal signal, turned into an AdvdimError by run_sweep
+    """The connection to the Dask scheduler broke mid-sweep."""
+
+
+@contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Raise distributed's loggers to CRITICAL for the sweep (then restore them): a lost scheduler
+    is one line of ours, not distributed's hundred lines of ``CommClosedError`` tracebacks."""
+    import logging
+
+    loggers = [logging.getLogger("distributed")] + [
+        lg for name, lg in logging.root.manager.loggerDict.items()
+        if name.startswith("distributed.") and isinstance(lg, logging.Logger)
+    ]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _run_dask(address: str, timeout: float, todo: list[tuple[str, Config]], fn: Callable[[Config], Result],
               finish: Callable[[str, Config, Result | BaseException], None], advance: Callable[[], None]) -> None:
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:  # pragma: no cover - distributed is a dependency
         raise AdvdimError("the Dask executor needs the 'distributed' package") from None
+    with _quiet_dask():
+        try:
+            client = Client(address, timeout=f"{timeout}s")
+        except (OSError, TimeoutError) as e:
+            raise AdvdimError(f"cannot reach the Dask scheduler at {address!r} ({e}); is it running?") from None
+        try:  # closing the client releases its futures: the scheduler drops the queued cells
+            futures = client.map(fn, [c for _, c in todo], pure=False)
+            for i, outcome in _dask_outcomes(futures):
+                k, c = todo[i]
+                finish(k, c, outcome)
+                advance()
+        finally:
+            client.close()
+
+
+def _dask_outcomes(futures: list[Any]) -> Iterator[tuple[int, Result | BaseException]]:
+    """(index, result or the cell's exception) of the Dask ``futures`` as they finish.  Raises
+    :class:`_SchedulerLost` when the connection breaks: distributed then cancels every future
+    (we never cancel one ourselves) or fetching a result fails with an ``OSError``
+    (``CommClosedError``, ``TimeoutError``) or a ``CancelledError``."""
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
     try:
-        client = Client(address, timeout=f"{timeout}s")
-    except (OSError, TimeoutError) as e:
-        raise AdvdimError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
-    try:
-        futures = client.map(fn, [c for _, c in todo], pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
         for fut in as_completed(futures):
-            k, c = todo[index[fut.key]]
-            finish(k, c, fut.exception() or fut.result())
-            advance()
-    finally:
-        client.close()
+            if fut.cancelled():
+                raise _SchedulerLost
+            error = fut.exception()
+            yield index[fut.key], error if error is not None else fut.result()
+    except (OSError, cf.CancelledError, asyncio.CancelledError):
+        raise _SchedulerLost from None

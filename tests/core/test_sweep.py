@@ -50,7 +50,8 @@ def test_bad_executor_arguments() -> None:
         run_sweep("sq", CONFIGS, _square, workers=2, scheduler="tcp://127.0.0.1:1", progress=False)
     with pytest.raises(AdvdimError, match="workers must be >= 0"):
         run_sweep("sq", CONFIGS, _square, workers=-1, progress=False)
-    with pytest.raises(AdvdimError, match="cannot reach the Dask scheduler"):
+    unreachable = r"^cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' .*; is it running\?$"
+    with pytest.raises(AdvdimError, match=unreachable):
         run_sweep("sq", CONFIGS, _square, scheduler="tcp://127.0.0.1:9", progress=False, connect_timeout=2)
 
 

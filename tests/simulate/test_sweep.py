@@ -1,14 +1,18 @@
-"""Sweeps of simulation cells: kill -9 then --resume, and the Dask executor, against in-process runs."""
+"""Sweeps of simulation cells: kill -9 or Ctrl-C then --resume, and the Dask executor, against in-process
+runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 from advdim.simulate import study
 from advdim.simulate._study import KIND
 
@@ -70,3 +74,53 @@ def test_dask_executor_gives_the_in_process_numbers(tmp_path: Path) -> None:
         assert store.count(KIND) == 8
     assert remote.values == local.values
     assert remote.q["2"].measured_slope == local.q["2"].measured_slope
+
+
+def test_ctrl_c_on_the_command_line_is_one_line_and_resume_completes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) of ``advdim simulate --workers 2``: exit 130, one last
+    line (after the progress bar) that counts the stored cells and says --resume, no traceback from
+    the parent or the workers, no process left; ``--resume`` then completes the sweep."""
+    store = tmp_path / "s.sqlite"
+    cmd = [sys.executable, "-m", "advdim", "simulate", "--family", "dense", "--sizes", "8,16", "--nets", "40",
+           "--workers", "2", "--store", str(store)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(store) < 1:
+            assert proc.poll() is None, f"the sweep ended (status {proc.returncode}) before storing a cell"
+            assert time.monotonic() < deadline, "no cell stored in 120 s"
+            time.sleep(0.05)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with RunStore(store) as s:
+        stored = s.count(KIND)
+    assert 1 <= stored < 80
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "interrupted" in line] == [err.splitlines()[-1]]
+    assert err.endswith(f"interrupted: {stored} cells stored; rerun with --resume\n")
+    deadline = time.monotonic() + 10
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children):
+        assert time.monotonic() < deadline, "a worker outlived the interrupted sweep"
+        time.sleep(0.1)
+
+    resumed = subprocess.run([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    with RunStore(store) as s:
+        assert s.count(KIND) == 80
+
+
+def _count(path: Path) -> int:
+    """Rows in the ``cells`` table of the store at ``path`` (0 before it exists), read beside its writer."""
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as con:
+            return int(con.execute("SELECT count(*) FROM cells").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
