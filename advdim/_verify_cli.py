@@ -132,6 +132,10 @@ def register(app: typer.Typer) -> None:
         report_dir = _report_dir(out_dir)
         if workers < 0:
             raise AdvdimError(f"--workers must be >= 0, got {workers}")
+        if scheduler is not None:
+            from advdim.sweep import check_scheduler
+
+            scheduler = check_scheduler(scheduler)
         budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"),
                         workers=workers, scheduler=scheduler)
         registered = all_checks()

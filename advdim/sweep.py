@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import ctypes
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -134,6 +135,20 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
         yield lambda: bar.advance(task)
 
 
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}$|^inproc://\S+$")
+
+
+def check_scheduler(address: str) -> str:
+    """A Dask scheduler address (``tcp://host:8786``, ``host:8786``, ``tls://...``), checked before any work.
+
+    >>> check_scheduler("tcp://127.0.0.1:8786")
+    'tcp://127.0.0.1:8786'
+    """
+    if not isinstance(address, str) or not _ADDRESS.match(address.strip()):
+        raise AdvdimError(f"--scheduler must be a Dask scheduler address such as tcp://host:8786, got {address!r}")
+    return address.strip()
+
+
 def run_sweep(
     kind: str,
     configs: Sequence[Config],
@@ -172,6 +187,8 @@ def run_sweep(
         raise AdvdimError(f"workers must be >= 0, got {workers}")
     if workers and scheduler:
         raise AdvdimError("give either --workers or --scheduler, not both")
+    if scheduler is not None:
+        check_scheduler(scheduler)
     keys = [canonical(c) for c in configs]
     unique: dict[str, Config] = {}
     for k, c in zip(keys, configs):
@@ -323,7 +340,7 @@ def _run_dask(address: str, timeout: float, todo: list[tuple[str, Config]], fn: 
     with _quiet_dask():
         try:
             client = Client(address, timeout=f"{timeout}s")
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ValueError) as e:
             raise AdvdimError(f"cannot reach the Dask scheduler at {address!r} ({e}); is it running?") from None
         try:  # closing the client releases its futures: the scheduler drops the queued cells
             futures = client.map(fn, [c for _, c in todo], pure=False)
