@@ -129,13 +129,13 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         if plant_exponent != plant_exponent or abs(plant_exponent) == float("inf"):
             raise AdvdimError(f"--plant-exponent must be a finite number, got {plant_exponent}")
-        report_dir = _report_dir(out_dir)
         if workers < 0:
             raise AdvdimError(f"--workers must be >= 0, got {workers}")
         if scheduler is not None:
             from advdim.sweep import check_scheduler
 
             scheduler = check_scheduler(scheduler)
+        report_dir = _report_dir(out_dir)  # last: it clears the plots of an earlier report
         budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"),
                         workers=workers, scheduler=scheduler)
         registered = all_checks()
