@@ -179,13 +179,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _report_dir(path: str) -> Any:
-    from pathlib import Path
+    """Create the report folder ``path`` and its ``plots`` folder (the checks of
+    :func:`advdim.cli_args.check_out_folder`); the plots of an earlier run are removed."""
+    from advdim.cli_args import make_out_folder
 
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise AdvdimError(f"--out {path!r} exists and is not a folder")
+    p = make_out_folder(path)
     try:
-        p.mkdir(parents=True, exist_ok=True)
         (p / "plots").mkdir(exist_ok=True)
     except OSError as e:
         raise AdvdimError(f"cannot create the report folder {path!r}: {e.strerror}") from None

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from advdim.cli_args import check_fits, check_out_folder, parse_sizes
 from advdim.errors import AdvdimError
 from advdim.gradients import Target, check_finite_params, check_q, input_gradient, lp_norm, mode
 from advdim.verdict import Verdict
@@ -67,14 +68,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def parse_ints(text: str, name: str) -> tuple[int, ...]:
-    """``"1,2,4"`` -> ``(1, 2, 4)``: distinct positive integers, sorted."""
-    try:
-        vals = sorted({int(p) for p in str(text).split(",") if p.strip()})
-    except ValueError:
-        raise AdvdimError(f"{name} must be a comma-separated list of positive integers, got {text!r}") from None
-    if not vals or vals[0] < 1:
-        raise AdvdimError(f"{name} must be a comma-separated list of positive integers, got {text!r}")
-    return tuple(vals)
+    """``"1,2,4"`` -> ``(1, 2, 4)``: distinct positive integers, sorted (:func:`advdim.cli_args.parse_sizes`)."""
+    return parse_sizes(text, name)
 
 
 def parse_qs(text: str) -> tuple[float, ...]:
@@ -167,20 +162,131 @@ def bootstrap_slopes(d: Sequence[float], norms: np.ndarray, rng: np.random.Gener
     return ((y - y.mean(axis=1, keepdims=True)) * xc).sum(axis=1) / (xc**2).sum()  # type: ignore[no-any-return,unused-ignore]
 
 
-def accepted_factors(model: nn.Module, shape: tuple[int, int, int], factors: Sequence[int], device: torch.device,
-                     dtype: torch.dtype) -> list[int]:
-    """The up-sampling factors at which the model runs and returns ``(1, K)`` logits."""
-    ok = []
-    for k in factors:
-        x = torch.zeros(1, shape[0], shape[1] * k, shape[2] * k, device=device, dtype=dtype)
+@dataclass(frozen=True)
+class Probe:
+    """The model run once, with autograd, on one zero input up-sampled by ``factor``."""
+
+    factor: int
+    logits: int  # K of the (1, K) output
+    saved_bytes: int  # what autograd keeps of that input for the backward pass, parameters excluded
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def probe(model: nn.Module, shape: tuple[int, int, int], k: int, device: torch.device, dtype: torch.dtype
+          ) -> Probe | str:
+    """Run ``model`` on one zero input of ``shape`` up-sampled by ``k`` and differentiate logit 0.
+
+    Returns the first line of the error when the model raises (a size it does not accept), a
+    :class:`Probe` when it returns ``(1, K)`` floating-point logits that depend on the input; anything else is an
+    :class:`AdvdimError` naming what the model returned.  ``saved_bytes`` counts the storages
+    autograd saves for the backward pass (parameters and buffers excluded): the activation memory
+    of one input, which the memory estimate of :func:`measure` scales by the number of inputs.
+    """
+    d = shape[0] * shape[1] * shape[2] * k * k
+    kept = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
         try:
-            with torch.no_grad(), mode(model, False):
-                out = model(x)
-        except Exception:  # noqa: BLE001 - a size the model does not accept
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested)
+            return t
+        if storage.data_ptr() not in kept:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.zeros(1, shape[0], shape[1] * k, shape[2] * k, device=device, dtype=dtype, requires_grad=True)
+    try:
+        with mode(model, False), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - a size the model does not accept
+        return _first_line(e)
+    if not isinstance(out, torch.Tensor):
+        raise AdvdimError(f"the model returned a {type(out).__name__} at d = {d}, not a tensor of (B, K) logits: "
+                          "make forward return the logits only")
+    if out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < 1:
+        raise AdvdimError(f"the model returned shape {tuple(out.shape)} for 1 input at d = {d}: it must return "
+                          "(B, K) logits")
+    if not out.is_floating_point():
+        raise AdvdimError(f"the model returned {out.dtype} values at d = {d}: logits must be floating-point")
+    grad = None
+    if out.requires_grad:
+        (grad,) = torch.autograd.grad(out[:, 0].sum(), x, allow_unused=True)
+    if grad is None:
+        raise AdvdimError(f"the model's logit 0 does not depend on its input at d = {d}: a model constant in its "
+                          "input has no slope to measure")
+    return Probe(k, int(out.shape[1]), sum(saved.values()))
+
+
+#: peak memory of the model's batched forward + backward passes over what autograd saves for them:
+#: the backward holds gradients of about the same size, and CPU convolutions their own work buffers.
+#: Measured on CPU (``advdim measure``, 64-256 inputs, He nets and a BatchNorm CNN up-sampled x1-x4):
+#: peaks of 1.4-3.7 times the saved bytes, 0.3-0.8 of :func:`measure_bytes`
+ACTIVATION_FACTOR = 5
+#: copies of the inputs of one size held at once (input, its clone and gradient, PGD's iterate, its
+#: bounds and step), in the model's dtype, plus a float64 copy of the gradient for the norms
+INPUT_COPIES = 8
+
+
+def measure_bytes(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None) -> tuple[int, int]:
+    """``(host, device)``: upper estimates of the memory :func:`measure` needs at one size, in bytes.
+
+    Host: the float64 Gaussian inputs up-sampled by ``k`` (``8 d (1 + 1/k)`` per input).  Device:
+    per input ``INPUT_COPIES * itemsize * d + 8 d`` for the inputs and gradients, plus
+    ``ACTIVATION_FACTOR * saved_bytes`` for the model's activations (``saved_bytes`` from
+    :func:`probe`; ``None``: not yet known, inputs only).
+
+    >>> measure_bytes(64, 3 * 128 * 128, 4, 4, 10**6)
+    (31457280, 445829120)
+    """
+    host = inputs * 8 * (d + d // k)
+    device = inputs * (INPUT_COPIES * itemsize * d + 8 * d + ACTIVATION_FACTOR * (saved_bytes or 0))
+    return host, device
+
+
+def _check_size_fits(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None,
+                     device: torch.device) -> None:
+    host, dev = measure_bytes(inputs, d, k, itemsize, saved_bytes)
+    what = f"up-sampling factor {k} (d = {d}, {inputs} inputs)"
+    advice = "use smaller --sizes or fewer --inputs"
+    if device.type == "cpu":
+        check_fits(host + dev, what, "cpu", advice)
+    else:
+        check_fits(host, what, "cpu", advice)
+        check_fits(dev, what, str(device), advice)
+
+
+def probe_factors(model: nn.Module, cfg: MeasureConfig, device: torch.device, dtype: torch.dtype
+                  ) -> tuple[list[Probe], dict[int, str]]:
+    """:func:`probe` the model at each factor (ascending) that is estimated to fit in memory, the
+    activations of a factor extrapolated from the last accepted one (in proportion to the pixels)
+    before it runs, and checked with its own probe after; a factor that does not fit is an
+    :class:`AdvdimError`.  Returns the probes of the accepted factors and the error of each other."""
+    C, H, W = cfg.input_shape
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    for k in cfg.factors:  # the inputs alone, before the model runs at any size
+        _check_size_fits(cfg.inputs, C * H * W * k * k, k, itemsize, None, device)
+    probes: list[Probe] = []
+    errors: dict[int, str] = {}
+    for k in sorted(cfg.factors):
+        d = C * H * W * k * k
+        if probes:
+            last = probes[-1]
+            _check_size_fits(cfg.inputs, d, k, itemsize, last.saved_bytes * k * k // last.factor**2, device)
+        got = probe(model, cfg.input_shape, k, device, dtype)
+        if isinstance(got, str):
+            errors[k] = got
             continue
-        if out.dim() == 2 and out.shape[0] == 1:
-            ok.append(k)
-    return ok
+        _check_size_fits(cfg.inputs, d, k, itemsize, got.saved_bytes, device)
+        if probes and got.logits != probes[0].logits:
+            raise AdvdimError(f"the model returns {probes[0].logits} logits at d = {C * H * W * probes[0].factor**2} "
+                              f"but {got.logits} at d = {d}: the number of classes must not depend on the input size")
+        probes.append(got)
+    return probes, errors
 
 
 def _pgd_builtin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
@@ -204,11 +310,13 @@ def _attack() -> tuple[Callable[..., torch.Tensor] | None, str]:
     return pgd, "advdim.empirical.attacks.pgd (l_inf)"
 
 
-def vulnerability(model: nn.Module, x: torch.Tensor, eps: float, steps: int) -> tuple[int, str]:
+def vulnerability(model: nn.Module, x: torch.Tensor, eps: float, steps: int, y: torch.Tensor | None = None
+                  ) -> tuple[int, str]:
     """Number of inputs whose predicted label changes under an eps-sized l_inf PGD attack
-    (Definition 1), and the attack's name."""
-    with torch.no_grad(), mode(model, False):
-        y = model(x).argmax(dim=1)
+    (Definition 1), and the attack's name; ``y``: the predicted labels of ``x`` when known."""
+    if y is None:
+        with torch.no_grad(), mode(model, False):
+            y = model(x).argmax(dim=1)
     step = eps / 7.5  # the reference implementation's test-time step size
     pgd, name = _attack()
     adv = None
@@ -258,32 +366,42 @@ def measure(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> tuple
     p0 = next(iter(model.parameters()), None)
     dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
     C, H, W = cfg.input_shape
-    factors = accepted_factors(model, cfg.input_shape, cfg.factors, device, dtype)
+    probes, errors = probe_factors(model, cfg, device, dtype)
+    factors = [p.factor for p in probes]
     notes = []
-    if 1 not in cfg.factors and not factors:
-        raise AdvdimError(f"the model accepts none of the up-sampled sizes of {C}x{H}x{W} asked for")
     if not factors:
-        raise AdvdimError(f"the model does not accept inputs of shape {C}x{H}x{W} or does not return (B, K) logits")
+        k0 = cfg.factors[0]
+        which = f"inputs of shape {C}x{H}x{W}" if k0 == 1 else f"any of the up-sampled sizes of {C}x{H}x{W} asked for"
+        raise AdvdimError(f"the model does not accept {which}: at factor {k0} it raised {errors[k0]}")
     if len(factors) < len(cfg.factors):
         rejected = [k for k in cfg.factors if k not in factors]
         notes.append(f"the model does not accept the up-sampling factors {rejected} (a fixed input size?): "
                      f"measured at factors {factors} only" + ("; no slope can be fitted" if len(factors) < 2 else ""))
     gen = torch.Generator().manual_seed(cfg.seed)
     x0 = torch.randn(cfg.inputs, C, H, W, generator=gen, dtype=torch.float64)
-    with torch.no_grad(), mode(model, False):
-        k_out = int(model(x0[:1].to(device, dtype)).shape[1])
+    k_out = probes[0].logits
     labels = torch.randint(0, k_out, (cfg.inputs,), generator=gen).to(device)
     ds = [C * H * W * k * k for k in factors]
     norms: dict[tuple[str, float], list[np.ndarray]] = {}
     vuln = []
     attack_name = ""
-    for k in factors:
+    for k, d in zip(factors, ds):
         x = upsample(x0, k).to(device, dtype)
-        for target in (Target.LOGIT, Target.LOSS):
-            g = input_gradient(model, x, target, 0, labels if target is Target.LOSS else None)
-            for q in cfg.qs:
-                norms.setdefault((target.value, q), []).append(lp_norm(g.double(), q).cpu().numpy())
-        n_vul, attack_name = vulnerability(model, x, cfg.eps, cfg.steps)
+        where = f"d = {d} (factor {k})"
+        try:
+            with torch.no_grad(), mode(model, False):
+                logits = model(x)
+            _check_logits(logits, cfg.inputs, k_out, where)
+            for target in (Target.LOGIT, Target.LOSS):
+                g = input_gradient(model, x, target, 0, labels if target is Target.LOSS else None)
+                _check_gradient(g, target, where)
+                for q in cfg.qs:
+                    norms.setdefault((target.value, q), []).append(lp_norm(g.double(), q).cpu().numpy())
+            n_vul, attack_name = vulnerability(model, x, cfg.eps, cfg.steps, logits.argmax(dim=1))
+        except AdvdimError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's model failed on the measurement's inputs
+            raise AdvdimError(f"the model failed at {where}: {_first_line(e)}") from None
         vuln.append(n_vul)
     notes.append(f"vulnerability attack: {attack_name}, eps = {cfg.eps:g} (input units), {cfg.steps} steps")
     rng = np.random.default_rng(cfg.seed)
@@ -334,6 +452,30 @@ def measure(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> tuple
     return verdicts, notes
 
 
+def _check_logits(out: Any, n: int, k_out: int, where: str) -> None:
+    """The logits of a batch: a finite ``(n, k_out)`` tensor, else an :class:`AdvdimError`."""
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, k_out):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise AdvdimError(f"the model returned {got} for {n} inputs at {where}: it must return ({n}, {k_out}) logits")
+    finite = torch.isfinite(out)
+    if not finite.all():
+        what = "NaN" if torch.isnan(out).any() else "infinite"
+        rows = int((~finite).any(dim=1).sum())
+        raise AdvdimError(f"the model's logits are {what} for {rows} of {n} inputs at {where}: check its weights "
+                          "and forward pass")
+
+
+def _check_gradient(g: torch.Tensor, target: Target, where: str) -> None:
+    """An input gradient the slopes can be fitted on: finite, and not zero for every input."""
+    name = "input gradient of logit 0" if target is Target.LOGIT else "input gradient of the loss"
+    if not torch.isfinite(g).all():
+        what = "NaN" if torch.isnan(g).any() else "infinite"
+        raise AdvdimError(f"the model's {name} is {what} at {where}: check its weights and forward pass")
+    if not g.any():
+        raise AdvdimError(f"the model's {name} is zero for every input at {where}: a model constant in its input "
+                          "has no slope to measure")
+
+
 def _mean_ci(v: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
     means = v[rng.integers(0, len(v), size=(N_BOOT, len(v)))].mean(axis=1)
     lo, hi = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
@@ -354,11 +496,12 @@ def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf"
 
     cfg = MeasureConfig(parse_shape(input_shape), parse_ints(sizes, "--sizes"), parse_qs(q), inputs, seed, eps, steps)
     dev = resolve_device(device)
-    report_dir = _report_dir(out_dir)
+    check_out_folder(out_dir)  # nothing is written before the measurement succeeded
     model = make_model(load_factory(target), cfg.input_shape)
     t0 = time.perf_counter()
     verdicts, notes = measure(model, cfg, dev)
     seconds = time.perf_counter() - t0
+    report_dir = _report_dir(out_dir)
     rows = verdict_rows(target, "measure", seconds, verdicts)
     info = RunInfo(title=f"advdim measure {target}", command=command_line(
         "measure", target, input_shape=input_shape, sizes=sizes, q=q, inputs=inputs, eps=eps, steps=steps, seed=seed,

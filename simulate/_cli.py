@@ -13,15 +13,6 @@ DEFAULT_DRAWS = 2
 DEFAULT_INPUTS = 2
 
 
-def _sizes(text: str) -> list[int]:
-    from advdim.errors import AdvdimError
-
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise AdvdimError(f"--sizes must be integers separated by commas, got {text!r}") from None
-
-
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to ``app``."""
 
@@ -51,10 +42,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Monte Carlo check of E||d_x f||_q ~ d^(1/q - 1/2) over random He-initialised topologies."""
         from advdim.simulate._plot import plot_family
-        from advdim.simulate._study import study
+        from advdim.simulate._study import check_memory, study, topologies
 
         from advdim.arch import FAMILIES
+        from advdim.build import resolve_device
         from advdim.cli import emit_json, out, table
+        from advdim.cli_args import check_out_folder, make_out_folder, parse_sizes
         from advdim.errors import AdvdimError
         from advdim.store import RunStore
 
@@ -64,6 +57,11 @@ def register(app: typer.Typer) -> None:
                 raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
         if resume and store is None:
             raise AdvdimError("--resume needs --store")
+        size_list = parse_sizes(sizes)
+        if len(size_list) < 2:
+            raise AdvdimError(f"--sizes needs at least 2 sizes to fit a slope, got {sizes!r}")
+        if out_dir is not None:
+            check_out_folder(out_dir)
         if data is not None:
             from advdim.empirical._data import DatasetName
 
@@ -73,17 +71,24 @@ def register(app: typer.Typer) -> None:
             if data is not None:
                 from advdim.simulate._study import image_pool
 
-                channels = int(image_pool(data, data_dir, _sizes(sizes)[0]).shape[1])
+                channels = int(image_pool(data, data_dir, size_list[0]).shape[1])
+        if channels < 1:
+            raise AdvdimError(f"--channels must be a positive integer, got {channels}")
+        dev = resolve_device(device).type
+        for name in names:  # every family's largest cells must fit before the first cell runs
+            check_memory(topologies(name, nets, seed, size_list, channels), size_list, channels, draws, inputs,
+                         exact_shortcuts, device=dev, data=data, workers=workers, scheduler=scheduler,
+                         with_theory=True)
         run_store = RunStore(store) if store is not None else None
         results = []
         try:
             for name in names:
-                results.append(study(name, _sizes(sizes), channels, nets, inputs, seed, device, target,
+                results.append(study(name, size_list, channels, nets, inputs, seed, device, target,
                                      exact_shortcuts, store=run_store, draws=draws, workers=workers,
                                      scheduler=scheduler, resume=resume, progress=not as_json, data=data,
                                      data_dir=data_dir))
                 if run_store is not None:
-                    run_store.put("simulate.family", {"family": name, "sizes": _sizes(sizes), "channels": channels,
+                    run_store.put("simulate.family", {"family": name, "sizes": list(size_list), "channels": channels,
                                                       "nets": nets, "draws": draws, "inputs": inputs, "seed": seed,
                                                       "target": target, "shortcuts": exact_shortcuts,
                                                       **({"data": data} if data else {})},
@@ -92,7 +97,7 @@ def register(app: typer.Typer) -> None:
             if run_store is not None:
                 run_store.close()
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            make_out_folder(out_dir)
             for r in results:
                 plot_family(r, out_dir)
             (out_dir / "results.json").write_text(json.dumps([r.to_record() for r in results], indent=1))

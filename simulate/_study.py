@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from advdim.simulate._engine import Q_KEYS, sample_norms
+from advdim.simulate._engine import Q_KEYS, sample_norms, shortcut_applies
 from advdim.simulate._fit import (
     ALPHA,
     DELTA,
@@ -37,7 +37,7 @@ from advdim.simulate._fit import (
     slope_test,
 )
 
-from advdim.arch import FAMILIES, Conv, Dense, Family, family, sample_family
+from advdim.arch import FAMILIES, Conv, Dense, Family, Padding, Spec, family, sample_family
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target
 from advdim.store import RunStore
@@ -162,6 +162,98 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
         out[key] = float(v.mean())
         out[f"{key}_per_draw"] = [float(x) for x in v.mean(axis=1)]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Memory, estimated before any cell runs
+# --------------------------------------------------------------------------------------------
+
+#: peak of one batched forward + backward pass over the counted activations (every layer's output
+#: and each padded copy, ``draws x inputs`` samples): autograd keeps them for the backward pass,
+#: which adds gradients of the same sizes.  Measured peaks of cells of every family at sides
+#: 128-256 on CPU: 1.2-3.3 times the counted activations, 0.24-0.59 of this estimate
+ACTIVATION_FACTOR = 4
+
+
+def cell_bytes(spec: Spec, draws: int, inputs: int, exact_shortcuts: bool = True, dtype: str = "float32",
+               images: bool = False) -> int:
+    """Upper estimate, in bytes, of the peak memory of one cell (:func:`run_cell`) of ``spec``.
+
+    With ``n = draws * inputs`` samples of ``d`` coordinates and ``b`` bytes per value:
+
+    - exact dense shortcut on Gaussian inputs: ``4 n d b`` (one Gaussian direction per sample and
+      the temporaries of its norms; measured: 2 n d b);
+    - exact dense shortcut on images: ``n d (8 + 8 b)`` (the float64 draw from the pool, the input,
+      the projected noise and the gradient);
+    - otherwise ``ACTIVATION_FACTOR n b A + 2 draws b P + 4 n d b`` with ``A`` the activation
+      entries of one sample (input, every layer's output, every circularly or reflect padded copy)
+      and ``P`` the weights of one net, drawn and then scaled (``+ 8 n d`` for the image draw).
+
+    >>> from advdim.arch import family
+    >>> cell_bytes(family("dense", widths=(16,)).spec(1000, channels=3), draws=2, inputs=2) / 1e9
+    0.192
+    """
+    b = 8 if dtype == "float64" else 2 if dtype in ("float16", "bfloat16") else 4
+    n, d = draws * inputs, spec.d
+    if exact_shortcuts and shortcut_applies(spec):
+        return n * d * (8 + 8 * b) if images else 4 * n * d * b
+    shapes = spec.shapes()
+    acts = sum(math.prod(s) for s in shapes)
+    weights = 0
+    for layer, shape in zip(spec.layers, shapes):
+        if isinstance(layer, Conv):
+            weights += layer.out_channels * shape[0] * layer.kernel**2
+            if layer.pad and layer.padding in (Padding.CIRCULAR, Padding.REFLECT):
+                acts += shape[0] * (shape[1] + 2 * layer.pad) * (shape[2] + 2 * layer.pad)
+        elif isinstance(layer, Dense):
+            weights += layer.out_features * shape[0]
+    return ACTIVATION_FACTOR * n * b * acts + 2 * draws * b * weights + 4 * n * d * b + (8 * n * d if images else 0)
+
+
+def check_memory(topos: Sequence[Family], sizes: Sequence[int], channels: int, draws: int, inputs: int,
+                 exact_shortcuts: bool = True, dtype: str = "float32", device: str = "cpu",
+                 data: str | None = None, workers: int = 0, scheduler: str | None = None,
+                 with_theory: bool = False) -> None:
+    """Refuse, before any cell runs, a study whose largest cells would not fit in memory.
+
+    The need is the largest :func:`cell_bytes` over the topologies at the largest size, times the
+    cells that run at once (``min(workers, topologies)`` with local workers), plus on CPU the
+    resampled image pools every process caches (:func:`pool_bytes`).  Cells sent to a Dask
+    ``scheduler`` run on its workers, whose memory is not known here: not checked.  ``with_theory``
+    also checks the theory's exact path sums of every topology (computed in this process, whatever
+    the executor).
+    """
+    top = max(sizes)
+    if scheduler is None and topos:
+        _check_cells(topos, sizes, channels, draws, inputs, exact_shortcuts, dtype, device, data, workers)
+    if with_theory:
+        try:
+            from advdim.theory._law import check_cost
+        except ImportError:  # no theory layer: no prediction to compute
+            return
+        for fam in topos:
+            check_cost([fam.spec(int(top), channels)], [top], symmetry=False)
+
+
+def _check_cells(topos: Sequence[Family], sizes: Sequence[int], channels: int, draws: int, inputs: int,
+                 exact_shortcuts: bool, dtype: str, device: str, data: str | None, workers: int) -> None:
+    from advdim.cli_args import check_fits
+
+    top = max(sizes)
+    per_cell = max(cell_bytes(fam.spec(int(top), channels), draws, inputs, exact_shortcuts, dtype, data is not None)
+                   for fam in topos)
+    at_once = min(workers, len(topos)) if workers > 0 else 1
+    need = per_cell * at_once
+    if data is not None and device == "cpu":
+        need += (1 + workers) * pool_bytes(sizes, channels)
+    what = f"simulate {topos[0].name} at size {top} ({draws} draws x {inputs} inputs per cell"
+    what += f", {at_once} cells at once)" if at_once > 1 else ")"
+    check_fits(need, what, device)
+
+
+def pool_bytes(sizes: Sequence[int], channels: int) -> int:
+    """Bytes of the resampled image pools of :func:`image_pool` at every size (float32, cached per process)."""
+    return 4 * IMAGE_POOL * channels * sum(int(s) ** 2 for s in sizes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,11 +566,18 @@ def study(
     if data is not None:  # load and resample here, so that a missing dataset or a bad size fails before any cell
         from advdim.empirical._data import DatasetName
 
+        from advdim.cli_args import check_fits
+
         data = DatasetName.parse(data).value
+        check_fits(pool_bytes(sizes_t, channels), f"the {data} images resampled to sizes {list(sizes_t)}")
         pools = [image_pool(data, data_dir, s) for s in sizes_t]
         if pools[0].shape[1] != channels:
             raise AdvdimError(f"{data} images have {pools[0].shape[1]} channel(s), but channels is {channels}")
     topos = topologies(family, nets, seed, sizes_t, channels)
+    check_memory(topos, sizes_t, channels, draws, inputs, exact_shortcuts, dtype, dev, data, workers, scheduler,
+                 with_theory)
+    # the theory's predictions come first too: a refusal of the theory must not discard finished cells
+    laws = [predict_topology(f, sizes_t, channels) for f in topos] if with_theory else [None] * nets
     configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev, data,
                            data_dir) for t, fam in enumerate(topos) for s in sizes_t]
     results = run_sweep(KIND, configs, run_cell, store, workers=workers, scheduler=scheduler, resume=resume,
@@ -490,7 +589,6 @@ def study(
               for k in Q_KEYS}
     sq = np.array([r["sq2"] for r in results], dtype=np.float64).reshape(nets, n_s) * plant**2
 
-    laws = [predict_topology(f, sizes_t, channels) for f in topos] if with_theory else [None] * nets
     theory_available = all(law is not None for law in laws)
     has_law: bool | None = None
     if theory_available:

@@ -5,18 +5,6 @@ from __future__ import annotations
 import typer
 
 
-def _sizes(text: str) -> list[int]:
-    from advdim.errors import AdvdimError
-
-    try:
-        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise AdvdimError(f"--sizes must be integers separated by commas, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise AdvdimError(f"--sizes must be positive integers, got {text!r}")
-    return sizes
-
-
 def _fmt(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}g}"
 
@@ -38,9 +26,11 @@ def register(app: typer.Typer) -> None:
 
         from advdim.arch import parse, parse_family
         from advdim.cli import emit_json, out, table
+        from advdim.cli_args import parse_sizes
 
+        size_list = parse_sizes(sizes)
         obj = parse(target) if ">" in target else parse_family(target)
-        pred = predict(obj, _sizes(sizes), channels, init, logit)
+        pred = predict(obj, size_list, channels, init, logit)
         if as_json:
             emit_json(pred.to_json())
             return

@@ -65,6 +65,87 @@ def _classes(spec: Spec, logit: int) -> _graph.Classes:
 
 
 # --------------------------------------------------------------------------------------------
+# Cost of the exact path sums, checked before any of them runs
+# --------------------------------------------------------------------------------------------
+
+#: the largest graph (nodes: the entries of every layer's input and output, summed) on which
+#: ``predict`` decides the symmetry assumption S: the path-degree classes of ``strided`` at s = 1024
+#: (4.8e7 nodes) take half a minute to a minute on one core, and each doubling of s five times as long
+MAX_SYMMETRY_NODES = 5 * 10**7
+#: headroom of the memory estimates over the arrays they count: numpy's sort and index temporaries
+#: for the path sums; for the path-degree classes also the interned polynomials, which are Python
+#: objects (zero-padded nets with 5 x 5 kernels: measured peak 1.4 times the counted arrays).
+#: tests/theory/test_cli.py checks that measured peaks stay below the estimates
+VARIANCE_SAFETY = 1.5
+CLASSES_SAFETY = 3.0
+
+
+def _axis_taps(n_in: int, n_out: int, layer: Conv | AvgPool | MaxPool) -> int:
+    """At most how many outputs along one axis read one input (the width of ``_graph._neighbours``)."""
+    if not isinstance(layer, Conv):
+        return 1
+    if layer.padding is Padding.REFLECT:
+        per_tap = 2 if n_in > 2 * layer.pad + 1 else 3  # the input itself and its mirror image(s)
+    elif layer.padding is Padding.CIRCULAR:
+        per_tap = -(-n_out * layer.stride // n_in)  # the outputs' positions wrap around the map
+    else:
+        per_tap = 1
+    return min(n_out, layer.kernel * per_tap)
+
+
+def path_sum_cost(spec: Spec, symmetry: bool = True) -> tuple[int, int]:
+    """``(nodes, bytes)``: the graph nodes of ``spec`` and an upper estimate of the peak memory of
+    its exact path sums (and, with ``symmetry``, of its path-degree classes), without building either.
+
+    Per layer, in 8-byte values (``in`` / ``out``: the entries before / after it): the path sums
+    hold ``in + out`` values, a convolution or pool also its two tap-count matrices and their float
+    copies (``2 (H' H + W' W)``) and map-sized products (``H' W' + H W' + 2 H W``); the classes hold
+    ``in + out`` ids, the tap-count matrices, the sorted channel keys of the output positions
+    (``3 H' W' (C' + 1) + 4 H' W'``) and five arrays of ``H W t_y t_x`` entries (``t``: at most how
+    many outputs read one input along an axis) plus five of ``H W``.  Each estimate is its largest
+    layer plus the input-shaped results kept in the caches, times its safety factor
+    (:data:`VARIANCE_SAFETY`, :data:`CLASSES_SAFETY`).
+
+    >>> from advdim.arch import family
+    >>> nodes, n_bytes = path_sum_cost(family("strided").spec(1024))
+    >>> nodes, round(n_bytes / 1e9, 1)
+    (47885066, 3.3)
+    """
+    shapes = spec.shapes()
+    nodes = sum(math.prod(s) for s in shapes)
+    var_peak = cls_peak = 0
+    for layer, a, b in zip(spec.layers, shapes[:-1], shapes[1:]):
+        var = cls = math.prod(a) + math.prod(b)
+        if isinstance(layer, (Conv, AvgPool, MaxPool)):
+            (_, h, w), (c_out, ho, wo) = a, b
+            axes = ho * h + wo * w
+            var += 2 * axes + ho * wo + h * wo + 2 * h * w
+            taps = _axis_taps(h, ho, layer) * _axis_taps(w, wo, layer)
+            cls += axes + 3 * ho * wo * (c_out + 1) + 4 * ho * wo + 5 * h * w * taps + 5 * h * w
+        var_peak, cls_peak = max(var_peak, var), max(cls_peak, cls)
+    n_bytes = VARIANCE_SAFETY * 8 * (var_peak + 2 * spec.d)  # + the cached variances and their profile
+    if symmetry:
+        n_bytes = max(n_bytes, VARIANCE_SAFETY * 16 * spec.d + CLASSES_SAFETY * 8 * (cls_peak + spec.d))
+    return nodes, int(n_bytes)
+
+
+def check_cost(members: Sequence[Spec], sizes: Sequence[int], symmetry: bool = True) -> None:
+    """Refuse, before any path sum runs, members too large to compute: more than
+    :data:`MAX_SYMMETRY_NODES` graph nodes when S is decided, or more memory than is available."""
+    from advdim.cli_args import check_fits
+
+    need = 0
+    for s, m in zip(sizes, members):
+        nodes, n_bytes = path_sum_cost(m, symmetry)
+        if symmetry and nodes > MAX_SYMMETRY_NODES:
+            raise AdvdimError(f"size {s}: deciding the symmetry assumption S walks {nodes:.2g} graph nodes, more "
+                              f"than the maximum of {MAX_SYMMETRY_NODES:.2g} (about a minute of work): "
+                              "use smaller --sizes")
+        need += n_bytes  # the results of every size stay cached
+    check_fits(need, f"computing the exact path sums up to size {max(sizes)}", "cpu")
+
+
+# --------------------------------------------------------------------------------------------
 # Hypotheses
 # --------------------------------------------------------------------------------------------
 
@@ -470,6 +551,7 @@ def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), chann
         raise AdvdimError(f"predict needs a Family or a Spec, got {type(target).__name__}")
     for m in members:
         _graph.check_logit(m, logit)
+    check_cost(members, sizes_t, symmetry)
 
     keys = HYPOTHESES if symmetry else tuple(k for k in HYPOTHESES if k != "S")
     held: dict[str, bool] = dict.fromkeys(keys, True)
