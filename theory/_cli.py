@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+DEFAULT_SIZES = (8, 16, 32, 64)
+
 
 def _fmt(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}g}"
@@ -14,9 +16,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("theory")
     def theory(
-        target: str = typer.Argument(..., help="family, family(key=value,...) or spec text 'CxHxW > layer > ...'"),
-        sizes: str = typer.Option("8,16,32,64", "--sizes", help="input sides s of a family (d = C s^2)"),
-        channels: int = typer.Option(3, "--channels", "-c", help="input channels C"),
+        target: str = typer.Argument(..., help="family, family(key=value,...), spec text 'CxHxW > layer > ...', "
+                                               "file.py:NAME or module:NAME (a user family)"),
+        sizes: str = typer.Option(None, "--sizes", help="input sides s (d = C s^2) [default: 8,16,32,64; a spec "
+                                                         "text: its own size]"),
+        channels: int = typer.Option(None, "--channels", "-c", help="input channels C [default: 3; a spec: its own]"),
         init: str = typer.Option("he", "--init", help="he, torch, glorot, lecun or orthogonal"),
         logit: int = typer.Option(0, "--logit", help="index k of the logit f_k"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
@@ -24,13 +28,19 @@ def register(app: typer.Typer) -> None:
         """The law of ||d_x f_k||_q predicted by the paper's path-sum argument (Theorems 4-5, Corollary 6)."""
         from advdim.theory import predict
 
-        from advdim.arch import parse, parse_family
+        from advdim.arch import TargetKind, resolve_target
         from advdim.cli import emit_json, out, table
         from advdim.cli_args import parse_sizes
 
-        size_list = parse_sizes(sizes)
-        obj = parse(target) if ">" in target else parse_family(target)
-        pred = predict(obj, size_list, channels, init, logit)
+        obj = resolve_target(target)
+        size_list = None if sizes is None else parse_sizes(sizes)
+        if size_list is None and obj.kind is not TargetKind.SPEC:
+            size_list = list(DEFAULT_SIZES)
+        if obj.kind is TargetKind.SPEC and size_list is None:  # a spec alone: its own size
+            assert obj.base is not None
+            pred = predict(obj.base, None, channels, init, logit)
+        else:
+            pred = predict(obj, size_list, channels, init, logit)
         if as_json:
             emit_json(pred.to_json())
             return

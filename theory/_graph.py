@@ -324,8 +324,8 @@ def _back_classes(step: Step, ids: np.ndarray, intern: _Interner) -> np.ndarray:
         for u, c in zip(uniq, counts):
             _poly_add(acc, intern.polys[int(u)], step.in_shape[0], int(c))
         return np.full(step.in_shape, intern(_canon(acc)), dtype=np.int64)
-    if isinstance(layer, GlobalAvgPool):
-        c, h, w = step.in_shape
+    if isinstance(layer, (GlobalAvgPool, GlobalMaxPool)):  # every position of a channel alike (max pool as
+        c, h, w = step.in_shape                             # max pooling: its routing is judged by H1)
         per_channel = np.array([intern(_canon(_shift(intern.polys[int(i)], h * w))) for i in ids])
         return np.broadcast_to(per_channel[:, None, None], step.in_shape).copy()
     if isinstance(layer, (Conv, AvgPool, MaxPool)):

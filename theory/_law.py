@@ -27,8 +27,11 @@ from advdim.arch import (
     Padding,
     ReLU,
     Spec,
+    Target,
+    TargetKind,
+    resolve_target,
 )
-from advdim.errors import AdvdimError, HypothesisError
+from advdim.errors import AdvdimError, HypothesisError, SpecError
 from advdim.norms import check_q
 
 #: the input dimension d = C * s^2
@@ -322,7 +325,7 @@ def _product(factors: list[tuple[int, str, sp.Expr]]) -> sp.Expr:
     return sp.simplify(sp.Mul(*[f for _, _, f in factors]))
 
 
-def family_expression(fam: Family, s0: int, channels: int, init: str) -> tuple[sp.Expr, bool]:
+def family_expression(fam: Family | Target, s0: int, channels: int, init: str) -> tuple[sp.Expr, bool]:
     """``E||d_x f_k||_2^2`` as a SymPy expression in ``d`` for the family, from its per-layer factors.
 
     Members at ``s0``, ``2 s0``, ``4 s0``: when the member at ``2s`` repeats the member at ``s``
@@ -398,7 +401,7 @@ class Prediction:
         breaking_share: per size, the share of input nodes outside the largest S class.
     """
 
-    target: Family | Spec
+    target: Family | Spec | Target
     init: str
     channels: int
     logit: int
@@ -515,15 +518,17 @@ def loss_weight(n_classes: int, softmax_weight: float | None = None) -> float:
     return float(softmax_weight)
 
 
-def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), channels: int = 3,
+def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = None, channels: int | None = None,
             init: object = "he", logit: int = 0, symmetry: bool = True) -> Prediction:
-    """Predict ``E||d_x f_k||_q`` for a family (over ``sizes``) or a spec (Theorems 4-5, Corollary 6).
+    """Predict ``E||d_x f_k||_q`` for any target over ``sizes`` (Theorems 4-5, Corollary 6).
 
     Args:
-        target: a :class:`~advdim.arch.Family` (sizes are input sides s, d = C s^2) or a
-            :class:`~advdim.arch.Spec` (its own size only; slopes are None).
-        sizes: input sides of the finite-d prediction.
-        channels: input channels C of family members.
+        target: anything :func:`advdim.arch.resolve_target` takes: a family (its default member) or
+            a member, spec text or a :class:`~advdim.arch.Spec` (the same layers at every size), a
+            user family; or a :class:`~advdim.arch.Spec` without ``sizes`` (its own size only;
+            slopes are None).
+        sizes: input sides s of the finite-d prediction (d = C s^2); default 8, 16, 32, 64.
+        channels: input channels C (default 3; a spec keeps its own).
         init: ``"he"`` (H3), ``"torch"``, ``"glorot"``, ``"lecun"``, ``"orthogonal"`` or an ``Init``.
         logit: index k of the logit.
         symmetry: decide S (default).  ``False`` skips it (no ``"S"`` in ``hypotheses``, no
@@ -538,17 +543,28 @@ def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), chann
     (2, 0.5, True)
     """
     init = _graph.init_name(init)
+    if isinstance(target, str) or (isinstance(target, Spec) and sizes is not None) or callable(target):
+        target = resolve_target(target)
+    if isinstance(target, Target) and target.kind in (TargetKind.FAMILY, TargetKind.MEMBER):
+        assert target.member is not None
+        target = target.member  # a family name predicts its default member
     if isinstance(target, Spec):
+        if channels is not None and channels != target.input_shape[0]:
+            raise AdvdimError(f"the spec's input has {target.input_shape[0]} channel(s), not {channels}")
         sizes_t: tuple[int, ...] = (target.input_shape[1],)
         channels = target.input_shape[0]
         members = [target]
-    elif isinstance(target, Family):
-        sizes_t = tuple(int(s) for s in sizes)
+    elif isinstance(target, (Family, Target)):
+        sizes_t = tuple(int(s) for s in (sizes if sizes is not None else (8, 16, 32, 64)))
         if not sizes_t or any(s < 1 for s in sizes_t):
             raise AdvdimError(f"sizes must be positive integers, got {sizes!r}")
+        if isinstance(target, Target):
+            channels = target.channels or channels or 3
+            target.check_sizes(sizes_t, channels)
+        channels = channels or 3
         members = [target.spec(s, channels) for s in sizes_t]
     else:
-        raise AdvdimError(f"predict needs a Family or a Spec, got {type(target).__name__}")
+        raise AdvdimError(f"predict needs a family, a spec or a target, got {type(target).__name__}")
     for m in members:
         _graph.check_logit(m, logit)
     check_cost(members, sizes_t, symmetry)
@@ -571,8 +587,11 @@ def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), chann
     exact = False
     beta: float | None = None
     if has_law:
-        if isinstance(target, Family):
-            expr, constant_ratio = family_expression(target, min(sizes_t), channels, init)
+        if not isinstance(target, Spec):
+            try:
+                expr, constant_ratio = family_expression(target, min(sizes_t), channels, init)
+            except SpecError:  # the rule is not defined at 2 s0 or 4 s0: the expression at s0 only
+                expr, constant_ratio = _product(layer_factors(members[0], init)), False
             beta = growth_exponent(expr) if constant_ratio else None
             if not constant_ratio:
                 why["law"] = "no constant per-doubling factor: the expression holds at the smallest size only"
@@ -582,7 +601,8 @@ def predict(target: Family | Spec, sizes: Sequence[int] = (8, 16, 32, 64), chann
                 isinstance(layer, (AvgPool, GlobalAvgPool, BatchNorm)) for layer in target.layers)
             beta = 0.0 if dimension_free else None
             if not dimension_free:
-                why["law"] = "a single spec does not say how its layers scale with d: use a family for exponents"
+                why["law"] = ("a spec at one size does not say how its layers scale with d: give several sizes "
+                              "(--sizes) for exponents")
         exact = all(abs(float(expr.subs(d, m.d)) - float(np.sum(_variances(m, init, logit))))
                     <= 1e-9 * float(np.sum(_variances(m, init, logit))) for m in members)
     else:

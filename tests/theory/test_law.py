@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from advdim.theory import loss_weight, predict
 from advdim.theory._gauss import expected_q_norm
+from hypothesis import given, settings
 
-from advdim.arch import family
+from advdim.arch import Spec, family, resolve_target
+from advdim.testing import specs
 
 
 @pytest.mark.parametrize("q", [1.0, 2.0, 3.0, math.inf])
@@ -81,3 +83,30 @@ def test_expected_max_agrees_with_scipy_quadrature(counts: list[float]) -> None:
     ref = sum(integrate.quad(tail, lo, hi, limit=200, epsabs=0, epsrel=1e-10)[0]
               for lo, hi in ((0.0, peak), (peak, peak + 12.0)))
     assert _expected_max(values, c) == pytest.approx(ref, rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(specs(max_side=8, allow_batchnorm=True))
+def test_predict_never_raises_on_generated_specs(spec: Spec) -> None:
+    """Every spec the grammar's strategies generate gets a law or a stated "no law" (issue 11), at its
+    own size and over the sizes where the same layers are valid."""
+    pred = predict(spec)
+    assert pred.has_law or pred.reasons["law"].startswith("no law:")
+    target = resolve_target(spec)
+    sizes = target.valid_sizes(range(spec.input_shape[1], 4 * spec.input_shape[1] + 1))[:3]
+    if len(sizes) >= 2:
+        over = predict(target, sizes)
+        assert over.sizes == tuple(sizes) and over.has_law == pred.has_law
+        if over.has_law:
+            assert all(over.predicted_slope[k] is not None for k in ("1", "2"))
+
+
+def test_spec_text_over_sizes_matches_the_family_it_equals() -> None:
+    """Spec text with a dense head after flatten is the `dense` family's member at every size:
+    the same per-size prediction and slopes."""
+    fam = family("dense", widths=(16,))
+    text = "3x8x8 > flatten > dense(16) > relu > dense(10)"
+    a, b = predict(text, (8, 16, 32)), predict(fam, (8, 16, 32))
+    for s in (8, 16, 32):
+        assert a.expected_norm(1.0, s) == pytest.approx(b.expected_norm(1.0, s), rel=1e-12)
+    assert a.predicted_slope == pytest.approx(b.predicted_slope)
