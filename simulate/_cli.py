@@ -18,15 +18,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command("simulate")
     def simulate(
-        families: list[str] = typer.Option(None, "--family", "-f", help="family name (repeatable); default: all"),
+        families: list[str] = typer.Option(None, "--family", "-f",
+                                           help="what to simulate (repeatable; default: every built-in family): a "
+                                                "family name (random topologies), a member family(key=value,...), "
+                                                "spec text 'CxHxW > layer > ...' (the same layers at each size), or "
+                                                "file.py:NAME / module:NAME (a user family)"),
         sizes: str = typer.Option("8,16,32,64", help="input sides s, comma-separated (d = channels * s^2)"),
         channels: int = typer.Option(None, help="input channels [default: 3, or the dataset's with --data]"),
-        nets: int = typer.Option(DEFAULT_NETS, help="random topologies per family"),
+        nets: int = typer.Option(DEFAULT_NETS, help="random topologies per family (for a fixed target: independent "
+                                                    "weight-draw units of the one network)"),
         inputs: int = typer.Option(DEFAULT_INPUTS, help="inputs per weight draw"),
         draws: int = typer.Option(DEFAULT_DRAWS, help="independent weight draws per topology and size"),
         seed: int = typer.Option(0, help="seed of every random draw"),
         device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda"),
         target: str = typer.Option("logit", help="logit (f_0) | loss (cross-entropy)"),
+        init: str = typer.Option("he", "--init",
+                                 help="weight law of the nets: he | torch | glorot | lecun | orthogonal"),
+        law_init: str = typer.Option(None, "--law-init",
+                                     help="the init the predicted law assumes [default: --init]; e.g. --init torch "
+                                          "--law-init he asks whether PyTorch's default init obeys the He law"),
         exact_shortcuts: bool = typer.Option(True, "--exact-shortcuts/--no-exact-shortcuts",
                                              help="exact conditional sampling for dense chains"),
         data: str = typer.Option(None, "--data",
@@ -44,17 +54,16 @@ def register(app: typer.Typer) -> None:
         from advdim.simulate._plot import plot_family
         from advdim.simulate._study import check_memory, study, topologies
 
-        from advdim.arch import FAMILIES
-        from advdim.build import resolve_device
+        from advdim.arch import FAMILIES, resolve_target
+        from advdim.build import Init, resolve_device
         from advdim.cli import emit_json, out, table
         from advdim.cli_args import check_out_folder, make_out_folder, parse_sizes
         from advdim.errors import AdvdimError
         from advdim.store import RunStore
 
-        names = list(families) if families else list(FAMILIES)
-        for name in names:
-            if name not in FAMILIES:
-                raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+        archs = [resolve_target(f) for f in (families or list(FAMILIES))]
+        init_e = Init.parse(init)
+        law_e = init_e if law_init is None else Init.parse(law_init)
         if resume and store is None:
             raise AdvdimError("--resume needs --store")
         size_list = parse_sizes(sizes)
@@ -66,8 +75,12 @@ def register(app: typer.Typer) -> None:
             from advdim.empirical._data import DatasetName
 
             data = DatasetName.parse(data).value
+        fixed_channels = {a.channels for a in archs if a.channels is not None}
+        if len(fixed_channels) > 1 or (channels is not None and fixed_channels and channels not in fixed_channels):
+            raise AdvdimError(f"the spec texts fix {sorted(fixed_channels)} input channel(s); --channels is "
+                              f"{channels}: simulate specs of one channel count at a time")
         if channels is None:
-            channels = 3
+            channels = fixed_channels.pop() if fixed_channels else 3
             if data is not None:
                 from advdim.simulate._study import image_pool
 
@@ -75,23 +88,25 @@ def register(app: typer.Typer) -> None:
         if channels < 1:
             raise AdvdimError(f"--channels must be a positive integer, got {channels}")
         dev = resolve_device(device).type
-        for name in names:  # every family's largest cells must fit before the first cell runs
-            check_memory(topologies(name, nets, seed, size_list, channels), size_list, channels, draws, inputs,
+        for arch in archs:  # every target is valid at every size, and its largest cells fit, before any cell runs
+            check_memory(topologies(arch, nets, seed, size_list, channels), size_list, channels, draws, inputs,
                          exact_shortcuts, device=dev, data=data, workers=workers, scheduler=scheduler,
                          with_theory=True)
         run_store = RunStore(store) if store is not None else None
         results = []
         try:
-            for name in names:
-                results.append(study(name, size_list, channels, nets, inputs, seed, device, target,
+            for arch in archs:
+                results.append(study(arch, size_list, channels, nets, inputs, seed, device, target,
                                      exact_shortcuts, store=run_store, draws=draws, workers=workers,
                                      scheduler=scheduler, resume=resume, progress=not as_json, data=data,
-                                     data_dir=data_dir))
+                                     data_dir=data_dir, init=init_e, law_init=law_e))
                 if run_store is not None:
-                    run_store.put("simulate.family", {"family": name, "sizes": list(size_list), "channels": channels,
-                                                      "nets": nets, "draws": draws, "inputs": inputs, "seed": seed,
-                                                      "target": target, "shortcuts": exact_shortcuts,
-                                                      **({"data": data} if data else {})},
+                    inits = {} if init_e is law_e is Init.HE else {"init": init_e.value, "law_init": law_e.value}
+                    run_store.put("simulate.family", {"family": arch.text, "sizes": list(size_list),
+                                                      "channels": channels, "nets": nets, "draws": draws,
+                                                      "inputs": inputs, "seed": seed, "target": target,
+                                                      "shortcuts": exact_shortcuts,
+                                                      **({"data": data} if data else {}), **inits},
                                   results[-1].to_record())
         finally:
             if run_store is not None:
@@ -111,4 +126,6 @@ def register(app: typer.Typer) -> None:
         out.print(table("advdim simulate: predicted vs measured (interval: acceptance band, or 95% CI when n/a)",
                         ["claim", "predicted", "measured", "interval", "verdict"], rows))
         source = f"{data} test images" if data else "Gaussian inputs"
-        out.print(f"{nets} topologies x {draws} draws x {inputs} {source} per size; sizes {sizes}; seed {seed}")
+        units = "topologies (fixed targets: weight-draw units)" if any(not a.random for a in archs) else "topologies"
+        out.print(f"{nets} {units} x {draws} draws x {inputs} {source} per size; sizes {sizes}; seed {seed}; "
+                  f"init {init_e.value}" + (f", law for {law_e.value}" if law_e is not init_e else ""))

@@ -37,9 +37,10 @@ from advdim.simulate._fit import (
     slope_test,
 )
 
-from advdim.arch import FAMILIES, Conv, Dense, Family, Padding, Spec, family, sample_family
+from advdim.arch import Conv, Dense, Family, Padding, Spec, Target, family, resolve_target, sample_family
+from advdim.build import Init
 from advdim.errors import AdvdimError, SpecError
-from advdim.gradients import Target
+from advdim.gradients import Target as GradTarget
 from advdim.store import RunStore
 from advdim.verdict import Verdict
 
@@ -59,14 +60,20 @@ def _fam_code(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def topologies(name: str, n: int, seed: int, sizes: Sequence[int], channels: int = 3) -> list[Family]:
-    """``n`` random members of family ``name`` valid at every size (seeded, reproducible).
+def topologies(target: str | Target | Family | Spec, n: int, seed: int, sizes: Sequence[int],
+               channels: int = 3) -> list[Family | Target]:
+    """``n`` units of a study: random members of a built-in family valid at every size (seeded,
+    reproducible), or ``n`` times a fixed target (a member, spec text, a user family), whose units
+    then differ only by their weight draws.
 
     Topology ``t`` depends only on ``(seed, name, t)``, so a larger ``n`` extends a smaller one.
     """
-    if name not in FAMILIES:
-        raise AdvdimError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
-    out = []
+    resolved = resolve_target(target)
+    if not resolved.random:
+        resolved.check_sizes(sizes, channels)
+        return [resolved] * n
+    name = resolved.text
+    out: list[Family | Target] = []
     for t in range(n):
         rng = np.random.default_rng([seed, _fam_code(name), t])
         for _ in range(200):
@@ -83,7 +90,7 @@ def topologies(name: str, n: int, seed: int, sizes: Sequence[int], channels: int
     return out
 
 
-def width_index(fam: Family, sizes: Sequence[int], channels: int) -> float:
+def width_index(fam: Family | Target, sizes: Sequence[int], channels: int) -> float:
     """How fast the sum of ``1/width`` over the weighted layers grows with ``log d`` (0: it does not).
 
     ``(sum_l 1/n_l at the largest size - at the smallest) / log(d_max / d_min)``, with ``n_l`` the
@@ -105,12 +112,22 @@ def width_index(fam: Family, sizes: Sequence[int], channels: int) -> float:
     return (inverse_widths(hi) - inverse_widths(lo)) / math.log(hi**2 / lo**2)
 
 
-def cell_config(fam: Family, t: int, size: int, channels: int, draws: int, inputs: int, seed: int,
-                target: Target, exact_shortcuts: bool, dtype: str = "float32", device: str = "cpu",
-                data: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
-    cfg = {"family": fam.name, "params": fam.to_json(), "topology": t, "size": size, "channels": channels,
-           "draws": draws, "inputs": inputs, "seed": seed, "target": target.value,
-           "shortcuts": exact_shortcuts, "dtype": dtype, "device": device}
+def cell_config(fam: Family | Target, t: int, size: int, channels: int, draws: int, inputs: int, seed: int,
+                target: GradTarget, exact_shortcuts: bool, dtype: str = "float32", device: str = "cpu",
+                data: str | None = None, data_dir: str | None = None, init: Init = Init.HE) -> dict[str, Any]:
+    """One cell's configuration (its store key).  A random topology is named by its family and
+    parameters; a fixed target by its canonical text and its concrete spec at this size, so that a
+    worker needs neither the user's code nor the family registry."""
+    if isinstance(fam, Target):
+        cfg: dict[str, Any] = {"arch": fam.text, "spec": fam.spec(size, channels).to_json(), "topology": t,
+                               "size": size, "channels": channels, "draws": draws, "inputs": inputs, "seed": seed,
+                               "target": target.value, "shortcuts": exact_shortcuts, "dtype": dtype, "device": device}
+    else:
+        cfg = {"family": fam.name, "params": fam.to_json(), "topology": t, "size": size, "channels": channels,
+               "draws": draws, "inputs": inputs, "seed": seed, "target": target.value,
+               "shortcuts": exact_shortcuts, "dtype": dtype, "device": device}
+    if init is not Init.HE:  # He cells keep their old keys (and stored results)
+        cfg["init"] = init.value
     if data is not None:  # Gaussian cells keep their old keys (and stored results)
         cfg.update({"data": data, "data_dir": data_dir})
     return cfg
@@ -146,17 +163,22 @@ def run_cell(config: dict[str, Any]) -> dict[str, Any]:
 
     keep_freed_memory()  # also on Dask workers, which do not run the advdim command
 
-    params = {k: v for k, v in config["params"].items() if k != "family"}
-    fam = family(config["family"], **params)
-    spec = fam.spec(int(config["size"]), int(config["channels"]))
-    ss = np.random.SeedSequence([int(config["seed"]), _fam_code(fam.name), int(config["topology"]),
-                                 int(config["size"])])
+    if "spec" in config:  # a fixed target: its concrete spec at this size
+        spec = Spec.from_json(config["spec"])
+        code = _fam_code(str(config["arch"]))
+    else:
+        params = {k: v for k, v in config["params"].items() if k != "family"}
+        fam = family(config["family"], **params)
+        spec = fam.spec(int(config["size"]), int(config["channels"]))
+        code = _fam_code(fam.name)
+    ss = np.random.SeedSequence([int(config["seed"]), code, int(config["topology"]), int(config["size"])])
     images = None
     if config.get("data") is not None:
         images = image_pool(str(config["data"]), config.get("data_dir"), int(config["size"]))
-    norms = sample_norms(spec, int(config["draws"]), int(config["inputs"]), ss, Target(config["target"]),
+    norms = sample_norms(spec, int(config["draws"]), int(config["inputs"]), ss, GradTarget(config["target"]),
                          exact_shortcuts=bool(config["shortcuts"]), device=config["device"],
-                         dtype=getattr(torch, config["dtype"]), images=images)
+                         dtype=getattr(torch, config["dtype"]), images=images,
+                         init=Init(config.get("init", "he")))
     out: dict[str, Any] = {"d": spec.d, "n": int(norms["2"].size)}  # no timings: results are reproducible
     for key, v in norms.items():
         out[key] = float(v.mean())
@@ -271,13 +293,14 @@ class TopologyLaw:
     sq_exact: str | None = None  # why the path sum is only approximate (H1 fails), None when it is exact
 
 
-def predict_topology(fam: Family, sizes: Sequence[int], channels: int) -> TopologyLaw | None:
+def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
+                     init: Init = Init.HE) -> TopologyLaw | None:
     """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available."""
     try:
         from advdim.theory import predict
     except ImportError:
         return None
-    pred = predict(fam, sizes=tuple(sizes), channels=channels, symmetry=False)  # the law only
+    pred = predict(fam, sizes=tuple(sizes), channels=channels, init=init.value, symmetry=False)  # the law only
     if not pred.has_law:
         return TopologyLaw({q: None for q in Q_KEYS}, None, {q: None for q in Q_KEYS})
     norms: dict[str, tuple[float, ...] | None] = {}
@@ -362,6 +385,10 @@ class FamilyResult:
     values: dict[str, list[list[float]]] = field(repr=False)  # q -> per topology, per size
     topologies: tuple[str, ...] = field(repr=False, default=())
     data: str | None = None  # the dataset of real-image inputs; None: Gaussian inputs
+    iid_inf: bool = True  # the q = inf prediction is exact in distribution (see iid_gaussian_coordinates)
+    fixed: bool = False  # a fixed target: the units are weight draws of one network, not topologies
+    init: str = "he"  # the init of the networks drawn
+    law_init: str = "he"  # the init the predicted law assumes
 
     @property
     def reference(self) -> str:
@@ -419,7 +446,7 @@ class FamilyResult:
                 continue
             n = r.topologies_used
             passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha, n)
-            if key == "inf" and not iid_gaussian_coordinates(self.family):
+            if key == "inf" and not self.iid_inf:
                 out.append(Verdict(
                     claim, self.reference, r.predicted_slope, r.measured_slope,
                     (r.measured_slope - tol, r.measured_slope + tol), None,
@@ -490,7 +517,7 @@ class FamilyResult:
         return [judged, sampled]
 
 
-def iid_gaussian_coordinates(family_name: str) -> bool:
+def iid_gaussian_coordinates(target: str | Family | Target, size: int | None = None, channels: int = 3) -> bool:
     """Whether the input-gradient coordinates are i.i.d. Gaussian given the rest of the net.
 
     True when the first weighted layer is dense: ``g = W1^T v`` with i.i.d. Gaussian ``W1`` is,
@@ -499,8 +526,9 @@ def iid_gaussian_coordinates(family_name: str) -> bool:
     coordinates share ``C k^2`` weights and each has its own random local variance: their maximum
     is not that of independent Gaussians, and the finite-d q = inf slope is only approximate.
     """
-    fam = family(family_name)
-    spec = fam.spec(fam.valid_sizes(range(1, 257))[0])
+    t = resolve_target(target) if not isinstance(target, Target) else target
+    rule: Family | Target = t.member if t.random and t.member is not None else t
+    spec = rule.spec(size if size is not None else rule.valid_sizes(range(1, 257))[0], t.channels or channels)
     first = next(layer for layer in spec.layers if layer.has_weights)
     return isinstance(first, Dense)
 
@@ -513,14 +541,14 @@ def _parse_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
 
 
 def study(
-    family: str,
+    family: str | Target | Family | Spec,
     sizes: Sequence[int] = (8, 16, 32, 64),
     channels: int = 3,
     nets: int = 200,
     inputs: int = 4,
     seed: int = 0,
     device: str = "cpu",
-    target: Target | str = Target.LOGIT,
+    target: GradTarget | str = GradTarget.LOGIT,
     exact_shortcuts: bool = True,
     plant_exponent: float = 0.0,
     store: RunStore | None = None,
@@ -534,11 +562,17 @@ def study(
     with_theory: bool = True,
     data: str | None = None,
     data_dir: str | None = None,
+    init: Init | str = Init.HE,
+    law_init: Init | str | None = None,
 ) -> FamilyResult:
-    """Monte Carlo study of ``E||d_x f_k||_q`` against ``d`` for a family (Theorems 4-5, Appendix B).
+    """Monte Carlo study of ``E||d_x f_k||_q`` against ``d`` for a target (Theorems 4-5, Appendix B).
 
     Args:
-        family: family name (``dense``, ``strided``, ``avgpool``, ``maxpool``, ``gap``).
+        family: what :func:`advdim.arch.resolve_target` takes.  A built-in family name (``dense``,
+            ``strided``, ``avgpool``, ``maxpool``, ``gap``) draws ``nets`` random topologies; a fixed
+            target (a member ``strided(kernel=5)``, spec text, a user family) is measured exactly
+            as given: its ``nets`` units are independent weight draws of the same network
+            (``draws`` each per size), and the intervals are over them.
         sizes: input sides ``s`` (``d = channels * s**2``).
         nets: number of random topologies (the bootstrap resamples them).
         inputs: Gaussian inputs per weight draw; ``draws``: weight draws per topology and size.
@@ -552,6 +586,10 @@ def study(
         data, data_dir: real images instead of Gaussian inputs: a dataset of ``advdim.empirical``
             (``fashion-mnist``, ``cifar10`` from ``data_dir``, ``synthetic``), its first
             :data:`IMAGE_POOL` test images resampled to each size; ``channels`` must be the dataset's.
+        init: the weight law of the networks (``he``, ``torch``, ``glorot``, ``lecun``, ``orthogonal``).
+        law_init: the init the predicted law assumes (default: ``init``); ``law_init="he"`` with
+            ``init="torch"`` asks whether PyTorch's default init obeys the He law (it does not in
+            families whose depth grows with d).
     Returns:
         A :class:`FamilyResult`; ``.verdicts()`` compares it with the theory.
     """
@@ -559,7 +597,12 @@ def study(
     from advdim.sweep import run_sweep
 
     sizes_t = _parse_sizes(sizes)
-    tgt = Target.parse(target)
+    tgt = GradTarget.parse(target)
+    arch = resolve_target(family)
+    init_e = Init.parse(init)
+    law_e = init_e if law_init is None else Init.parse(law_init)
+    if arch.channels is not None:
+        channels = arch.channels
     if nets < 2 or inputs < 1 or draws < 1:
         raise AdvdimError(f"need nets >= 2, inputs >= 1, draws >= 1 (got {nets}, {inputs}, {draws})")
     dev = resolve_device(device).type
@@ -573,15 +616,20 @@ def study(
         pools = [image_pool(data, data_dir, s) for s in sizes_t]
         if pools[0].shape[1] != channels:
             raise AdvdimError(f"{data} images have {pools[0].shape[1]} channel(s), but channels is {channels}")
-    topos = topologies(family, nets, seed, sizes_t, channels)
+    topos = topologies(arch, nets, seed, sizes_t, channels)
     check_memory(topos, sizes_t, channels, draws, inputs, exact_shortcuts, dtype, dev, data, workers, scheduler,
                  with_theory)
     # the theory's predictions come first too: a refusal of the theory must not discard finished cells
-    laws = [predict_topology(f, sizes_t, channels) for f in topos] if with_theory else [None] * nets
+    if with_theory and not arch.random:  # one network: one prediction
+        law = predict_topology(arch, sizes_t, channels, law_e)
+        laws: list[TopologyLaw | None] = [law] * nets
+    else:
+        laws = [predict_topology(f, sizes_t, channels, law_e) for f in topos] if with_theory else [None] * nets
     configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev, data,
-                           data_dir) for t, fam in enumerate(topos) for s in sizes_t]
+                           data_dir, init_e) for t, fam in enumerate(topos) for s in sizes_t]
     results = run_sweep(KIND, configs, run_cell, store, workers=workers, scheduler=scheduler, resume=resume,
-                        progress=progress, description=f"simulate {family}")
+                        progress=progress, description=f"simulate {arch.text}")
+    iid_inf = iid_gaussian_coordinates(arch, sizes_t[0], channels)
     n_s = len(sizes_t)
     d = np.array([channels * s * s for s in sizes_t], dtype=np.float64)
     plant = d**plant_exponent
@@ -615,7 +663,7 @@ def study(
                 if used < nets:
                     fit = fit_slope(d, values[key][mask], seed=seed + i)
                 passed, tol = slope_test(fit.slope, pred_slope, fit.se, n=used)
-                if key == "inf" and not iid_gaussian_coordinates(family):
+                if key == "inf" and not iid_inf:
                     passed = None  # reported, not judged: see iid_gaussian_coordinates
                 else:
                     limit = fit_width_limit(d, values[key][mask], per_topo, index[mask], seed=seed + i)
@@ -630,7 +678,7 @@ def study(
     sq_pred: tuple[float, ...] | None = None
     ratio = ratio_se = None
     approx: str | None = None
-    if theory_available and tgt is Target.LOGIT:
+    if theory_available and tgt is GradTarget.LOGIT:
         smask = np.array([law is not None and law.sq is not None for law in laws])
         if smask.sum() >= 2:
             p = np.array([law.sq for law, m in zip(laws, smask) if m and law is not None], dtype=np.float64)
@@ -639,6 +687,7 @@ def study(
             approx = next((law.sq_exact for law, m in zip(laws, smask) if m and law is not None and law.sq_exact),
                           None)
     return FamilyResult(
-        family, sizes_t, tuple(int(x) for x in d), channels, nets, draws, inputs, seed, tgt.value, exact_shortcuts,
+        arch.text, sizes_t, tuple(int(x) for x in d), channels, nets, draws, inputs, seed, tgt.value, exact_shortcuts,
         plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se, approx,
-        {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos), data)
+        {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos), data, iid_inf,
+        not arch.random, init_e.value, law_e.value)

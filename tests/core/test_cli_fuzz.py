@@ -112,7 +112,8 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--json": flag}),
         Command(("simulate",), {"--family": "dense", "--sizes": "4,8", "--nets": "2", "--draws": "1", "--inputs": "2",
                                 "--device": "cpu"}, {
-            "--family": Pool(("dense",), ("nope", "")),
+            "--family": Pool(("dense", "dense(widths=8)", "1x4x4 > conv(2,k=3) > relu > flatten > dense(3)"),
+                             ("nope", "", "1x4x4 > conv(2,s=3) > flatten > dense(3)")),
             "--sizes": Pool(("4,8",), ("", "0", "-3", "abc", "8,100000")),
             "--channels": Pool((None, "1"), ("0", "-2")),
             "--nets": Pool(("2", "3"), ("0", "-1", "x")),
@@ -120,6 +121,8 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--draws": Pool(("1", "2"), ("0", "-1")),
             "--seed": seed, "--device": device,
             "--target": Pool((None, "logit", "loss"), ("bogus",)),
+            "--init": Pool((None, "he", "torch", "orthogonal"), ("bogus",)),
+            "--law-init": Pool((None, "he"), ("bogus",)),
             "--exact-shortcuts": flag,
             "--data": Pool((None, "synthetic"), ("imagenet",)),
             "--data-dir": Pool((None,), (f["missing"],)),
