@@ -232,7 +232,7 @@ def cell_bytes(spec: Spec, draws: int, inputs: int, exact_shortcuts: bool = True
     return ACTIVATION_FACTOR * n * b * acts + 2 * draws * b * weights + 4 * n * d * b + (8 * n * d if images else 0)
 
 
-def check_memory(topos: Sequence[Family], sizes: Sequence[int], channels: int, draws: int, inputs: int,
+def check_memory(topos: Sequence[Family | Target], sizes: Sequence[int], channels: int, draws: int, inputs: int,
                  exact_shortcuts: bool = True, dtype: str = "float32", device: str = "cpu",
                  data: str | None = None, workers: int = 0, scheduler: str | None = None,
                  with_theory: bool = False) -> None:
@@ -257,7 +257,7 @@ def check_memory(topos: Sequence[Family], sizes: Sequence[int], channels: int, d
             check_cost([fam.spec(int(top), channels)], [top], symmetry=False)
 
 
-def _check_cells(topos: Sequence[Family], sizes: Sequence[int], channels: int, draws: int, inputs: int,
+def _check_cells(topos: Sequence[Family | Target], sizes: Sequence[int], channels: int, draws: int, inputs: int,
                  exact_shortcuts: bool, dtype: str, device: str, data: str | None, workers: int) -> None:
     from advdim.cli_args import check_fits
 
