@@ -1,13 +1,19 @@
 """Public Hypothesis strategies: random architecture specs, family members and inputs.
 
-Used by the test suites of every layer; users can use them to property-test their own code::
+Used by the test suites of every layer; users can use them to property-test their own code,
+and :func:`assert_law` checks the paper's law on any target with the verdicts of ``advdim
+simulate`` (recipe: ``docs/property-testing.md``)::
 
-    from hypothesis import given
+    from hypothesis import given, settings
+    from advdim.arch import format_spec, parse
     from advdim.testing import specs
 
+    @settings(max_examples=20)
     @given(specs())
     def test_roundtrip(spec):
         assert parse(format_spec(spec)) == spec
+
+    test_roundtrip()
 """
 
 from __future__ import annotations
@@ -37,14 +43,16 @@ from advdim.arch import (
 )
 from advdim.errors import SpecError
 
-__all__ = ["conv_layers", "families", "family_members", "specs", "relu_specs"]
+__all__ = ["Inconclusive", "assert_law", "conv_layers", "families", "family_members", "has_law", "relu_specs",
+           "specs"]
 
 
 @st.composite
-def conv_layers(draw: st.DrawFn, max_channels: int = 4, paddings: tuple[Padding, ...] = tuple(Padding)) -> Conv:
+def conv_layers(draw: st.DrawFn, max_channels: int = 4, paddings: tuple[Padding, ...] = tuple(Padding),
+                min_channels: int = 1) -> Conv:
     """A random Conv record (kernel 1-3, stride 1-2, dilation 1-2)."""
     return Conv(
-        out_channels=draw(st.integers(1, max_channels)),
+        out_channels=draw(st.integers(min_channels, max(min_channels, max_channels))),
         kernel=draw(st.integers(1, 3)),
         stride=draw(st.integers(1, 2)),
         dilation=draw(st.integers(1, 2)),
@@ -63,6 +71,7 @@ def specs(
     allow_batchnorm: bool = False,
     relu_after_linear: bool = False,
     paddings: tuple[Padding, ...] = tuple(Padding),
+    min_channels: int = 1,
 ) -> Spec:
     """A random valid :class:`Spec`: a conv/pool trunk, a flatten or global pool, a dense head.
 
@@ -70,6 +79,8 @@ def specs(
         max_side: largest input side ``s`` (inputs are ``C x s x s``).
         relu_after_linear: put a ReLU after every hidden conv / dense layer (H1-style nets).
         paddings: padding modes to draw from.
+        min_channels: fewest output channels of a conv and units of a hidden dense layer (width-1
+            ReLU nets are dead half the time: their norms are too heavy-tailed for slope tests).
     """
     c = draw(st.integers(1, 3))
     side = draw(st.integers(2, max_side))
@@ -80,7 +91,7 @@ def specs(
             ["relu"] if not relu_after_linear else []) + (["batchnorm"] if allow_batchnorm else [])
         kind = draw(st.sampled_from(options))
         if kind == "conv":
-            cand: list[Layer] = [draw(conv_layers(max_channels, paddings))]
+            cand: list[Layer] = [draw(conv_layers(max_channels, paddings, min_channels))]
             if relu_after_linear:
                 cand.append(ReLU())
         elif kind in ("avgpool", "maxpool"):
@@ -98,7 +109,7 @@ def specs(
     head = draw(st.sampled_from(["flatten", "gap", "gmp"]))
     layers.append({"flatten": Flatten(), "gap": GlobalAvgPool(), "gmp": GlobalMaxPool()}[head])
     for _ in range(draw(st.integers(0, 2))):
-        layers.append(Dense(draw(st.integers(1, 8)), bias=draw(st.booleans())))
+        layers.append(Dense(draw(st.integers(min_channels, max(min_channels, 8))), bias=draw(st.booleans())))
         layers.append(ReLU())
         if not relu_after_linear and draw(st.booleans()):
             layers.pop()
@@ -111,10 +122,10 @@ def specs(
 
 
 def relu_specs(max_side: int = 6, max_channels: int = 3, max_layers: int = 3,
-               paddings: tuple[Padding, ...] = tuple(Padding)) -> st.SearchStrategy[Spec]:
+               paddings: tuple[Padding, ...] = tuple(Padding), min_channels: int = 1) -> st.SearchStrategy[Spec]:
     """Specs in the paper's class: every hidden conv / dense layer followed by a ReLU, no pooling."""
     return specs(max_side=max_side, max_channels=max_channels, max_layers=max_layers, allow_pools=False,
-                 relu_after_linear=True, paddings=paddings)
+                 relu_after_linear=True, paddings=paddings, min_channels=min_channels)
 
 
 @st.composite
@@ -139,3 +150,82 @@ def family_members(draw: st.DrawFn, names: tuple[str, ...] | None = None, max_si
 def spec_kwargs(spec: Spec) -> dict[str, Any]:
     """The spec's JSON form (handy in test failure messages)."""
     return spec.to_json()
+
+
+# --------------------------------------------------------------------------------------------
+# Property-based testing of the law: the same study and verdicts as `advdim simulate`
+# --------------------------------------------------------------------------------------------
+
+#: power a judged slope row needs against a slope error of ``DELTA`` (0.05) to count as evidence
+MIN_POWER = 0.8
+
+
+class Inconclusive(AssertionError):  # noqa: N818 - reads as a verdict
+    """The largest budget :func:`assert_law` may spend cannot tell the law from a slope off by 0.05.
+
+    A subclass of ``AssertionError`` (a property test must not pass without evidence); catch it
+    to treat such examples apart, e.g. ``hypothesis.assume(False)``.
+    """
+
+
+def has_law(target: Any, sizes: tuple[int, ...] = (8, 16, 32), init: str = "he") -> bool:
+    """Whether the theory gives ``target`` a law over ``sizes`` (use with ``hypothesis.assume``)."""
+    from advdim.theory import predict
+
+    return bool(predict(target, sizes, init=init, symmetry=False).has_law)
+
+
+def assert_law(target: Any, q: tuple[float, ...] = (1, 2), sizes: tuple[int, ...] = (8, 16, 32), *,
+               nets: int = 16, max_nets: int = 128, draws: int = 2, inputs: int = 4, init: str = "he",
+               law_init: str | None = None, seed: int = 0, device: str = "cpu",
+               plant_exponent: float = 0.0) -> Any:
+    """Assert ``E||d_x f||_q ~ d^(1/q - 1/2)`` (the theory's finite-d slope) for ``target``.
+
+    Runs :func:`advdim.simulate.study` and its verdicts, exactly as ``advdim simulate`` does, with
+    ``nets`` units (random topologies of a family; weight draws of a fixed target).  A row counts
+    only when it has power >= :data:`MIN_POWER` against a slope error of 0.05 at its own standard
+    error; while a row lacks it, the budget doubles (cells already computed are reused) up to
+    ``max_nets``.
+
+    Raises:
+        AssertionError: a judged slope row fails; the message names the claim, the predicted and
+            measured slopes and the interval.
+        Inconclusive: no failure, but some row lacks the power at ``max_nets``.
+        AdvdimError: the theory gives no law for the target (``has_law`` is False).
+    Returns:
+        The :class:`~advdim.simulate.FamilyResult` of the last study.
+    """
+    import tempfile
+
+    from advdim.errors import AdvdimError
+    from advdim.simulate import study
+    from advdim.store import RunStore
+
+    keys = ["inf" if np.isinf(x) else str(int(x)) if float(x).is_integer() else str(x) for x in q]
+    with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/cells.sqlite") as store:
+        n = nets
+        while True:
+            res = study(target, sizes, None, n, inputs, seed, device, "logit", True, plant_exponent, store,
+                        draws=draws, progress=False, init=init, law_init=law_init)
+            rows = [res.q[k] for k in keys if k in res.q]
+            if len(rows) != len(keys):
+                raise AdvdimError(f"assert_law: q must be among 1, 2 and inf, got {q}")
+            if any(r.predicted_slope is None for r in rows):
+                raise AdvdimError(f"assert_law: the theory gives {res.family} no law over sizes {list(sizes)} "
+                                  "(check advdim.testing.has_law first)")
+            failed = [(k, r) for k, r in zip(keys, rows) if r.passed is False]
+            weak = [(k, r) for k, r in zip(keys, rows) if r.passed is None or r.power < MIN_POWER]
+            if failed:
+                raise AssertionError("; ".join(_describe(res.family, k, r) for k, r in failed))
+            if not weak:
+                return res
+            if 2 * n > max_nets:
+                raise Inconclusive(f"inconclusive at {n} units (power below {MIN_POWER} against a slope error of "
+                                   "0.05): " + "; ".join(_describe(res.family, k, r) for k, r in weak))
+            n *= 2
+
+
+def _describe(name: str, key: str, r: Any) -> str:
+    lo, hi = (r.predicted_slope - r.tol, r.predicted_slope + r.tol) if r.tol is not None else r.ci
+    return (f"{name}: slope of E||d_x f||_{key} predicted {r.predicted_slope:.4f}, measured {r.measured_slope:.4f}, "
+            f"acceptance interval [{lo:.4f}, {hi:.4f}], power {r.power:.2f}")

@@ -543,7 +543,7 @@ def _parse_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
 def study(
     family: str | Target | Family | Spec,
     sizes: Sequence[int] = (8, 16, 32, 64),
-    channels: int = 3,
+    channels: int | None = None,
     nets: int = 200,
     inputs: int = 4,
     seed: int = 0,
@@ -574,6 +574,7 @@ def study(
             as given: its ``nets`` units are independent weight draws of the same network
             (``draws`` each per size), and the intervals are over them.
         sizes: input sides ``s`` (``d = channels * s**2``).
+        channels: input channels (default 3; a spec text keeps its own).
         nets: number of random topologies (the bootstrap resamples them).
         inputs: Gaussian inputs per weight draw; ``draws``: weight draws per topology and size.
         target: ``logit`` (``f_0``) or ``loss`` (cross-entropy with uniform labels).
@@ -601,8 +602,9 @@ def study(
     arch = resolve_target(family)
     init_e = Init.parse(init)
     law_e = init_e if law_init is None else Init.parse(law_init)
-    if arch.channels is not None:
-        channels = arch.channels
+    if arch.channels is not None and channels is not None and channels != arch.channels:
+        raise AdvdimError(f"{arch.text} has {arch.channels} input channel(s), not {channels}")
+    channels = arch.channels or channels or 3
     if nets < 2 or inputs < 1 or draws < 1:
         raise AdvdimError(f"need nets >= 2, inputs >= 1, draws >= 1 (got {nets}, {inputs}, {draws})")
     dev = resolve_device(device).type
