@@ -1,32 +1,19 @@
-"""The ``advdim verify`` command (run every registered check, print one verdict table, write the
-report folder) and the ``advdim measure`` command (a user's own model, same report form)."""
+"""The ``advdim verify`` command: run every registered check, print one verdict table, write the
+report folder.  It also registers ``advdim measure`` (``advdim._report_cli``), whose report has the
+same form; the helpers both share live in ``advdim._report_cli``."""
 
 from __future__ import annotations
 
-import shlex
 import time
 import traceback
 from typing import Any
 
 import typer
 
+from advdim._report_cli import command_line, device_text, print_verdicts, register_measure, report_dir
 from advdim.checks import Budget, Check, Part, Scale, all_checks
 from advdim.errors import AdvdimError
 from advdim.verdict import Verdict
-
-COLUMNS = ["#", "claim", "paper", "predicted", "measured", "interval", "verdict"]
-
-
-def command_line(command: str, *args: str, **options: Any) -> str:
-    """The command that reproduces this run, every option spelled out (defaults included), shell-quoted."""
-    words = ["advdim", command, *args]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words += [flag] if value else []
-        elif value is not None:
-            words += [flag, str(value)]
-    return " ".join(shlex.quote(w) for w in words)
 
 
 def run_check(check: Check, budget: Budget) -> tuple[list[Verdict], float]:
@@ -59,44 +46,8 @@ def part_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
-    from advdim.cli import out, table
-    from advdim.report import fmt, fmt_interval, status
-
-    styled = []
-    for i, r in enumerate(rows):
-        st = status(r["passed"])
-        st = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]"}.get(st, st)
-        styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
-                       fmt_interval(r["interval"]), st])
-    # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each
-    if out.is_terminal:
-        out.print(table(title, COLUMNS, styled))
-    else:
-        from rich.console import Console
-
-        Console(width=220, no_color=out.no_color).print(table(title, COLUMNS, styled))
-
-
 def register(app: typer.Typer) -> None:
-    @app.command("measure")
-    def measure(
-        target: str = typer.Argument(..., help="MODULE:FACTORY (module or .py file; FACTORY returns an nn.Module)"),
-        input_shape: str = typer.Option(..., "--input-shape", help="base input shape C,H,W, e.g. 3,32,32"),
-        sizes: str = typer.Option("1,2,4", help="pixel-copy up-sampling factors of the base shape"),
-        q: str = typer.Option("1,2,inf", "--q", help="gradient norm orders (>= 1 or inf)"),
-        inputs: int = typer.Option(64, help="Gaussian inputs per size"),
-        eps: float = typer.Option(0.004, help="l_inf attack size for the vulnerability, in input units"),
-        steps: int = typer.Option(10, help="PGD steps"),
-        seed: int = typer.Option(0, help="seed of the inputs, labels and bootstrap"),
-        device: str = typer.Option("auto", help="auto | cpu | cuda"),
-        out_dir: str = typer.Option("report-measure", "--out", help="report folder"),
-        as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
-    ) -> int:
-        """Measure how YOUR model's input gradients and vulnerability scale with the input dimension."""
-        from advdim.measure import main
-
-        return main(target, input_shape, sizes, q, inputs, eps, steps, seed, device, out_dir, as_json)
+    register_measure(app)
 
     @app.command("verify")
     def verify(
@@ -135,8 +86,8 @@ def register(app: typer.Typer) -> None:
             from advdim.sweep import check_scheduler
 
             scheduler = check_scheduler(scheduler)
-        report_dir = _report_dir(out_dir)  # last: it clears the plots of an earlier report
-        budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(report_dir / "plots"),
+        folder = report_dir(out_dir)  # last: it clears the plots of an earlier report
+        budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(folder / "plots"),
                         workers=workers, scheduler=scheduler)
         registered = all_checks()
         checks = [c for c in registered if part is None or c.part is part]
@@ -160,10 +111,10 @@ def register(app: typer.Typer) -> None:
         cmd = command_line("verify", scale=sc.value, only=only, seed=seed, device=device, out=out_dir,
                            workers=workers or None, scheduler=scheduler, plant_exponent=plant_exponent or None)
         info = RunInfo(title="advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)", command=cmd,
-                       seed=seed, device=_device_text(dev), scale=sc.value, seconds=seconds, notes=tuple(notes),
+                       seed=seed, device=device_text(dev), scale=sc.value, seconds=seconds, notes=tuple(notes),
                        settings={"parts": only or "all", "checks": str(len(checks)),
                                  "executor": scheduler or (f"{workers} workers" if workers else "in-process")})
-        files = write_report(report_dir, rows, info)
+        files = write_report(folder, rows, info)
         failed = [r for r in rows if r["passed"] is False]
         if as_json:
             emit_json({"verdicts": rows, "not_yet_available": missing, "passed": not failed,
@@ -176,26 +127,3 @@ def register(app: typer.Typer) -> None:
             out.print(f"{n_pass} passed, {len(failed)} failed, {len(rows) - n_pass - len(failed)} n/a (reported, not "
                       f"judged) in {seconds:.1f} s; report: {files.html}", soft_wrap=True)
         return 1 if failed else 0
-
-
-def _report_dir(path: str) -> Any:
-    """Create the report folder ``path`` and its ``plots`` folder (the checks of
-    :func:`advdim.cli_args.check_out_folder`); the plots of an earlier run are removed."""
-    from advdim.cli_args import make_out_folder
-
-    p = make_out_folder(path)
-    try:
-        (p / "plots").mkdir(exist_ok=True)
-    except OSError as e:
-        raise AdvdimError(f"cannot create the report folder {path!r}: {e.strerror}") from None
-    for old in [*(p / "plots").glob("*.png"), *(p / "plots").glob("*.svg")]:
-        old.unlink()  # plots of an earlier run (its records stay in runs.sqlite)
-    return p
-
-
-def _device_text(dev: Any) -> str:
-    import torch
-
-    if dev.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(dev)})"
-    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,17 +1,30 @@
 """``advdim measure``: how the input gradients and the vulnerability of *your* model scale with
-the input dimension.
+the input dimension, judged against the theory's prediction for that model where there is one.
 
 The model comes from a factory (``MODULE:FACTORY``, where ``MODULE`` is an importable module or a
 ``.py`` file): a callable returning an ``nn.Module`` that maps ``(B, C, H, W)`` images to
-``(B, K)`` logits; when the factory accepts an ``input_shape`` keyword it is given the base shape.
-Inputs are Gaussian images of the base shape, up-sampled by pixel copy (each pixel becomes a
-``k x k`` block, as the paper's Section 4.2 up-samples CIFAR-10), so ``d = C (k H) (k W)``.
-For each factor ``k`` the command measures, per input, ``||d_x f_0||_q`` and ``||d_x L||_q``
-(cross-entropy against random labels) and fits the slope of ``log E||.||_q`` against ``log d``,
-with a bootstrap interval over inputs (paired across sizes); Theorems 4-5 / Corollary 6 predict
-``1/q - 1/2`` at He initialisation.  It also estimates the adversarial vulnerability
-(Definition 1): the share of inputs whose predicted label changes under an ``l_inf`` PGD attack of
-size ``eps``.  A model that only accepts one input size is measured at that size only (no slope).
+``(B, K)`` logits.  There are two settings, chosen by the factory's signature:
+
+- **per-size draws** (the factory takes ``input_shape``; the paper's setting): for every size
+  factor ``k`` the factory builds a new model for ``(C, kH, kW)``, ``--draws`` times, each after
+  ``torch.manual_seed(seed + draw)`` (so the factory's own initialisation is reproducible), and
+  each model meets its own i.i.d. ``N(0, 1)`` inputs.  ``E||d_x f_0||_q`` is the mean over draws
+  and inputs; the slope of its log against ``log d`` has a bootstrap interval over draws (paired
+  across sizes by draw index) with the small-sample critical value of
+  :func:`advdim.simulate._fit.critical`.  When the model is traced into a spec at every size
+  (:mod:`advdim.trace`) and its initialisation is recognised, the rows are **judged** against
+  ``advdim.theory.predict`` on those specs: the false-failure rate of a correct model is
+  ``ALPHA = 0.01`` per row (when the bootstrap standard error is right).  Otherwise the rows are
+  **reported** (no prediction) and say which part is outside the theory.
+- **up-sampled inputs** (the factory takes no argument, e.g. a trained model): one model, fed
+  Gaussian images of the base shape up-sampled by pixel copy (each pixel a ``k x k`` block, as the
+  paper's Section 4.2 up-samples CIFAR-10), with a bootstrap interval over inputs.  Pixel copies
+  are perfectly correlated inputs, not the i.i.d. inputs of the per-size law: no prediction is
+  shown, every row is reported.
+
+Both settings also estimate the adversarial vulnerability (Definition 1): the share of inputs
+whose predicted label changes under an ``l_inf`` PGD attack of size ``eps`` (reported).  A model
+that accepts only one input size is measured at that size only (no slope).
 
     >>> import torch
     >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
@@ -26,6 +39,7 @@ size ``eps``.  A model that only accepts one input size is measured at that size
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.util
 import inspect
@@ -33,23 +47,40 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from advdim.arch import Target as ArchTarget
+from advdim.arch import TargetKind
 from advdim.cli_args import check_fits, check_out_folder, parse_sizes
-from advdim.errors import AdvdimError
+from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target, check_finite_params, check_q, input_gradient, lp_norm, mode
+from advdim.trace import InitGuess, InitStats, Traced, Untraceable, trace_module
 from advdim.verdict import Verdict
 
-#: two-sided level of the bootstrap and binomial intervals
+if TYPE_CHECKING:
+    from advdim.theory import Prediction
+
+#: two-sided level of every interval, and the false-failure rate of a judged slope row
 ALPHA = 0.01
-#: bootstrap resamples of the inputs
+#: bootstrap resamples (of the inputs, or of the draws)
 N_BOOT = 2000
+#: why the up-sampled setting carries no prediction
+UPSAMPLED_REASON = ("no prediction for up-sampled inputs to a fixed model (pixel copies are perfectly correlated "
+                    "inputs, not the i.i.d. inputs of the per-size law); give the factory an input_shape parameter "
+                    "for the paper's setting")
+
+
+class Setting(enum.Enum):
+    """How the sizes are produced (see the module docstring)."""
+
+    PER_SIZE = "per-size draws"
+    UPSAMPLED = "up-sampled inputs"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,17 +148,26 @@ def load_factory(target: str) -> Callable[..., Any]:
     return factory  # type: ignore[no-any-return,unused-ignore]
 
 
-def make_model(factory: Callable[..., Any], input_shape: tuple[int, int, int]) -> nn.Module:
-    """Call the factory (with ``input_shape=`` when it accepts that keyword) and check the model."""
+def takes_input_shape(factory: Callable[..., Any]) -> bool:
+    """Whether the factory accepts an ``input_shape`` keyword (then it is called at every size)."""
     try:
         params = inspect.signature(factory).parameters
-        takes = "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
-        takes = False
+        return False
+    return "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class FactoryFailed(AdvdimError):
+    """The user's factory raised (the message names the shape it was called with, if any)."""
+
+
+def make_model(factory: Callable[..., Any], input_shape: tuple[int, int, int] | None = None) -> nn.Module:
+    """Call the factory (``factory(input_shape=...)`` when a shape is given, else ``factory()``) and check the model."""
     try:
-        model = factory(input_shape=input_shape) if takes else factory()
+        model = factory() if input_shape is None else factory(input_shape=input_shape)
     except Exception as e:  # noqa: BLE001 - the user's factory failed
-        raise AdvdimError(f"the factory failed: {type(e).__name__}: {e}") from None
+        at = "" if input_shape is None else f" at input_shape={input_shape}"
+        raise FactoryFailed(f"the factory failed{at}: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise AdvdimError(f"the factory returned {type(model).__name__}, not a torch.nn.Module")
     check_finite_params(model)
@@ -249,9 +289,9 @@ def measure_bytes(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int |
 
 
 def _check_size_fits(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None,
-                     device: torch.device) -> None:
+                     device: torch.device, what: str | None = None) -> None:
     host, dev = measure_bytes(inputs, d, k, itemsize, saved_bytes)
-    what = f"up-sampling factor {k} (d = {d}, {inputs} inputs)"
+    what = what or f"up-sampling factor {k} (d = {d}, {inputs} inputs)"
     advice = "use smaller --sizes or fewer --inputs"
     if device.type == "cpu":
         check_fits(host + dev, what, "cpu", advice)
@@ -352,19 +392,143 @@ class MeasureConfig:
     seed: int = 0
     eps: float = 0.004
     steps: int = 10
+    draws: int = 16
+
+    def shape_at(self, k: int) -> tuple[int, int, int]:
+        c, h, w = self.input_shape
+        return c, h * k, w * k
+
+    def d_at(self, k: int) -> int:
+        c, h, w = self.shape_at(k)
+        return c * h * w
+
+    def check(self, setting: Setting) -> None:
+        """The numeric options, before the factory runs (one-line errors)."""
+        least = 2 if setting is Setting.UPSAMPLED else 1  # up-sampled: the inputs are the bootstrap units
+        if self.inputs < least:
+            raise AdvdimError(f"--inputs must be at least {least}, got {self.inputs}")
+        if setting is Setting.PER_SIZE and self.draws < 2:
+            raise AdvdimError(f"--draws must be at least 2 (the slope's interval is a bootstrap over draws), "
+                              f"got {self.draws}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise AdvdimError(f"--eps must be a positive number, got {self.eps}")
+        if self.steps < 1:
+            raise AdvdimError(f"--steps must be positive, got {self.steps}")
 
 
-def measure(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> tuple[list[Verdict], list[str]]:
-    """Measure gradient-norm slopes and vulnerability of ``model``; returns verdicts and notes."""
-    if cfg.inputs < 2:
-        raise AdvdimError(f"--inputs must be at least 2, got {cfg.inputs}")
-    if not (cfg.eps > 0 and math.isfinite(cfg.eps)):
-        raise AdvdimError(f"--eps must be a positive number, got {cfg.eps}")
-    if cfg.steps < 1:
-        raise AdvdimError(f"--steps must be positive, got {cfg.steps}")
-    model = model.to(device)
+@dataclass
+class Sample:
+    """What was measured, per unit and size.
+
+    Attributes:
+        values: ``(target, q) -> (units, sizes)``: per draw the mean of ``||.||_q`` over its inputs
+            (per-size draws), or per input its ``||.||_q`` (up-sampled inputs).
+        changed: ``(draws, sizes)``: labels the attack changed per draw (one row when up-sampled).
+        per_draw: inputs behind each entry of ``changed``.
+    """
+
+    setting: Setting
+    factors: list[int]
+    ds: list[int]
+    values: dict[tuple[str, float], np.ndarray]
+    changed: np.ndarray
+    per_draw: int
+    attack: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def units(self) -> int:
+        return int(next(iter(self.values.values())).shape[0])
+
+
+@dataclass(frozen=True)
+class Theory:
+    """The theory's side of a measurement.
+
+    Attributes:
+        traces: the spec of the model (draw 0) at each size factor, or why there is none.
+        init: the initialisation recognised at the base size (None: not examined).
+        prediction: ``advdim.theory.predict`` on the traced specs (None: no prediction).
+        reason: why the slope rows are reported, not judged (None: judged against ``prediction``).
+        iid_inf: the q = inf prediction is exact in distribution (the first weighted layer is dense).
+        notes: what else the reader should know (e.g. the weights look different at other sizes).
+    """
+
+    traces: dict[int, Traced | Untraceable]
+    init: InitGuess | None
+    prediction: Prediction | None
+    reason: str | None
+    iid_inf: bool = False
+    notes: tuple[str, ...] = ()
+
+    def slope(self, q: float) -> float | None:
+        """The predicted slope of ``log E||d_x f_0||_q`` against ``log d``, when the rows are judged."""
+        if self.reason is not None or self.prediction is None:
+            return None
+        return self.prediction.slope_q(q)
+
+    def to_json(self) -> dict[str, Any]:
+        bad = next((t.reason for t in self.traces.values() if isinstance(t, Untraceable)), None)
+        pred = self.prediction
+        return {
+            "trace": {"traced": bool(self.traces) and bad is None, "reason": bad,
+                      "specs": {str(k): t.spec.to_text() for k, t in self.traces.items() if isinstance(t, Traced)}},
+            "init": None if self.init is None else self.init.to_json(),
+            "prediction": {"judged": self.reason is None and pred is not None, "reason": self.reason,
+                           "has_law": None if pred is None else pred.has_law,
+                           "hypotheses": None if pred is None else dict(pred.hypotheses),
+                           "hypothesis_reasons": None if pred is None else dict(pred.reasons),
+                           "predicted_slope": None if pred is None else dict(pred.predicted_slope)},
+        }
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The outcome of :func:`measure`: verdict rows, notes, and what they rest on."""
+
+    setting: Setting
+    verdicts: list[Verdict]
+    notes: list[str]
+    sample: Sample
+    theory: Theory
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch of inputs through one model
+# ---------------------------------------------------------------------------------------------
+def _measure_batch(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: MeasureConfig, k_out: int,
+                   where: str) -> tuple[dict[tuple[str, float], np.ndarray], int, str]:
+    """Per input ``||d_x f_0||_q`` and ``||d_x L||_q`` for every q, and the labels the attack changed."""
+    try:
+        with torch.no_grad(), mode(model, False):
+            logits = model(x)
+        _check_logits(logits, x.shape[0], k_out, where)
+        norms = {}
+        for target in (Target.LOGIT, Target.LOSS):
+            g = input_gradient(model, x, target, 0, labels if target is Target.LOSS else None)
+            _check_gradient(g, target, where)
+            for q in cfg.qs:
+                norms[(target.value, q)] = lp_norm(g.double(), q).cpu().numpy()
+        n_vul, attack = vulnerability(model, x, cfg.eps, cfg.steps, logits.argmax(dim=1))
+    except AdvdimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model failed on the measurement's inputs
+        raise AdvdimError(f"the model failed at {where}: {_first_line(e)}") from None
+    return norms, n_vul, attack
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
     p0 = next(iter(model.parameters()), None)
-    dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
+    return p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Up-sampled inputs to one fixed model
+# ---------------------------------------------------------------------------------------------
+def sample_upsampled(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> Sample:
+    """One model, Gaussian inputs of the base shape up-sampled by each factor (per-input norms)."""
+    model = model.to(device)
+    dtype = _dtype(model)
     C, H, W = cfg.input_shape
     probes, errors = probe_factors(model, cfg, device, dtype)
     factors = [p.factor for p in probes]
@@ -381,75 +545,338 @@ def measure(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> tuple
     x0 = torch.randn(cfg.inputs, C, H, W, generator=gen, dtype=torch.float64)
     k_out = probes[0].logits
     labels = torch.randint(0, k_out, (cfg.inputs,), generator=gen).to(device)
-    ds = [C * H * W * k * k for k in factors]
-    norms: dict[tuple[str, float], list[np.ndarray]] = {}
-    vuln = []
-    attack_name = ""
-    for k, d in zip(factors, ds):
-        x = upsample(x0, k).to(device, dtype)
-        where = f"d = {d} (factor {k})"
+    cols: dict[tuple[str, float], list[np.ndarray]] = {}
+    changed = []
+    attack = ""
+    for k in factors:
+        norms, n_vul, attack = _measure_batch(model, upsample(x0, k).to(device, dtype), labels, cfg, k_out,
+                                              f"d = {cfg.d_at(k)} (factor {k})")
+        for key, v in norms.items():
+            cols.setdefault(key, []).append(v)
+        changed.append(n_vul)
+    values = {key: np.stack(v, axis=1) for key, v in cols.items()}
+    return Sample(Setting.UPSAMPLED, factors, [cfg.d_at(k) for k in factors], values,
+                  np.array([changed], dtype=np.int64), cfg.inputs, attack, notes)
+
+
+def theory_upsampled(model: nn.Module, cfg: MeasureConfig) -> Theory:
+    """The trace and init of the fixed model (reported); no prediction for up-sampled inputs."""
+    traced = trace_module(model, cfg.input_shape)
+    init = None
+    if isinstance(traced, Traced):
+        stats = InitStats(traced.spec)
+        stats.add(traced.weights(model))
+        init = stats.result()
+    return Theory({1: traced}, init, None, UPSAMPLED_REASON)
+
+
+# ---------------------------------------------------------------------------------------------
+# A new model per size and draw (the paper's setting)
+# ---------------------------------------------------------------------------------------------
+def _draw(factory: Callable[..., Any], cfg: MeasureConfig, k: int, draw: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed + draw)  # the factory's own init draws from the global generator
+    return make_model(factory, cfg.shape_at(k)).to(device)
+
+
+def _fingerprint(model: nn.Module) -> tuple[tuple[float, float], ...]:
+    return tuple((float(p.detach().double().sum()), float(p.detach().double().square().sum()))
+                 for p in model.parameters())
+
+
+@dataclass
+class _PerSize:
+    """What :func:`sample_per_size` learns about the models besides the norms."""
+
+    traces: dict[int, Traced | Untraceable] = field(default_factory=dict)
+    #: per size factor: the weights' moments; a string: why they could not be pooled; None: not traced
+    stats: dict[int, InitStats | str | None] = field(default_factory=dict)
+    same_weights: list[int] = field(default_factory=list)  # factors at which every draw had the same weights
+
+
+def sample_per_size(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device
+                    ) -> tuple[Sample, _PerSize]:
+    """``--draws`` models per size, each on its own i.i.d. Gaussian inputs (per-draw mean norms).
+
+    Draw 0 of each size is probed first (does it accept its input? does the size fit in memory,
+    activations extrapolated from the size before?) and traced; a size the factory or its model
+    refuses is dropped with a note, unless it is the base size (an :class:`AdvdimError`).
+    """
+    info = _PerSize()
+    cols: dict[tuple[str, float], list[np.ndarray]] = {}
+    changed: list[np.ndarray] = []
+    factors: list[int] = []
+    rejected: dict[int, str] = {}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    last: Probe | None = None
+    k_out = 0
+    attack = ""
+    for k in sorted(cfg.factors):
+        shape, d = cfg.shape_at(k), cfg.d_at(k)
+        what = f"size factor {k} (d = {d}, {cfg.inputs} inputs)"
         try:
-            with torch.no_grad(), mode(model, False):
-                logits = model(x)
-            _check_logits(logits, cfg.inputs, k_out, where)
-            for target in (Target.LOGIT, Target.LOSS):
-                g = input_gradient(model, x, target, 0, labels if target is Target.LOSS else None)
-                _check_gradient(g, target, where)
-                for q in cfg.qs:
-                    norms.setdefault((target.value, q), []).append(lp_norm(g.double(), q).cpu().numpy())
-            n_vul, attack_name = vulnerability(model, x, cfg.eps, cfg.steps, logits.argmax(dim=1))
-        except AdvdimError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the user's model failed on the measurement's inputs
-            raise AdvdimError(f"the model failed at {where}: {_first_line(e)}") from None
-        vuln.append(n_vul)
-    notes.append(f"vulnerability attack: {attack_name}, eps = {cfg.eps:g} (input units), {cfg.steps} steps")
+            model = _draw(factory, cfg, k, 0, device)
+        except FactoryFailed as e:
+            if not factors:
+                raise
+            rejected[k] = str(e)
+            continue
+        dtype = _dtype(model)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if last is None:  # the inputs alone, before the model runs at any size
+            for kk in cfg.factors:
+                _check_size_fits(cfg.inputs, cfg.d_at(kk), 1, itemsize, None, device,
+                                 f"size factor {kk} (d = {cfg.d_at(kk)}, {cfg.inputs} inputs)")
+        else:
+            _check_size_fits(cfg.inputs, d, 1, itemsize, last.saved_bytes * k * k // last.factor**2, device, what)
+        got = probe(model, shape, 1, device, dtype)
+        if isinstance(got, str):
+            if not factors:
+                raise AdvdimError(f"the model built for input_shape={shape} does not accept inputs of that shape: "
+                                  f"it raised {got}")
+            rejected[k] = got
+            continue
+        _check_size_fits(cfg.inputs, d, 1, itemsize, got.saved_bytes, device, what)
+        if last is not None and got.logits != k_out:
+            raise AdvdimError(f"the model returns {k_out} logits at d = {cfg.d_at(last.factor)} but {got.logits} at "
+                              f"d = {d}: the number of classes must not depend on the input size")
+        k_out, last = got.logits, Probe(k, got.logits, got.saved_bytes)
+        traced = info.traces[k] = trace_module(model, shape)
+        stats: InitStats | str | None = InitStats(traced.spec) if isinstance(traced, Traced) else None
+        prints = []
+        norms_k = {(t.value, q): np.empty(cfg.draws) for t in (Target.LOGIT, Target.LOSS) for q in cfg.qs}
+        changed_k = np.empty(cfg.draws, dtype=np.int64)
+        for draw in range(cfg.draws):
+            if draw:
+                model = _draw(factory, cfg, k, draw, device)
+            fingerprint = _fingerprint(model)
+            if isinstance(stats, InitStats) and isinstance(traced, Traced) and fingerprint not in prints:
+                # a repeated draw is not an independent sample of the init: pooled once
+                try:
+                    stats.add(traced.weights(model))
+                except (AttributeError, ValueError, TypeError) as e:
+                    stats = f"draw {draw}'s model differs from draw 0's ({_first_line(e)})"
+            prints.append(fingerprint)
+            x = torch.randn(cfg.inputs, *shape, generator=gen, dtype=torch.float64).to(device, dtype)
+            labels = torch.randint(0, k_out, (cfg.inputs,), generator=gen).to(device)
+            norms, changed_k[draw], attack = _measure_batch(model, x, labels, cfg, k_out,
+                                                            f"d = {d} (factor {k}, draw {draw})")
+            for key, v in norms.items():
+                norms_k[key][draw] = v.mean()
+            del model
+        info.stats[k] = stats
+        if all(p == prints[0] for p in prints):
+            info.same_weights.append(k)
+        factors.append(k)
+        for key, v in norms_k.items():
+            cols.setdefault(key, []).append(v)
+        changed.append(changed_k)
+    notes = []
+    if rejected:
+        first = next(iter(rejected.values()))
+        notes.append(f"the factory's models do not accept the size factors {sorted(rejected)} ({first}): measured at "
+                     f"factors {factors} only" + ("; no slope can be fitted" if len(factors) < 2 else ""))
+    values = {key: np.stack(v, axis=1) for key, v in cols.items()}
+    return Sample(Setting.PER_SIZE, factors, [cfg.d_at(k) for k in factors], values, np.stack(changed, axis=1),
+                  cfg.inputs, attack, notes), info
+
+
+def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info: _PerSize) -> Theory:
+    """The prediction for the traced specs at each size with the recognised init, or why there is none."""
+    C, H, W = cfg.input_shape
+    inits = {k: s.result() if isinstance(s, InitStats) else InitGuess(None, f"unknown: {s}")
+             for k, s in info.stats.items() if s is not None}
+    init = inits.get(factors[0]) if factors else None
+    notes = []
+    if init is not None and init.scheme is not None:
+        for k in factors[1:]:
+            if k in inits and inits[k].scheme != init.scheme:
+                notes.append(f"at d = {cfg.d_at(k)} the weights look different from the base size's {init.scheme}: "
+                             f"{inits[k].reason}; the prediction assumes {init.scheme} at every size")
+
+    def without(reason: str, pred: Prediction | None = None) -> Theory:
+        return Theory(dict(info.traces), init, pred, reason, False, tuple(notes))
+
+    bad = next(((k, t) for k, t in info.traces.items() if isinstance(t, Untraceable)), None)
+    if len(factors) < 2:
+        return without("one input size only: no slope")
+    if bad is not None:
+        return without(f"the module is outside the theory's specs (at d = {cfg.d_at(bad[0])}: {bad[1].reason})")
+    if info.same_weights:
+        return without(f"the factory returned the same weights for every draw at d = {cfg.d_at(info.same_weights[0])}"
+                       " (does it seed its own generator?): the law is an average over initialisations; let it draw "
+                       "from torch's global generator, which measure seeds with --seed + draw")
+    if init is None or init.scheme is None:
+        return without(f"the initialisation is not one the theory knows ({init.reason if init else 'not examined'})")
+    if H != W:
+        return without(f"the theory's input sizes are square (C x s x s), this input is {H}x{W}")
+    specs = {H * k: t.spec for k, t in info.traces.items() if isinstance(t, Traced)}
+
+    def at(size: int, channels: int) -> Any:
+        if size not in specs:
+            raise SpecError(f"the module was traced at sides {sorted(specs)} only, not at {size}")
+        return specs[size]
+
+    target = ArchTarget(TargetKind.USER, f"{name} (traced)", builder=at)
+    from advdim.theory import predict
+
+    try:
+        pred = predict(target, sizes=sorted(specs), channels=C, init=init.scheme, symmetry=False)
+    except AdvdimError as e:
+        return without(f"no prediction: {e}")
+    if not pred.has_law:
+        return without(pred.reasons.get("law", "the theory gives no law for this network"), pred)
+    from advdim.simulate._study import iid_gaussian_coordinates
+
+    return Theory(dict(info.traces), init, pred, None, iid_gaussian_coordinates(target, min(specs), C), tuple(notes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------------------------
+_NAMES = {"logit": "f_0", "loss": "L"}
+
+
+def slope_verdicts(sample: Sample, theory: Theory, cfg: MeasureConfig) -> list[Verdict]:
+    """One row per (target, q): the slope of ``log E||.||_q`` against ``log d`` (or the mean at one size)."""
+    from advdim.simulate._fit import DELTA, critical, power, slope_test
+    from advdim.simulate._fit import fit_slope as fit_over_draws
+
     rng = np.random.default_rng(cfg.seed)
-    verdicts = []
-    names = {"logit": "f_0", "loss": "L"}
-    for (tgt, q), cols in norms.items():
-        mat = np.stack(cols, axis=1)  # (inputs, sizes)
-        pred = 1 / q - 0.5
-        per_size = [_mean_ci(mat[:, j], rng) for j in range(mat.shape[1])]
+    ds, n = sample.ds, sample.units
+    per_size = sample.setting is Setting.PER_SIZE
+    unit = "draws" if per_size else "inputs"
+    out = []
+    for (tgt, q), mat in sample.values.items():
+        name = _NAMES[tgt]
+        per = [_mean_ci(mat[:, j], rng) for j in range(mat.shape[1])]
         series: dict[str, Any] = {
-            "figure": f"E||d_x {names[tgt]}||_q against d ({'logit 0' if tgt == 'logit' else 'loss, random labels'})",
-            "label": f"q = {q_text(q)}", "x": ds, "y": [m for m, _, _ in per_size],
-            "lo": [lo for _, lo, _ in per_size], "hi": [hi for _, _, hi in per_size],
-            "xlabel": "input dimension d", "ylabel": f"E||d_x {names[tgt]}||_q", "loglog": True}
-        extra = {"target": tgt, "q": q_text(q), "d": ds, "factors": factors, "inputs": cfg.inputs,
-                 "norms_mean": series["y"], "series": series}
-        if len(ds) >= 2:
-            slope = fit_slope(ds, mat)
+            "figure": f"E||d_x {name}||_q against d ({'logit 0' if tgt == 'logit' else 'loss, random labels'})",
+            "label": f"q = {q_text(q)}", "x": ds, "y": [m for m, _, _ in per], "lo": [lo for _, lo, _ in per],
+            "hi": [hi for _, _, hi in per], "xlabel": "input dimension d", "ylabel": f"E||d_x {name}||_q",
+            "loglog": True}
+        extra: dict[str, Any] = {"target": tgt, "q": q_text(q), "d": ds, "factors": sample.factors, "units": n,
+                                 "unit": unit, "setting": sample.setting.value, "norms_mean": series["y"],
+                                 "series": series}
+        if len(ds) < 2:
+            m, lo, hi = per[0]
+            out.append(Verdict(f"E||d_x {name}||_{q_text(q)} at d = {ds[0]}", "Thm 4-5, Cor 6", None, m, (lo, hi), None,
+                               f"one input size only: no slope; {1 - ALPHA:.0%} bootstrap interval of the mean over "
+                               f"{n} {unit}", extra))
+            continue
+        if per_size:
+            fit = fit_over_draws(np.asarray(ds, dtype=np.float64), mat, seed=cfg.seed, n_boot=N_BOOT)
+            slope, se, c = fit.slope, fit.se, critical(ALPHA, n)
+            interval = (slope - c * se, slope + c * se)
+            extra["se"] = se
+            how = (f"{n} draws x {cfg.inputs} i.i.d. N(0,1) inputs per size, a new model per size and draw; interval "
+                   f"slope +- c*se with c = {c:.3f} (t_(1-alpha/2, n-1) sqrt(n/(n-1)), n = {n} draws) and se {se:.4f} "
+                   f"(bootstrap over draws paired across sizes, {N_BOOT} resamples)")
+        else:
+            slope, se = fit_slope(ds, mat), None
             boots = bootstrap_slopes(ds, mat, rng)
             lo, hi = (float(v) for v in np.quantile(boots, [ALPHA / 2, 1 - ALPHA / 2]))
-            tol = 100 * torch.finfo(dtype).eps  # rounding of the model's dtype only: the interval is the statistic
-            lx = np.log(ds)
-            ly = np.log(series["y"])
-            series["fit"] = np.exp(ly.mean() + slope * (lx - lx.mean())).tolist()
-            series["predicted"] = np.exp(ly.mean() + pred * (lx - lx.mean())).tolist()
-            verdicts.append(Verdict(
-                f"slope of E||d_x {names[tgt]}||_{q_text(q)} in d", "Thm 4-5, Cor 6 (d^(1/q-1/2))", pred, slope,
-                (lo, hi), bool(lo - tol <= pred <= hi + tol),
-                f"{cfg.inputs} Gaussian inputs up-sampled x{factors}; {1 - ALPHA:.0%} bootstrap interval over inputs "
-                f"({N_BOOT} resamples) for these weights; prediction: He initialisation", extra))
-        else:
-            m, lo, hi = per_size[0]
-            verdicts.append(Verdict(f"E||d_x {names[tgt]}||_{q_text(q)} at d = {ds[0]}", "Thm 4-5, Cor 6", None, m,
-                                    (lo, hi), None, f"one input size only: no slope; {1 - ALPHA:.0%} bootstrap "
-                                    f"interval of the mean over {cfg.inputs} inputs", extra))
-    shares = [n / cfg.inputs for n in vuln]
-    cis = [binomial_interval(n, cfg.inputs) for n in vuln]
+            interval = (lo, hi)
+            C, H, W = cfg.input_shape
+            how = (f"{n} Gaussian inputs of {C}x{H}x{W} up-sampled x{sample.factors}; {1 - ALPHA:.0%} bootstrap "
+                   f"interval over inputs ({N_BOOT} resamples) for these weights")
+        lx, ly = np.log(ds), np.log(series["y"])
+        series["fit"] = np.exp(ly.mean() + slope * (lx - lx.mean())).tolist()
+        claim = f"slope of E||d_x {name}||_{q_text(q)} in d"
+        pred, why = theory.slope(q), theory.reason
+        if pred is not None and math.isinf(q) and not theory.iid_inf:
+            why = (f"the finite-d q = inf prediction ({pred:.4g}) is the maximum of independent Gaussians, which the "
+                   "coordinates of a conv net's input gradient are not at finite width (shared weights)")
+            pred = None
+        if pred is None or se is None:
+            out.append(Verdict(claim, "Thm 4-5, Cor 6", None, slope, interval, None,
+                               f"reported, not judged: {why}; {how}", extra))
+            continue
+        passed, _ = slope_test(slope, pred, se, ALPHA, n)
+        series["predicted"] = np.exp(ly.mean() + pred * (lx - lx.mean())).tolist()
+        assert theory.init is not None and theory.prediction is not None
+        failing = [k for k, held in theory.prediction.hypotheses.items() if not held]
+        approx = (f"; on the trace {', '.join(failing)} do not hold ({theory.prediction.reasons[failing[0]]}): the "
+                  "law is the path sum's, approximate there" if failing else "")
+        loss = ("; the loss has the logit's slope (E||d_x L||_q = E||softmax - y||_2 E||d_x f_k||_q)"
+                if tgt == "loss" else "")
+        out.append(Verdict(
+            claim, f"Thm 4-5, Cor 6: predict on the trace, {theory.init.scheme} init", pred, slope, interval, passed,
+            f"pass iff |measured - predicted| <= c*se: false failure rate {ALPHA:g} for a model that follows the law, "
+            f"power {power(se, DELTA, ALPHA, n):.2f} against a slope off by {DELTA}; {how}{loss}{approx}", extra))
+    return out
+
+
+def vulnerability_verdicts(sample: Sample, cfg: MeasureConfig) -> list[Verdict]:
+    """One reported row per size: the share of labels an ``l_inf`` PGD attack of size eps changes."""
+    draws = sample.changed.shape[0]
+    total = draws * sample.per_draw
+    counts = sample.changed.sum(axis=0)
+    shares = [float(c) / total for c in counts]
+    if draws >= 2:  # draws are the independent units: a bootstrap over them
+        rng = np.random.default_rng(cfg.seed + 1)
+        per_draw = sample.changed / sample.per_draw
+        idx = rng.integers(0, draws, size=(N_BOOT, draws))
+        boot = per_draw[idx].mean(axis=1)  # (N_BOOT, sizes)
+        # the wider of a bootstrap over draws (inputs of one model are not independent) and Clopper-Pearson
+        # on all inputs (the bootstrap is a point when no draw changed a label)
+        cps = [binomial_interval(int(c), total) for c in counts]
+        cis = [(min(float(np.quantile(boot[:, j], ALPHA / 2)), cps[j][0]),
+                max(float(np.quantile(boot[:, j], 1 - ALPHA / 2)), cps[j][1])) for j in range(len(shares))]
+        how = (f"{1 - ALPHA:.0%} interval: the wider of a bootstrap over {draws} draws of {sample.per_draw} inputs "
+               "and Clopper-Pearson on all of them")
+    else:
+        cis = [binomial_interval(int(c), total) for c in counts]
+        how = f"{1 - ALPHA:.0%} Clopper-Pearson interval"
     vseries = {"figure": f"adversarial vulnerability against d (l_inf PGD, eps = {cfg.eps:g})", "label": "share",
-               "x": ds, "y": shares, "lo": [c[0] for c in cis], "hi": [c[1] for c in cis],
+               "x": sample.ds, "y": shares, "lo": [c[0] for c in cis], "hi": [c[1] for c in cis],
                "xlabel": "input dimension d", "ylabel": "share of inputs whose label changes", "loglog": False}
-    for j, d in enumerate(ds):
-        verdicts.append(Verdict(
+    out = []
+    for j, d in enumerate(sample.ds):
+        out.append(Verdict(
             f"adversarial vulnerability at d = {d} (eps = {cfg.eps:g}, l_inf)", "Definition 1", None, shares[j], cis[j],
-            None, f"{vuln[j]} of {cfg.inputs} labels changed; {1 - ALPHA:.0%} Clopper-Pearson interval; "
-            "the paper predicts growth with sqrt(d) at fixed eps",
-            {"d": d, "factor": factors[j], "changed": vuln[j], "inputs": cfg.inputs, "eps": cfg.eps,
-             "attack": attack_name, **({"series": vseries} if j == len(ds) - 1 else {})}))
-    return verdicts, notes
+            None, f"reported: {int(counts[j])} of {total} labels changed; {how}; the paper predicts growth with "
+            "sqrt(d) at fixed eps",
+            {"d": d, "factor": sample.factors[j], "changed": int(counts[j]), "inputs": total, "eps": cfg.eps,
+             "attack": sample.attack, **({"series": vseries} if j == len(sample.ds) - 1 else {})}))
+    return out
+
+
+def measure(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device, name: str = "model") -> Measured:
+    """Measure the model(s) of ``factory`` in the setting its signature calls for (module docstring).
+
+    Args:
+        factory: ``() -> nn.Module`` (up-sampled inputs) or ``(input_shape=(C, H, W)) -> nn.Module``
+            (a new model per size and draw).
+        cfg: sizes, norms, inputs, draws, attack, seed.
+        device: where the models run.
+        name: the model's name in the trace's target text.
+    Returns:
+        The verdict rows (slopes, then vulnerability), notes, the sample and the theory's side.
+    """
+    setting = Setting.PER_SIZE if takes_input_shape(factory) else Setting.UPSAMPLED
+    cfg.check(setting)
+    if setting is Setting.PER_SIZE:
+        sample, info = sample_per_size(factory, cfg, device)
+        theory = theory_per_size(name, cfg, sample.factors, info)
+        head = (f"setting: per-size draws: a new model for every size and draw (factory(input_shape=(C, kH, kW)) "
+                f"after torch.manual_seed({cfg.seed} + draw)), each on its own i.i.d. N(0, 1) inputs")
+    else:
+        model = make_model(factory)
+        sample = sample_upsampled(model, cfg, device)
+        theory = theory_upsampled(model, cfg)
+        head = ("setting: up-sampled inputs: one model (the factory takes no input_shape), Gaussian inputs up-sampled "
+                "by pixel copy (--draws applies only to factories that take input_shape)")
+    base = next(iter(theory.traces.values()), None)  # the smallest size's trace
+    notes = [head,
+             f"trace: {base.spec.to_text()}" if isinstance(base, Traced) else
+             f"trace: none ({base.reason if base is not None else 'not attempted'})",
+             f"initialisation: {theory.init.reason if theory.init is not None else 'not examined (no trace)'}",
+             "slope rows judged against the theory's prediction for this model" if theory.reason is None
+             else f"slope rows reported, not judged: {theory.reason}",
+             *theory.notes, *sample.notes,
+             f"vulnerability attack: {sample.attack}, eps = {cfg.eps:g} (input units), {cfg.steps} steps"]
+    verdicts = slope_verdicts(sample, theory, cfg) + vulnerability_verdicts(sample, cfg)
+    return Measured(setting, verdicts, notes, sample, theory)
 
 
 def _check_logits(out: Any, n: int, k_out: int, where: str) -> None:
@@ -482,58 +909,85 @@ def _mean_ci(v: np.ndarray, rng: np.random.Generator) -> tuple[float, float, flo
     return float(v.mean()), float(lo), float(hi)
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf", inputs: int = 64,
+def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf", inputs: int = 64, draws: int = 16,
          eps: float = 0.004, steps: int = 10, seed: int = 0, device: str = "auto", out_dir: str = "report-measure",
          as_json: bool = False) -> int:
-    """The ``advdim measure`` command (arguments as on the command line); returns the exit status."""
-    from advdim._verify_cli import _device_text, _report_dir, command_line, print_verdicts
+    """The ``advdim measure`` command (arguments as on the command line); returns the exit status:
+    0 when no judged row failed, 1 when one did."""
+    from advdim._report_cli import command_line, device_text, print_verdicts, report_dir
     from advdim.build import resolve_device
     from advdim.cli import emit_json, err, out
+    from advdim.errors import EXIT_FAILED, EXIT_OK
     from advdim.report import RunInfo, verdict_rows, write_report
 
-    cfg = MeasureConfig(parse_shape(input_shape), parse_ints(sizes, "--sizes"), parse_qs(q), inputs, seed, eps, steps)
+    cfg = MeasureConfig(parse_shape(input_shape), parse_ints(sizes, "--sizes"), parse_qs(q), inputs, seed, eps, steps,
+                        draws)
     dev = resolve_device(device)
     check_out_folder(out_dir)  # nothing is written before the measurement succeeded
-    model = make_model(load_factory(target), cfg.input_shape)
+    factory = load_factory(target)
     t0 = time.perf_counter()
-    verdicts, notes = measure(model, cfg, dev)
+    result = measure(factory, cfg, dev, target)
     seconds = time.perf_counter() - t0
-    report_dir = _report_dir(out_dir)
-    rows = verdict_rows(target, "measure", seconds, verdicts)
+    folder = report_dir(out_dir)
+    rows = verdict_rows(target, "measure", seconds, result.verdicts)
+    per_size = result.setting is Setting.PER_SIZE
+    theory = result.theory.to_json()
+    init, trace = theory["init"], theory["trace"]
     info = RunInfo(title=f"advdim measure {target}", command=command_line(
-        "measure", target, input_shape=input_shape, sizes=sizes, q=q, inputs=inputs, eps=eps, steps=steps, seed=seed,
-        device=device, out=out_dir), seed=seed, device=_device_text(dev),
-                   seconds=seconds, notes=tuple(notes),
-                   settings={"model": target, "input shape": input_shape, "up-sampling factors": sizes, "q": q,
-                             "inputs per size": str(inputs), "eps (l_inf)": f"{eps:g}", "PGD steps": str(steps)})
-    files = write_report(report_dir, rows, info)
+        "measure", target, input_shape=input_shape, sizes=sizes, q=q, inputs=inputs, draws=draws, eps=eps, steps=steps,
+        seed=seed, device=device, out=out_dir), seed=seed, device=device_text(dev),
+                   seconds=seconds, notes=tuple(result.notes),
+                   settings={"model": target, "setting": result.setting.value, "input shape": input_shape,
+                             "size factors": sizes, "q": q,
+                             "inputs per size": f"{inputs} per draw" if per_size else str(inputs),
+                             "draws per size": str(draws) if per_size else "1 (one fixed model)",
+                             "eps (l_inf)": f"{eps:g}", "PGD steps": str(steps),
+                             "trace": "traced" if trace["traced"] else f"not traced: {trace['reason']}",
+                             "initialisation": init["reason"] if init else "not examined",
+                             "judged": "yes" if theory["prediction"]["judged"] else
+                             f"no: {theory['prediction']['reason']}"})
+    files = write_report(folder, rows, info)
     if as_json:
-        emit_json(_json(target, cfg, rows, notes, str(files.html)))
+        emit_json(_json(target, cfg, result, rows, str(files.html)))
     else:
-        print_verdicts(f"advdim measure {target}", rows)
-        for note in notes:
+        print_verdicts(f"advdim measure {target} ({result.setting.value})", rows)
+        for note in result.notes:
             err.print(note, soft_wrap=True)
         out.print(f"report: {files.html}", soft_wrap=True)
-    return 0
+    return EXIT_FAILED if any(r["passed"] is False for r in rows) else EXIT_OK
 
 
-def _json(target: str, cfg: MeasureConfig, rows: list[dict[str, Any]], notes: list[str], report: str) -> dict[str, Any]:
-    res: dict[str, Any] = {"model": target, "input_shape": list(cfg.input_shape), "seed": cfg.seed,
-                           "inputs": cfg.inputs, "notes": notes, "report": report, "q": {}, "vulnerability": []}
+#: the verdict of a row in words
+VERDICT_WORDS = {True: "pass", False: "fail", None: "reported"}
+
+
+def _json(target: str, cfg: MeasureConfig, result: Measured, rows: list[dict[str, Any]], report: str
+          ) -> dict[str, Any]:
+    sample = result.sample
+    res: dict[str, Any] = {
+        "model": target, "setting": result.setting.value, "input_shape": list(cfg.input_shape), "seed": cfg.seed,
+        "inputs": cfg.inputs, "draws": cfg.draws if result.setting is Setting.PER_SIZE else 1,
+        "d": sample.ds, "factors": sample.factors, "fixed_size": len(sample.ds) < 2,
+        **result.theory.to_json(),
+        "rows": [{"claim": r["claim"], "reference": r["reference"], "predicted": r["predicted"],
+                  "measured": r["measured"], "interval": r["interval"], "verdict": VERDICT_WORDS[r["passed"]],
+                  "detail": r["detail"]} for r in rows],
+        "passed": not any(r["passed"] is False for r in rows),
+        "notes": result.notes, "report": report, "q": {}, "vulnerability": []}
     for r in rows:
         ex = r["extra"]
         if "target" in ex:
-            res["d"] = ex["d"]
-            res["factors"] = ex["factors"]
-            slope = r["predicted"] is not None
+            slope = len(ex["d"]) >= 2
             res["q"].setdefault(ex["q"], {})[ex["target"]] = {
                 "predicted_slope": r["predicted"], "measured_slope": r["measured"] if slope else None,
-                "ci": r["interval"] if slope else None, "pass": r["passed"], "norms": ex["norms_mean"]}
+                "interval": r["interval"] if slope else None, "verdict": VERDICT_WORDS[r["passed"]],
+                "pass": r["passed"], "norms": ex["norms_mean"]}
         else:
-            res["vulnerability"].append({"d": ex["d"], "eps": ex["eps"], "share": r["measured"], "ci": r["interval"],
-                                         "attack": ex["attack"]})
-    res["fixed_size"] = len(res.get("factors", [])) < 2
+            res["vulnerability"].append({"d": ex["d"], "eps": ex["eps"], "share": r["measured"],
+                                         "interval": r["interval"], "attack": ex["attack"]})
     return res

@@ -1,28 +1,42 @@
-"""``advdim measure MODULE:FACTORY``: a user's own model, measured at several up-sampled sizes.
+"""``advdim measure MODULE:FACTORY``: a user's own model, in its two settings.
 
 The factories below are the "user's models": this file is given to the command as a ``.py`` path
 (and, once, as an importable module name).
+
+- A factory with an ``input_shape`` parameter is called for every size and draw (the paper's
+  setting); when its model is traced into a spec and its initialisation recognised, the slope
+  rows are judged against ``advdim.theory.predict`` on that spec: a correct He net passes
+  (``he_net``), the same net with its head scaled by ``(d/d0)^0.2`` fails (``planted``).
+- A factory without one is one fixed model fed up-sampled inputs: every row is reported.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from advdim.simulate._fit import critical
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from advdim.arch import family
+from advdim.arch import family, parse
 from advdim.build import build
 from advdim.cli import main
-from advdim.measure import bootstrap_slopes, fit_slope, upsample
+from advdim.measure import UPSAMPLED_REASON, bootstrap_slopes, fit_slope, upsample
 
 HERE = Path(__file__)
+#: the per-size runs below: base 1x4x4 at factors 1, 2, 4 (d = 16, 64, 256), 8 draws of 8 inputs
+PER_SIZE = ("--input-shape", "1,4,4", "--sizes", "1,2,4", "--draws", "8", "--inputs", "8", "--steps", "2",
+            "--device", "cpu", "--json")
+#: the exponent planted in the head of ``planted``: every logit-gradient slope moves by exactly this much
+PLANT = 0.2
 
 
 class PowerLaw(nn.Module):
@@ -30,7 +44,7 @@ class PowerLaw(nn.Module):
 
     Under pixel-copy up-sampling by ``k``, ``||x||_q`` grows exactly like ``k**(2/q) = (d/d0)**(1/q)``,
     so ``E||d_x f_0||_q`` is exactly proportional to ``d**(1/q + a)``: with ``a = -1/2`` the slope is
-    the paper's ``1/q - 1/2`` for every input sample, so the bootstrap interval is a point.
+    ``1/q - 1/2`` for every input sample, so the bootstrap interval is a point.
     """
 
     def __init__(self, a: float) -> None:
@@ -48,12 +62,63 @@ def law() -> nn.Module:
     return PowerLaw(-0.5)
 
 
-def planted() -> nn.Module:
-    return PowerLaw(-0.5 + 0.1)  # the gradient norm rescaled by d^0.1: a false law
+def he_net(input_shape: tuple[int, int, int], plant: float = 0.0) -> nn.Module:
+    """A strided conv net with a dense head (Corollary 6), He weights and zero biases, drawn from
+    torch's global generator; ``plant`` scales the head by ``(d / 16) ** plant``."""
+    c, h, w = input_shape
+    net = nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * (h // 2) * (w // 2), 3))
+    for m in net:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        net[-1].weight.mul_((c * h * w / 16) ** plant)
+    return net
+
+
+def planted(input_shape: tuple[int, int, int]) -> nn.Module:
+    return he_net(input_shape, PLANT)
+
+
+def dense_first(input_shape: tuple[int, int, int]) -> nn.Module:
+    """A dense net (Theorem 4): its input gradient has i.i.d. Gaussian coordinates, so q = inf is judged too."""
+    return build(family("dense", widths=(16,)).spec(input_shape[1], channels=input_shape[0]),
+                 generator=torch.default_generator)
+
+
+class Residual(nn.Module):
+    """A skip connection: outside the theory's chain of layers."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, c, 3, padding=1)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.conv2(F.relu(self.conv1(x)))
+        return self.head(F.relu(h).mean((2, 3)))
+
+
+def residual(input_shape: tuple[int, int, int]) -> nn.Module:
+    return Residual(input_shape[0])
+
+
+def maxpool_net(input_shape: tuple[int, int, int]) -> nn.Module:
+    """Max pooling: traced, He, but the theory has no law (H1 fails)."""
+    return build(parse("1x4x4 > conv(4) > relu > maxpool(2) > globalavgpool > dense(3)").with_input(input_shape),
+                 generator=torch.default_generator)
 
 
 def gap_net(input_shape: tuple[int, int, int]) -> nn.Module:
-    """A size-agnostic He net (global average pooling head); takes ``input_shape``."""
+    """A size-agnostic He net (global average pooling head, one more block per doubling)."""
+    return build(family("gap", channels=4, final=2).spec(input_shape[1], channels=input_shape[0]),
+                 generator=torch.default_generator)
+
+
+def seeded_net(input_shape: tuple[int, int, int]) -> nn.Module:
+    """Seeds its own generator: every draw has the same weights."""
     return build(family("gap", channels=4, final=2).spec(input_shape[1], channels=input_shape[0]), seed=3)
 
 
@@ -76,53 +141,129 @@ def not_a_module() -> str:
     return "a string"
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The models here are tiny: on a shared 2-core machine, a second torch thread costs more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def measure(capsys: pytest.CaptureFixture[str], target: str, *args: str) -> tuple[int, dict | str]:
     capsys.readouterr()
     rc = main(["measure", target, *args])
     cap = capsys.readouterr()
-    return rc, (json.loads(cap.out) if rc == 0 and "--json" in args else cap.err.strip())
+    return rc, (json.loads(cap.out) if rc in (0, 1) and "--json" in args else cap.err.strip())
 
 
-def test_exact_law_passes_and_planted_law_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ("--input-shape", "1,4,4", "--sizes", "1,2,4", "--inputs", "8", "--steps", "2", "--json")
-    rc, res = measure(capsys, f"{HERE}:law", *common, "--out", str(tmp_path / "a"))
+def slopes(res: dict, target: str = "logit") -> dict[str, dict]:
+    return {q: res["q"][q][target] for q in res["q"]}
+
+
+def test_a_traced_he_net_is_judged_and_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(a) Per-size draws of a He conv net: traced at every size, He recognised, the rows judged
+    against ``predict`` on the traced specs (the predicted numbers are that call's), none fails."""
+    from advdim.theory import predict
+
+    rc, res = measure(capsys, f"{HERE}:he_net", *PER_SIZE, "--out", str(tmp_path))
     assert rc == 0 and isinstance(res, dict)
-    assert res["d"] == [16, 64, 256] and res["fixed_size"] is False
-    for q, pred in (("1", 0.5), ("2", 0.0), ("inf", -0.5)):
-        r = res["q"][q]["logit"]
-        assert r["predicted_slope"] == pred
-        assert r["measured_slope"] == pytest.approx(pred, abs=1e-9) and r["pass"] is True
-    rc, res = measure(capsys, f"{HERE}:planted", *common, "--out", str(tmp_path / "b"))
-    assert rc == 0 and isinstance(res, dict)
-    for q, pred in (("1", 0.5), ("2", 0.0), ("inf", -0.5)):
-        r = res["q"][q]["logit"]
-        assert r["measured_slope"] == pytest.approx(pred + 0.1, abs=1e-9) and r["pass"] is False
-    page = (tmp_path / "b" / "report.html").read_text()
-    assert page.count('<tr class="verdict fail" ') >= 3 and "slope of E||d_x f_0||_1 in d" in page
+    assert res["setting"] == "per-size draws" and res["draws"] == 8 and res["d"] == [16, 64, 256]
+    assert res["trace"]["traced"] is True and res["init"]["scheme"] == "he"
+    assert res["trace"]["specs"]["2"] == ("1x8x8 > conv(8,pad=zeros) > relu > conv(8,s=2,pad=zeros) > relu > flatten"
+                                          " > dense(3)")
+    assert res["prediction"]["judged"] is True and res["passed"] is True
+    specs = {4 * k: parse(res["trace"]["specs"][str(k)]) for k in (1, 2, 4)}
+    pred = predict(lambda s, c: specs[s], sizes=(4, 8, 16), channels=1, init="he", symmetry=False)
+    c = critical(0.01, 8)
+    for target in ("logit", "loss"):
+        for q in ("1", "2"):
+            r = slopes(res, target)[q]
+            assert r["verdict"] == "pass" and r["predicted_slope"] == pytest.approx(pred.slope_q(float(q)), abs=1e-12)
+            lo, hi = r["interval"]
+            assert (lo + hi) / 2 == pytest.approx(r["measured_slope"]) and lo < r["predicted_slope"] < hi
+            row = next(x for x in res["rows"] if x["claim"] == f"slope of E||d_x {'f_0' if target == 'logit' else 'L'}"
+                       f"||_{q} in d")
+            assert f"c = {c:.3f}" in row["detail"] and "false failure rate 0.01" in row["detail"]
+        # a conv net's q = inf prediction assumes independent Gaussian coordinates: reported
+        inf = slopes(res, target)["inf"]
+        assert inf["verdict"] == "reported" and inf["predicted_slope"] is None
+    assert [row["verdict"] for row in res["rows"]].count("pass") == 4
+    assert all(0 <= v["share"] <= 1 and v["interval"][0] <= v["share"] <= v["interval"][1]
+               for v in res["vulnerability"])
 
 
-def test_size_agnostic_net_with_vulnerability(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A real He net at three sizes; a large eps changes labels, a vanishing one does not."""
-    args = ("--input-shape", "3,4,4", "--sizes", "1,2,4", "--inputs", "16", "--steps", "5", "--json")
-    rc, big = measure(capsys, f"{HERE}:gap_net", *args, "--eps", "2.0", "--out", str(tmp_path / "a"))
-    assert rc == 0 and isinstance(big, dict)
-    assert big["d"] == [48, 192, 768]
+def test_a_planted_exponent_fails_the_judged_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(b) The same net (same seeds) with its head scaled by (d/16)^0.2: He at the base size, so the
+    prediction is He's, but every logit-gradient slope is exactly 0.2 higher, and the rows fail."""
+    rc, good = measure(capsys, f"{HERE}:he_net", *PER_SIZE, "--out", str(tmp_path / "a"))
+    rc_bad, bad = measure(capsys, f"{HERE}:planted", *PER_SIZE, "--out", str(tmp_path / "b"))
+    assert rc == 0 and rc_bad == 1 and isinstance(good, dict) and isinstance(bad, dict)
+    assert bad["init"]["scheme"] == "he" and bad["passed"] is False
     for q in ("1", "2", "inf"):
-        for target in ("logit", "loss"):
-            r = big["q"][q][target]
-            lo, hi = r["ci"]
-            assert lo <= r["measured_slope"] <= hi and all(n > 0 for n in r["norms"])
-    shares = [v["share"] for v in big["vulnerability"]]
-    assert len(shares) == 3 and all(0 <= s <= 1 for s in shares) and max(shares) > 0
-    rc, small = measure(capsys, f"{HERE}:gap_net", *args, "--eps", "1e-7", "--out", str(tmp_path / "b"))
-    assert rc == 0 and isinstance(small, dict)
-    assert all(a["share"] <= b["share"] for a, b in zip(small["vulnerability"], big["vulnerability"]))
-    assert (tmp_path / "a" / "report.html").is_file() and (tmp_path / "a" / "runs.sqlite").is_file()
-    assert len(list((tmp_path / "a" / "plots").glob("series-*.png"))) == 3  # logit, loss, vulnerability
+        assert slopes(bad)[q]["measured_slope"] == pytest.approx(slopes(good)[q]["measured_slope"] + PLANT, abs=1e-6)
+    for target in ("logit", "loss"):
+        for q in ("1", "2"):
+            r = slopes(bad, target)[q]
+            lo, hi = r["interval"]
+            assert r["verdict"] == "fail" and not lo <= r["predicted_slope"] <= hi
+    assert any("at d = 256 the weights look different from the base size's he" in n for n in bad["notes"])
+    page = (tmp_path / "b" / "report.html").read_text()
+    assert page.count('<tr class="verdict fail" ') == 4 and "slope of E||d_x f_0||_1 in d" in page
 
 
-def test_fixed_size_model_is_measured_at_its_size_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_first_dense_layer_makes_q_inf_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, res = measure(capsys, f"{HERE}:dense_first", *PER_SIZE, "--out", str(tmp_path))
+    assert rc == 0 and isinstance(res, dict)
+    assert res["trace"]["specs"]["1"] == "1x4x4 > flatten > dense(16) > relu > dense(10)"
+    assert all(r["verdict"] == "pass" for target in ("logit", "loss") for r in slopes(res, target).values())
+
+
+@pytest.mark.parametrize(("factory", "words"), [
+    ("residual", ["outside the theory's specs", "a skip connection"]),
+    ("maxpool_net", ["no law", "maxpool"]),
+    ("seeded_net", ["the same weights for every draw", "seed its own generator"]),
+])
+def test_outside_the_theory_the_rows_are_reported_with_the_reason(factory: str, words: list[str], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """(c) A skip connection, max pooling, a factory that seeds itself: measured, reported, never judged."""
+    rc, res = measure(capsys, f"{HERE}:{factory}", *PER_SIZE, "--out", str(tmp_path))
+    assert rc == 0 and isinstance(res, dict)
+    assert res["setting"] == "per-size draws" and res["prediction"]["judged"] is False
+    reason = res["prediction"]["reason"]
+    assert all(w in reason for w in words), reason
+    for target in ("logit", "loss"):
+        for r in slopes(res, target).values():
+            assert r["verdict"] == "reported" and r["predicted_slope"] is None and r["pass"] is None
+            lo, hi = r["interval"]
+            assert lo <= r["measured_slope"] <= hi
+    assert all(row["verdict"] == "reported" for row in res["rows"])
+    assert any(reason in row["detail"] for row in res["rows"])
+    if factory == "residual":
+        assert res["trace"]["traced"] is False and "skip connection" in res["trace"]["reason"]
+        assert res["init"] is None
+
+
+def test_a_fixed_model_is_measured_on_up_sampled_inputs_and_reported(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """(d) No input_shape parameter: one model, up-sampled inputs, the exact slopes of ``PowerLaw``
+    measured (its interval a point), no prediction, the reason stated."""
+    common = ("--input-shape", "1,4,4", "--sizes", "1,2,4", "--inputs", "8", "--steps", "2", "--json")
+    rc, res = measure(capsys, f"{HERE}:law", *common, "--out", str(tmp_path))
+    assert rc == 0 and isinstance(res, dict)
+    assert res["setting"] == "up-sampled inputs" and res["draws"] == 1 and res["d"] == [16, 64, 256]
+    assert res["prediction"]["judged"] is False and res["prediction"]["reason"] == UPSAMPLED_REASON
+    assert res["trace"]["traced"] is False  # x ** 2 is not a layer
+    for q, exact in (("1", 0.5), ("2", 0.0), ("inf", -0.5)):
+        r = slopes(res)[q]
+        assert r["measured_slope"] == pytest.approx(exact, abs=1e-9) and r["verdict"] == "reported"
+        assert r["predicted_slope"] is None and r["interval"] == pytest.approx([exact, exact], abs=1e-9)
+    assert any("give the factory an input_shape parameter" in row["detail"] for row in res["rows"])
+
+
+def test_a_fixed_traced_model_reports_its_trace_and_init(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed-size model given as an importable module: measured at its size only; trace and init shown."""
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "usermodels.py").write_text(
         "from advdim.arch import family\nfrom advdim.build import build\n\n"
@@ -133,6 +274,25 @@ def test_fixed_size_model_is_measured_at_its_size_only(tmp_path: Path, capsys: p
     assert res["fixed_size"] is True and res["d"] == [48]
     assert any("does not accept the up-sampling factors [2, 4]" in n for n in res["notes"])
     assert res["q"]["1"]["logit"]["measured_slope"] is None and res["q"]["1"]["logit"]["norms"][0] > 0
+    assert res["trace"]["specs"]["1"] == "3x4x4 > flatten > dense(16) > relu > dense(10)"
+    assert res["init"]["scheme"] == "he"
+
+
+def test_a_size_agnostic_gap_net_with_vulnerability(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A He net with one more block per doubling: traced at every size, judged; a large eps changes
+    labels, a vanishing one does not."""
+    args = ("--input-shape", "3,4,4", "--sizes", "1,2,4", "--draws", "4", "--inputs", "8", "--steps", "5", "--json")
+    rc, big = measure(capsys, f"{HERE}:gap_net", *args, "--eps", "2.0", "--out", str(tmp_path / "a"))
+    assert rc == 0 and isinstance(big, dict)
+    assert big["d"] == [48, 192, 768] and big["prediction"]["judged"] is True
+    assert big["trace"]["specs"]["4"].count("conv(") == 4
+    shares = [v["share"] for v in big["vulnerability"]]
+    assert len(shares) == 3 and all(0 <= s <= 1 for s in shares) and max(shares) > 0
+    rc, small = measure(capsys, f"{HERE}:gap_net", *args, "--eps", "1e-7", "--out", str(tmp_path / "b"))
+    assert rc == 0 and isinstance(small, dict)
+    assert all(a["share"] <= b["share"] for a, b in zip(small["vulnerability"], big["vulnerability"]))
+    assert (tmp_path / "a" / "report.html").is_file() and (tmp_path / "a" / "runs.sqlite").is_file()
+    assert len(list((tmp_path / "a" / "plots").glob("series-*.png"))) == 3  # logit, loss, vulnerability
 
 
 @pytest.mark.parametrize(("target", "args", "message"), [
@@ -144,6 +304,8 @@ def test_fixed_size_model_is_measured_at_its_size_only(tmp_path: Path, capsys: p
     (f"{HERE}:dense_net", ("--q", "0.5"), ">= 1"),
     (f"{HERE}:dense_net", ("--q", "abc"), ">= 1"),
     (f"{HERE}:dense_net", ("--sizes", "0,2"), "positive integers"),
+    (f"{HERE}:gap_net", ("--draws", "1"), "--draws must be at least 2"),
+    (f"{HERE}:dense_net", ("--inputs", "1"), "--inputs must be at least 2"),
     ("no-colon", (), "MODULE:FACTORY"),
 ])
 def test_bad_input_exits_2(target: str, args: tuple[str, ...], message: str, tmp_path: Path,

@@ -1,7 +1,9 @@
 """``advdim measure`` on models that cannot be measured, and on sizes that cannot fit: each is one line
 on stderr, exit 2, and leaves the report folder as it was.
 
-The user's factories are written by each test into a ``.py`` file in its own folder.
+The user's factories are written by each test into a ``.py`` file in its own folder.  Those without
+an ``input_shape`` parameter give one fixed model (up-sampled inputs); the ``sized_*`` ones are called
+for every size and draw (per-size draws).
 """
 
 from __future__ import annotations
@@ -113,6 +115,23 @@ def broken():
     def post(x, out):
         raise ValueError("expects 3 channels")
     return Net(post)
+
+def sized(input_shape):
+    return Net()
+
+def sized_broken(input_shape):
+    raise ValueError("no such size")
+
+def sized_base_only(input_shape):
+    if input_shape != (1, 8, 8):
+        raise ValueError(f"only 1x8x8, not {input_shape}")
+    return Net()
+
+def sized_nan_gradient(input_shape):
+    return nan_gradient()
+
+def sized_classes_grow(input_shape):
+    return nn.Flatten()
 '''
 
 
@@ -219,4 +238,50 @@ def test_activations_too_large_for_memory_are_refused_from_the_base_size(models:
 def test_bad_sizes_are_one_line(sizes: str, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = run(capsys, models, "good", tmp_path / "report", "--sizes", sizes)
     assert rc == 2 and err.startswith("advdim: error: --sizes") and "\n" not in err
+    assert not (tmp_path / "report").exists()
+
+
+def run_sized(capsys: pytest.CaptureFixture[str], models: Path, factory: str, out: Path, *args: str) -> tuple[int, str]:
+    return run(capsys, models, factory, out, "--draws", "2", *args)
+
+
+def test_a_sized_factory_is_measured_per_size(models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The control of the per-size faults: a new model per size and draw, exit 0 and a report (the
+    model is not traced: its forward records input shapes, which torch.fx cannot iterate)."""
+    rc, err = run_sized(capsys, models, "sized", tmp_path / "report")
+    assert rc == 0, err
+    assert "setting: per-size draws" in err and "slope rows reported, not judged" in err
+    assert sys.modules["_advdim_user_faulty_models"].SHAPES.count((4, 1, 16, 16)) >= 2  # one model per draw
+
+
+@pytest.mark.parametrize(("factory", "words"), [
+    ("sized_broken", ["the factory failed at input_shape=(1, 8, 8): ValueError: no such size"]),
+    ("sized_nan_gradient", ["input gradient of logit 0 is NaN at d = 64 (factor 1, draw 0)"]),
+    ("sized_classes_grow", ["returns 64 logits at d = 64 but 256 at d = 256", "must not depend on the input size"]),
+])
+def test_an_unmeasurable_sized_factory_is_one_line_and_writes_nothing(factory: str, words: list[str], models: Path,
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    rc, err = run_sized(capsys, models, factory, out)
+    assert rc == 2 and err.startswith("advdim: error: ") and "\n" not in err
+    for w in words:
+        assert w in err
+    assert not out.exists()
+
+
+def test_a_size_the_factory_refuses_is_dropped_with_a_note(models: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = run_sized(capsys, models, "sized_base_only", tmp_path / "report")
+    assert rc == 0, err
+    assert "do not accept the size factors [2]" in err and "only 1x8x8, not (1, 16, 16)" in err
+    assert "no slope can be fitted" in err
+
+
+def test_per_size_inputs_too_large_are_refused_before_any_model_runs(models: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = run_sized(capsys, models, "sized", tmp_path / "report", "--sizes", "1,100000")
+    assert rc == 2 and "\n" not in err
+    assert "size factor 100000 (d = 640000000000, 4 inputs) needs about" in err and "(estimate)" in err
+    assert sys.modules["_advdim_user_faulty_models"].SHAPES == []
     assert not (tmp_path / "report").exists()

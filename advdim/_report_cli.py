@@ -1,0 +1,103 @@
+"""The command-line side shared by the two report commands, ``advdim verify`` (``advdim._verify_cli``)
+and ``advdim measure`` (``advdim.measure``): the reproducing command line, the verdict table on the
+terminal, the report folder and the device in words; and the options of ``advdim measure``.
+
+Nothing heavy is imported at module level (``advdim --help`` must not import torch): the helpers
+import what they need when called.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import typer
+
+from advdim.errors import AdvdimError
+
+COLUMNS = ["#", "claim", "paper", "predicted", "measured", "interval", "verdict"]
+
+
+def command_line(command: str, *args: str, **options: Any) -> str:
+    """The command that reproduces this run, every option spelled out (defaults included), shell-quoted.
+
+    >>> command_line("measure", "m.py:make", input_shape="1,4,4", json=False, scheduler=None)
+    'advdim measure m.py:make --input-shape 1,4,4'
+    """
+    words = ["advdim", command, *args]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif value is not None:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
+    """The verdict table on stdout (one row per verdict; FAIL in bold red)."""
+    from advdim.cli import out, table
+    from advdim.report import fmt, fmt_interval, status
+
+    styled = []
+    for i, r in enumerate(rows):
+        st = status(r["passed"])
+        st = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]"}.get(st, st)
+        styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
+                       fmt_interval(r["interval"]), st])
+    # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each
+    if out.is_terminal:
+        out.print(table(title, COLUMNS, styled))
+    else:
+        from rich.console import Console
+
+        Console(width=220, no_color=out.no_color).print(table(title, COLUMNS, styled))
+
+
+def report_dir(path: str) -> Any:
+    """Create the report folder ``path`` and its ``plots`` folder (the checks of
+    :func:`advdim.cli_args.check_out_folder`); the plots of an earlier run are removed."""
+    from advdim.cli_args import make_out_folder
+
+    p = make_out_folder(path)
+    try:
+        (p / "plots").mkdir(exist_ok=True)
+    except OSError as e:
+        raise AdvdimError(f"cannot create the report folder {path!r}: {e.strerror}") from None
+    for old in [*(p / "plots").glob("*.png"), *(p / "plots").glob("*.svg")]:
+        old.unlink()  # plots of an earlier run (its records stay in runs.sqlite)
+    return p
+
+
+def device_text(dev: Any) -> str:
+    """``"cpu (2 threads)"`` or ``"cuda (<GPU name>)"``."""
+    import torch
+
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def register_measure(app: typer.Typer) -> None:
+    """Add ``advdim measure`` to ``app`` (its work is :func:`advdim.measure.main`)."""
+
+    @app.command("measure")
+    def measure(
+        target: str = typer.Argument(..., help="MODULE:FACTORY (module or .py file; FACTORY returns an nn.Module)"),
+        input_shape: str = typer.Option(..., "--input-shape", help="base input shape C,H,W, e.g. 3,32,32"),
+        sizes: str = typer.Option("1,2,4", help="size factors k of the base shape: inputs C x kH x kW"),
+        q: str = typer.Option("1,2,inf", "--q", help="gradient norm orders (>= 1 or inf)"),
+        inputs: int = typer.Option(64, help="Gaussian inputs per size (per draw when the factory takes input_shape)"),
+        draws: int = typer.Option(16, help="independent models per size (factories taking input_shape)"),
+        eps: float = typer.Option(0.004, help="l_inf attack size for the vulnerability, in input units"),
+        steps: int = typer.Option(10, help="PGD steps"),
+        seed: int = typer.Option(0, help="seed of the weights (seed + draw), inputs, labels and bootstrap"),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        out_dir: str = typer.Option("report-measure", "--out", help="report folder"),
+        as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
+    ) -> int:
+        """Measure how YOUR model's input gradients and vulnerability scale with the input dimension."""
+        from advdim.measure import main
+
+        return main(target, input_shape, sizes=sizes, q=q, inputs=inputs, draws=draws, eps=eps, steps=steps,
+                    seed=seed, device=device, out_dir=out_dir, as_json=as_json)

@@ -1,0 +1,664 @@
+"""Read a user's ``nn.Module`` as an advdim :class:`~advdim.arch.Spec`, and recognise its initialisation.
+
+:func:`trace` runs ``torch.fx.symbolic_trace`` on the module and reads its graph as a chain of
+spec layers: ``Conv2d`` (square kernel, stride and dilation, ``groups=1``, padding 0 or
+``dilation*(k-1)//2`` in ``zeros`` / ``circular`` / ``reflect`` mode), ``Linear``, ``ReLU`` (module,
+``F.relu``, ``torch.relu``, ``x.relu()``), ``MaxPool2d`` / ``AvgPool2d`` (kernel = stride, no padding),
+``AdaptiveAvgPool2d(1)`` / ``AdaptiveMaxPool2d(1)`` and ``x.mean((2, 3))`` / ``x.amax((2, 3))`` (global
+pools), ``Flatten``, ``torch.flatten(x, 1)``, ``x.view(B, -1)`` / ``x.reshape(B, -1)``, ``BatchNorm2d``
+/ ``BatchNorm1d`` at initialisation (eval mode: running mean 0, variance 1, weight 1, bias 0), and
+``Identity`` / ``Dropout`` (identities in eval mode).  Anything else -- a skip connection, a
+branch, another layer, a module applied twice -- is an :class:`Untraceable` naming it.  A trace is
+kept only when it reproduces the module: the spec's network, with the module's own weights copied
+in, must give the module's logits on a Gaussian input (eval mode, rounding of the module's dtype).
+
+:func:`recognise_init` compares the weights of the traced layers (pooled over independent draws of
+the module) with the schemes advdim knows (:class:`advdim.inits.Init`): for an i.i.d. scheme of
+variance ``v``, per layer of ``n`` weights,
+
+- the mean: ``|mean w| <= c sqrt(v / n)``;
+- the variance: ``n mean(w^2) / v`` inside the chi-square(n) interval for a Gaussian;
+  ``|mean w^2 / v - 1| <= c sqrt(0.8 / n)`` for a uniform;
+- the shape, from the kurtosis ``b2 = mean w^4 / mean(w^2)^2``: for a Gaussian, Anscombe and
+  Glynn's normal score of ``b2`` (:func:`kurtosis_z`, the test of ``scipy.stats.kurtosistest``),
+  which rejects a uniform (``b2`` = 9/5) or a heavier tail; for the uniform, every weight inside
+  its bound and ``|b2 - 9/5| <= c sqrt(V / n)`` with the delta-method ``V`` (about 1.317);
+
+and for the orthogonal scheme the structure itself: ``W W^T = 2 I`` (or ``W^T W``), exactly up to
+rounding, which i.i.d. draws never are.  Each test has level ``alpha / (3 L)`` (Bonferroni over
+the three tests of the ``L`` layers; ``c`` its normal critical value), so a network drawn from a
+scheme is called "unknown" with probability at most ``alpha`` (asymptotically in ``n``).  A scheme
+is recognised when every layer is consistent with it and with no scheme that predicts differently.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    >>> trace(net, (1, 4, 4)).to_text()
+    '1x4x4 > conv(4,pad=zeros) > relu > flatten > dense(3)'
+    >>> trace(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh()), (1, 4, 4)).reason
+    "module '1' (Tanh) is not a layer of advdim's specs"
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from advdim.arch import (
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    Layer,
+    MaxPool,
+    Padding,
+    ReLU,
+    Spec,
+    format_layer,
+)
+from advdim.errors import SpecError
+from advdim.inits import Init
+from advdim.theory._graph import BN_EPS  # batchnorm in eval mode at initialisation: y = x / sqrt(1 + eps)
+
+#: level of the init recognition: a network drawn from a known scheme is called unknown with at most this probability
+ALPHA = 0.01
+#: schemes in the order they are named when several predict the same
+SCHEMES = (Init.HE, Init.TORCH, Init.LECUN, Init.GLOROT, Init.ORTHOGONAL)
+
+
+@dataclass(frozen=True)
+class Untraceable:
+    """Why a module cannot be read as a spec (one line)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A module read as a spec: ``spec`` and, for each of its conv / dense layers in order, the
+    qualified name of the module holding the weights."""
+
+    spec: Spec
+    weight_modules: tuple[str, ...]
+
+    def weights(self, module: nn.Module) -> list[torch.Tensor]:
+        """The weight tensors of ``module`` (a draw of the same architecture) in spec order."""
+        return [_get(module, name).weight.detach() for name in self.weight_modules]
+
+
+def trace(module: nn.Module, input_shape: Sequence[int]) -> Spec | Untraceable:
+    """The :class:`Spec` of ``module`` at input ``(C, H, W)``, or why there is none (module docstring)."""
+    got = trace_module(module, input_shape)
+    return got.spec if isinstance(got, Traced) else got
+
+
+def trace_module(module: nn.Module, input_shape: Sequence[int]) -> Traced | Untraceable:
+    """:func:`trace`, keeping which modules hold the weights of each conv / dense layer."""
+    shape = tuple(int(n) for n in input_shape)
+    try:
+        gm = torch.fx.symbolic_trace(module)
+    except Exception as e:  # noqa: BLE001 - any failure of the tracer is a reason
+        return Untraceable(f"torch.fx cannot trace the module: {_first_line(e)}")
+    gm.graph.eliminate_dead_code()
+    try:
+        layers, names = _read_graph(gm, shape)
+        spec = Spec(shape, tuple(layers))
+    except _NotAChain as e:
+        return Untraceable(str(e))
+    except SpecError as e:
+        return Untraceable(f"the traced layers do not form a valid spec: {e}")
+    traced = Traced(spec, tuple(names))
+    mismatch = _reproduces(module, traced)
+    return traced if mismatch is None else Untraceable(mismatch)
+
+
+class _NotAChain(Exception):  # noqa: N818 - internal: becomes an Untraceable
+    pass
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _get(module: nn.Module, name: str) -> Any:
+    return module.get_submodule(name) if name else module
+
+
+def _pair(v: Any, what: str, where: str) -> int:
+    """A square hyper-parameter (an int or an equal pair)."""
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise _NotAChain(f"{where} has a non-square {what} {tuple(v)}")
+        v = v[0]
+    return int(v)
+
+
+def _conv(m: nn.Conv2d, where: str) -> Conv:
+    if m.groups != 1:
+        raise _NotAChain(f"{where} is a grouped convolution (groups={m.groups})")
+    k = _pair(m.kernel_size, "kernel", where)
+    stride = _pair(m.stride, "stride", where)
+    dil = _pair(m.dilation, "dilation", where)
+    modes = {"zeros": Padding.ZEROS, "circular": Padding.CIRCULAR, "reflect": Padding.REFLECT}
+    if m.padding_mode not in modes:
+        raise _NotAChain(f"{where} pads in mode {m.padding_mode!r} (zeros, circular or reflect)")
+    same = dil * (k - 1) // 2
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            pad = 0
+        elif dil * (k - 1) % 2:
+            raise _NotAChain(f"{where}: padding='same' with an even kernel pads asymmetrically")
+        else:
+            pad = same
+    else:
+        pad = _pair(m.padding, "padding", where)
+    if pad == 0 and same > 0:
+        padding = Padding.VALID
+    elif pad == same:
+        padding = modes[m.padding_mode] if pad > 0 else Padding.ZEROS
+    else:
+        raise _NotAChain(f"{where} pads by {pad}, neither 0 nor dilation*(kernel-1)//2 = {same}")
+    return Conv(m.out_channels, k, stride, dil, padding, m.bias is not None)
+
+
+def _pool(m: nn.MaxPool2d | nn.AvgPool2d, where: str) -> Layer:
+    k = _pair(m.kernel_size, "kernel", where)
+    stride = k if m.stride is None else _pair(m.stride, "stride", where)
+    if stride != k or _pair(m.padding, "padding", where) != 0 or m.ceil_mode:
+        raise _NotAChain(f"{where} is not a non-overlapping pool (kernel {k}, stride {stride}, "
+                         f"padding {m.padding}, ceil_mode {m.ceil_mode})")
+    if isinstance(m, nn.MaxPool2d):
+        if _pair(m.dilation, "dilation", where) != 1 or m.return_indices:
+            raise _NotAChain(f"{where} is a dilated max pool or returns indices")
+        return MaxPool(k)
+    if m.divisor_override is not None:
+        raise _NotAChain(f"{where} overrides the divisor of its average")
+    return AvgPool(k)
+
+
+def _functional_pool(node: torch.fx.Node, where: str) -> Layer:
+    """``F.max_pool2d(x, k)`` / ``F.avg_pool2d(x, k)``: read as the module of the same arguments."""
+    names = ["kernel_size", "stride", "padding"]
+    names += ["dilation", "ceil_mode", "return_indices"] if node.target is torch.nn.functional.max_pool2d \
+        else ["ceil_mode", "count_include_pad", "divisor_override"]
+    kwargs: dict[str, Any] = {**dict(zip(names, node.args[1:])), **node.kwargs}
+    try:
+        if node.target is torch.nn.functional.max_pool2d:
+            return _pool(nn.MaxPool2d(**kwargs), where)
+        return _pool(nn.AvgPool2d(**kwargs), where)
+    except (TypeError, ValueError) as e:
+        raise _NotAChain(f"{where}: {e}") from None
+
+
+def _batchnorm(m: nn.modules.batchnorm._BatchNorm, where: str) -> BatchNorm:
+    if not m.track_running_stats or m.running_mean is None or m.running_var is None:
+        raise _NotAChain(f"{where} normalises by batch statistics in eval mode (track_running_stats=False)")
+    if abs(m.eps - BN_EPS) > 1e-12:
+        raise _NotAChain(f"{where} has eps {m.eps:g}; the theory's batchnorm has eps {BN_EPS:g}")
+    at_init = bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())
+    if m.affine:
+        at_init = at_init and bool((m.weight == 1).all()) and bool((m.bias == 0).all())
+    if not at_init:
+        raise _NotAChain(f"{where} holds running statistics or an affine map other than at initialisation "
+                         "(mean 0, variance 1, weight 1, bias 0): the theory covers batchnorm at initialisation only")
+    return BatchNorm()
+
+
+_RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.relu_)
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+def _global_dims(node: torch.fx.Node) -> bool:
+    """``mean`` / ``amax`` over the two map axes ``(2, 3)`` (or ``(-2, -1)``), without keepdim."""
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    return isinstance(dims, (tuple, list)) and {d % 4 for d in dims if isinstance(d, int)} == {2, 3} \
+        and len(dims) == 2 and not keep
+
+
+def _flatten_args(node: torch.fx.Node, start_index: int) -> bool:
+    """``flatten(x, 1)`` / ``flatten(x, start_dim=1)``, end at the last axis."""
+    start = node.kwargs.get("start_dim", node.args[start_index] if len(node.args) > start_index else 0)
+    end = node.kwargs.get("end_dim", node.args[start_index + 1] if len(node.args) > start_index + 1 else -1)
+    return bool(start == 1 and end == -1)
+
+
+def _read_graph(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> tuple[list[Layer], list[str]]:
+    """The chain of layers of a traced module, and the names of the modules holding the weights."""
+    layers: list[Layer] = []
+    names: list[str] = []
+    used: set[int] = set()
+    shape: tuple[int, ...] = input_shape
+    value: torch.fx.Node | None = None  # the node holding the activations
+    batch: set[torch.fx.Node] = set()  # nodes holding x.size(0) / x.shape[0] or x.shape / x.size()
+
+    def add(layer: Layer, node: torch.fx.Node) -> None:
+        nonlocal shape
+        try:
+            shape = layer.out_shape(shape)
+        except SpecError as e:
+            raise _NotAChain(f"{_describe(node, gm)}: {e}") from None
+        layers.append(layer)
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if value is not None:
+                raise _NotAChain(f"forward takes more than one input ({node.target!r})")
+            value = node
+            continue
+        if node.op == "output":
+            if node.args[0] is not value:
+                raise _NotAChain("forward does not return the last layer's output alone")
+            continue
+        assert value is not None
+        if node.op == "get_attr":
+            raise _NotAChain(f"forward reads the attribute {node.target!r} directly (e.g. F.conv2d with "
+                             "its own weights): only modules are traced")
+        if _is_size(node, value, batch):
+            batch.add(node)
+            continue
+        inputs = [a for a in node.all_input_nodes if a not in batch]
+        if inputs != [value]:
+            others = [a for a in inputs if a is not value]
+            what = ("combines several tensors (a skip connection or a branch)" if value in inputs
+                    else f"reads {others[0].name!r} again instead of the last layer's output (a branch)")
+            raise _NotAChain(f"{_describe(node, gm)} {what}: the theory's specs are one chain of layers")
+        n_users = sum(1 for u in value.users if u not in batch)
+        if n_users > 1:
+            raise _NotAChain(f"the output of {value.name!r} is used by {n_users} later operations (a skip "
+                             "connection or a branch): the theory's specs are one chain of layers")
+        layer = _layer_of(node, gm, shape, batch)
+        if layer is not None:
+            add(layer, node)
+            if isinstance(layer, (Conv, Dense)):
+                target = str(node.target)
+                mod = gm.get_submodule(target)
+                if id(mod) in used:
+                    raise _NotAChain(f"module {target!r} is applied twice (shared weights): the theory needs "
+                                     "independent layers (H4)")
+                used.add(id(mod))
+                names.append(target)
+        value = node
+    return layers, names
+
+
+def _is_size(node: torch.fx.Node, value: torch.fx.Node, batch: set[torch.fx.Node]) -> bool:
+    """``x.size(0)``, ``x.size()``, ``x.shape``, ``x.shape[0]`` (arguments of a later view / reshape)."""
+    if node.op == "call_method" and node.target == "size":
+        return True
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape":
+        return True
+    return node.op == "call_function" and node.target is operator.getitem and node.args[0] in batch
+
+
+def _describe(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(gm.get_submodule(str(node.target))).__name__})"
+    if node.op == "call_method":
+        return f"the method .{node.target}()"
+    return f"the function {getattr(node.target, '__name__', node.target)}()"
+
+
+def _layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: tuple[int, ...],
+              batch: set[torch.fx.Node]) -> Layer | None:
+    """The spec layer of one node (None: an identity), or :class:`_NotAChain`."""
+    where = _describe(node, gm)
+    flat = int(np.prod(shape))
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if isinstance(m, nn.Conv2d):
+            return _conv(m, where)
+        if isinstance(m, nn.Linear):
+            if len(shape) != 1 or m.in_features != shape[0]:
+                raise _NotAChain(f"{where} takes {m.in_features} features but receives shape {shape}")
+            return Dense(m.out_features, m.bias is not None)
+        if isinstance(m, nn.ReLU):
+            return ReLU()
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            return _pool(m, where)
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            if m.output_size not in (1, (1, 1)):
+                raise _NotAChain(f"{where} pools to {m.output_size}, not to one value per channel")
+            return GlobalAvgPool() if isinstance(m, nn.AdaptiveAvgPool2d) else GlobalMaxPool()
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise _NotAChain(f"{where} flattens dims {m.start_dim}..{m.end_dim}, not 1..-1")
+            return _flatten(shape)
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            return _batchnorm(m, where)
+        if isinstance(m, _IDENTITY_MODULES):
+            return None
+        raise _NotAChain(f"{where} is not a layer of advdim's specs")
+    target = node.target
+    if node.op == "call_function":
+        if target in _RELU_FUNCTIONS:
+            return ReLU()
+        if target is torch.flatten and _flatten_args(node, 1):
+            return _flatten(shape)
+        if target in (torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.adaptive_max_pool2d):
+            size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+            if size in (1, (1, 1)):
+                return GlobalAvgPool() if target is torch.nn.functional.adaptive_avg_pool2d else GlobalMaxPool()
+        if target in (torch.mean, torch.amax) and _global_dims(node):
+            return GlobalAvgPool() if target is torch.mean else GlobalMaxPool()
+        if target in (torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d):
+            return _functional_pool(node, where)
+    if node.op == "call_method":
+        if target in ("relu", "relu_"):
+            return ReLU()
+        if target == "flatten" and _flatten_args(node, 1):
+            return _flatten(shape)
+        if target in ("mean", "amax") and _global_dims(node):
+            return GlobalAvgPool() if target == "mean" else GlobalMaxPool()
+        if target in ("view", "reshape") and _flat_view(node, batch, flat):
+            return _flatten(shape)
+        if target == "contiguous":
+            return None
+    raise _NotAChain(f"{where} is not a layer of advdim's specs")
+
+
+def _flatten(shape: tuple[int, ...]) -> Layer | None:
+    """A flatten of a map; of an already flat vector (after a global pool) it is an identity."""
+    return Flatten() if len(shape) > 1 else None
+
+
+def _flat_view(node: torch.fx.Node, batch: set[torch.fx.Node], flat: int) -> bool:
+    """``x.view(B, -1)`` with ``B`` from ``x.size(0)`` / ``x.shape[0]``, or ``x.view(-1, C*H*W)``."""
+    args = list(node.args[1:])
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    if len(args) != 2:
+        return False
+    first, second = args
+    return bool((first in batch and second == -1) or (first == -1 and second == flat))
+
+
+def _reproduces(module: nn.Module, traced: Traced) -> str | None:
+    """None when the spec's network with the module's weights gives the module's logits, else why not."""
+    from advdim.build import build
+    from advdim.gradients import mode
+
+    p0 = next(iter(module.parameters()), None)
+    dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
+    device = p0.device if p0 is not None else torch.device("cpu")
+    net = build(traced.spec, seed=0, dtype=dtype, device=device)
+    weight_layers = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for dst, name in zip(weight_layers, traced.weight_modules):
+            src = _get(module, name)
+            dst.weight.copy_(src.weight)
+            if dst.bias is not None:
+                dst.bias.copy_(src.bias)
+    x = torch.randn(2, *traced.spec.input_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(device, dtype)
+    try:
+        with torch.no_grad(), mode(module, False), mode(net, False):
+            want, got = module(x), net(x)
+    except Exception as e:  # noqa: BLE001 - the module fails on its own input shape: not reproducible
+        return f"the module failed on the trace's test input: {_first_line(e)}"
+    if not isinstance(want, torch.Tensor) or want.shape != got.shape:
+        return "the trace does not reproduce the module's output (its shape differs)"
+    scale = max(1.0, float(want.abs().max()))
+    err = float((want - got).abs().max())
+    if not err <= 1000 * torch.finfo(dtype).eps * scale:
+        return f"the trace does not reproduce the module's output (largest difference {err:.3g})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+# ---------------------------------------------------------------------------------------------
+#: kurtosis of a uniform law, and ``n`` times the delta-method variance of its sample kurtosis
+#: ``m4 / m2^2`` (moments 1/3, 1/5, 1/7, 1/9 of uniform(-1, 1))
+UNIFORM_KURTOSIS = 9 / 5
+UNIFORM_KURTOSIS_VAR = (81 * (1 / 9 - 1 / 25) + (54 / 5) ** 2 * (1 / 5 - 1 / 9)
+                        - 2 * 9 * (54 / 5) * (1 / 7 - 1 / 15))  # about 1.317
+#: fewest weights in a layer for the kurtosis test of a Gaussian (Anscombe and Glynn's transform needs n >= 20)
+MIN_KURTOSIS_N = 20
+
+
+@dataclass(frozen=True)
+class LayerInit:
+    """What the weights of one conv / dense layer look like.
+
+    Attributes:
+        layer: the layer in spec text form, with its index (e.g. ``"0:conv(8)"``).
+        n: weights pooled (layer size x draws).
+        variance_ratio: ``mean w^2`` over He's ``2 / fan_in``.
+        kurtosis: ``mean w^4 / (mean w^2)^2`` (3 Gaussian, 1.8 uniform).
+        orthogonal_gain: the gain ``g`` when every draw has ``W W^T = g^2 I`` exactly (else None).
+        schemes: the schemes this layer is consistent with.
+    """
+
+    layer: str
+    n: int
+    variance_ratio: float
+    kurtosis: float
+    orthogonal_gain: float | None
+    schemes: tuple[str, ...]
+
+    def describe(self) -> str:
+        if self.orthogonal_gain is not None:
+            return f"{self.layer}: orthogonal rows with gain {self.orthogonal_gain:.4g}"
+        return (f"{self.layer}: variance {self.variance_ratio:.3g} x He's 2/fan_in, kurtosis {self.kurtosis:.3g} "
+                f"({self.n} weights)")
+
+
+@dataclass(frozen=True)
+class InitGuess:
+    """The recognised scheme of a network (``scheme`` None: unknown), with the reason in words."""
+
+    scheme: str | None
+    reason: str
+    layers: tuple[LayerInit, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "recognised": self.scheme is not None, "reason": self.reason,
+                "layers": [{"layer": x.layer, "weights": x.n, "variance_ratio_to_he": x.variance_ratio,
+                            "kurtosis": x.kurtosis, "orthogonal_gain": x.orthogonal_gain, "schemes": list(x.schemes)}
+                           for x in self.layers]}
+
+
+@dataclass
+class _Acc:
+    """Running sums of one layer's weights over draws."""
+
+    label: str
+    shape: tuple[int, ...]
+    n: int = 0
+    s1: float = 0.0
+    s2: float = 0.0
+    s4: float = 0.0
+    largest: float = 0.0  # max |w|
+    gains: list[float | None] = field(default_factory=list)
+
+    @property
+    def fans(self) -> tuple[int, int, int]:
+        """``(fan_in, fan_out, rows)`` as PyTorch counts them (``fan_out = C_out k^2`` for a conv)."""
+        rows, fan_in = self.shape[0], int(np.prod(self.shape[1:]))
+        per_row = int(np.prod(self.shape[2:])) if len(self.shape) > 2 else 1
+        return fan_in, rows * per_row, rows
+
+    def variance(self, scheme: Init) -> float:
+        return scheme.weight_variance(*self.fans)
+
+
+#: rows (or columns) of a weight matrix whose orthogonality is tested (any subset of orthonormal rows is orthonormal)
+ORTHOGONAL_PROBE = 64
+
+
+def _orthogonal_gain(w: np.ndarray, eps: float) -> float | None:
+    """``g`` when ``W W^T = g^2 I`` (rows <= columns) or ``W^T W = g^2 I`` exactly up to rounding, else None.
+
+    ``w``: the weights as a float64 ``(rows, fan_in)`` matrix; ``eps``: the machine epsilon of the
+    layer's own dtype.  Tested on the first :data:`ORTHOGONAL_PROBE` rows (columns), so that a large
+    layer costs ``64^2 n`` operations.  Rounding leaves off-diagonal entries of order
+    ``eps / sqrt(n)`` relative to the diagonal; i.i.d. draws leave entries of order ``1 / sqrt(n)``
+    (``n`` the summed dimension), so the tolerance ``0.02 / sqrt(n) + 100 eps`` separates them by
+    orders of magnitude either way.  A single row (or column) has no off-diagonal entries: it is
+    not tested (None).
+    """
+    rows, cols = w.shape
+    if min(rows, cols) < 2:
+        return None
+    sub = w[:ORTHOGONAL_PROBE] if rows <= cols else w[:, :ORTHOGONAL_PROBE].T
+    g = sub @ sub.T
+    g2 = float(np.diagonal(g).mean())
+    if not g2 > 0:
+        return None
+    tol = 0.02 / math.sqrt(max(rows, cols)) + 100 * eps
+    dev = float(np.abs(g - g2 * np.eye(g.shape[0])).max()) / g2
+    return math.sqrt(g2) if dev <= tol else None
+
+
+class InitStats:
+    """Moments of the weights of each traced conv / dense layer, pooled over draws (:func:`recognise_init`).
+
+    ``add`` takes one draw's weight tensors in spec order (:meth:`Traced.weights`); only running
+    sums are kept, so any number of draws of a large model fits in memory.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        self.labels = [f"{i}:{format_layer(layer)}" for i, layer in enumerate(spec.layers)
+                       if isinstance(layer, (Conv, Dense))]
+        self.accs: list[_Acc] = []
+        self.draws = 0
+
+    def add(self, weights: Sequence[torch.Tensor]) -> None:
+        if len(weights) != len(self.labels):
+            raise ValueError(f"{len(weights)} weight tensors for {len(self.labels)} layers")
+        if not self.accs:
+            self.accs = [_Acc(lab, tuple(w.shape)) for lab, w in zip(self.labels, weights)]
+        for acc, w in zip(self.accs, weights):
+            if tuple(w.shape) != acc.shape:
+                raise ValueError(f"layer {acc.label}: weights of shape {tuple(w.shape)}, expected {acc.shape}")
+            m = w.detach().cpu().double().numpy().reshape(w.shape[0], -1)
+            sq = m * m
+            acc.n += m.size
+            acc.s1 += float(m.sum())
+            acc.s2 += float(sq.sum())
+            acc.s4 += float((sq * sq).sum())
+            acc.largest = max(acc.largest, float(np.abs(m).max()))
+            acc.gains.append(_orthogonal_gain(m, torch.finfo(w.dtype).eps if w.is_floating_point() else 0.0))
+        self.draws += 1
+
+    def result(self, alpha: float = ALPHA) -> InitGuess:
+        return recognise_init(self, alpha)
+
+
+def _consistent(acc: _Acc, scheme: Init, gain: float | None, z: float, chi2_bounds: tuple[float, float]) -> bool:
+    """Whether one layer's weights are consistent with ``scheme``; each test at the level whose normal
+    critical value is ``z`` (``chi2_bounds``: the chi-square(n) interval at that level)."""
+    v, n = acc.variance(scheme), acc.n
+    m2 = acc.s2 / n
+    if scheme is Init.ORTHOGONAL:
+        fan_in, _, rows = acc.fans
+        if gain is not None:
+            return abs(gain**2 / 2 - 1) <= 1e-4
+        # one row (or column): only its norm can be checked, sqrt(2) per unit vector
+        return min(rows, fan_in) < 2 and abs(m2 / v - 1) <= 1e-4
+    if gain is not None:
+        return False  # exactly orthogonal rows are not i.i.d. draws
+    if abs(acc.s1 / n) > z * math.sqrt(v / n):
+        return False
+    if scheme is Init.TORCH:  # uniform(-b, b), b = 1/sqrt(fan_in): inside the bound, variance b^2/3, kurtosis 9/5
+        bound = math.sqrt(3 * v)
+        kurt = acc.s4 / n / m2**2 if m2 > 0 else math.nan
+        return (acc.largest <= bound * (1 + 1e-6) and abs(m2 / v - 1) <= z * math.sqrt((UNIFORM_KURTOSIS - 1) / n)
+                and abs(kurt - UNIFORM_KURTOSIS) <= z * math.sqrt(UNIFORM_KURTOSIS_VAR / n))
+    if not chi2_bounds[0] <= n * m2 / v <= chi2_bounds[1]:  # n mean(w^2) / v is chi-square(n)
+        return False
+    return n < MIN_KURTOSIS_N or abs(kurtosis_z(acc.s4 / n / m2**2, n)) <= z
+
+
+def kurtosis_z(b2: float, n: int) -> float:
+    """Anscombe and Glynn's (1983) normal score of the sample kurtosis ``b2`` of ``n`` Gaussian draws
+    (the transform of ``scipy.stats.kurtosistest``, from ``b2`` and ``n`` alone).
+
+    >>> round(kurtosis_z(3.0, 1000), 3), kurtosis_z(1.8, 1000) < -10
+    (0.114, True)
+    """
+    mean = 3.0 * (n - 1) / (n + 1)
+    var = 24.0 * n * (n - 2) * (n - 3) / ((n + 1) ** 2 * (n + 3) * (n + 5))
+    x = (b2 - mean) / math.sqrt(var)
+    skew = (6.0 * (n * n - 5 * n + 2) / ((n + 7) * (n + 9))
+            * math.sqrt(6.0 * (n + 3) * (n + 5) / (n * (n - 2) * (n - 3))))
+    big_a = 6.0 + 8.0 / skew * (2.0 / skew + math.sqrt(1 + 4.0 / skew**2))
+    denom = 1 + x * math.sqrt(2 / (big_a - 4.0))
+    term2 = math.copysign(abs((1 - 2.0 / big_a) / denom) ** (1 / 3), denom) if denom != 0 else -math.inf
+    return ((1 - 2.0 / (9 * big_a)) - term2) / math.sqrt(2 / (9 * big_a))
+
+
+def recognise_init(stats: InitStats, alpha: float = ALPHA) -> InitGuess:
+    """The scheme every traced layer is consistent with (module docstring), or unknown with the reason.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from advdim.arch import parse
+    >>> torch.manual_seed(0) and None
+    >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, 10))
+    >>> stats = InitStats(parse("3x8x8 > conv(16,pad=zeros) > relu > flatten > dense(10)"))
+    >>> stats.add([net[0].weight, net[3].weight])
+    >>> stats.result().scheme  # nn.Conv2d / nn.Linear's own init: uniform, bound 1/sqrt(fan_in)
+    'torch'
+    """
+    if not stats.labels:
+        return InitGuess(None, "unknown: the network has no conv or dense layer")
+    if not stats.accs:
+        return InitGuess(None, "unknown: no weights were examined")
+    from scipy import stats as sst
+
+    a = alpha / (3 * len(stats.accs))
+    z = float(sst.norm.ppf(1 - a / 2))
+    layers = []
+    for acc in stats.accs:
+        chi2_bounds = (float(sst.chi2.ppf(a / 2, acc.n)), float(sst.chi2.ppf(1 - a / 2, acc.n)))
+        gains = acc.gains
+        gain = gains[0] if gains and all(g is not None for g in gains) else None
+        if gain is not None and any(g is not None and abs(g - gain) > 1e-6 * gain for g in gains):
+            gain = None
+        ok = tuple(s.value for s in SCHEMES if _consistent(acc, s, gain, z, chi2_bounds))
+        m2 = acc.s2 / acc.n
+        kurt = acc.s4 / acc.n / m2**2 if m2 > 0 else math.nan
+        layers.append(LayerInit(acc.label, acc.n, m2 / (2 / acc.fans[0]), kurt, gain, ok))
+    level = f"level {alpha:g}, Bonferroni over {3 * len(layers)} tests, {stats.draws} draw(s) pooled"
+    survivors = [s for s in SCHEMES if all(s.value in x.schemes for x in layers)]
+    if not survivors:
+        lost = next((x for x in layers if not x.schemes), None)
+        if lost is not None:
+            return InitGuess(None, f"unknown: {lost.describe()} matches none of "
+                             f"{', '.join(s.value for s in SCHEMES)} ({level})", tuple(layers))
+        per = "; ".join(f"{x.layer} {'/'.join(x.schemes)}" for x in layers)
+        return InitGuess(None, f"unknown: the layers match different schemes ({per})", tuple(layers))
+    first = survivors[0]
+    same = [s for s in survivors[1:] if _same_law(first, s, stats)]
+    different = [s for s in survivors[1:] if s not in same]
+    if different:
+        names = ", ".join(s.value for s in [first, *different])
+        return InitGuess(None, f"unknown: the weights are consistent with {names}, which predict differently "
+                         "(layers too small to tell them apart)", tuple(layers))
+    also = f"; identical here to {', '.join(s.value for s in same)}" if same else ""
+    return InitGuess(first.value, f"{first.value}: all {len(layers)} conv / dense layers consistent ({level}){also}",
+                     tuple(layers))
+
+
+def _same_law(a: Init, b: Init, stats: InitStats) -> bool:
+    """Two schemes the theory cannot tell apart on these layers: equal variances, neither uniform."""
+    if Init.TORCH in (a, b):
+        return False
+    for acc in stats.accs:
+        va, vb = acc.variance(a), acc.variance(b)
+        if abs(va - vb) > 1e-12 * max(va, vb):
+            return False
+    return True
