@@ -20,8 +20,14 @@ def register(app: typer.Typer) -> None:
         eps: float = typer.Option(0.0, "--eps", help="defence strength, normalised input units"),
         epochs: int = typer.Option(6, "--epochs"),
         arch: str = typer.Option(None, "--arch", help="family or spec text (default strided(channels=16,...))"),
+        batchnorm: bool = typer.Option(False, "--batchnorm",
+                                       help="a batch norm after every conv (conv -> BN -> ReLU); measured in eval "
+                                            "mode (running statistics)"),
         batch_size: int = typer.Option(64, "--batch-size"),
         lr: float = typer.Option(0.05, "--lr", help="initial SGD learning rate (the reference: 0.01 over 200 epochs)"),
+        weight_decay: float = typer.Option(0.0, "--weight-decay",
+                                           help="SGD's coupled L2 coefficient (torch.optim.SGD weight_decay; the "
+                                                "reference: 0; Galloway et al.: 5e-4)"),
         halve_every: int = typer.Option(2, "--halve-every",
                                         help="reload the best-validation weights and halve the lr every N epochs "
                                              "(the reference: 30; 0: never)"),
@@ -60,7 +66,8 @@ def register(app: typer.Typer) -> None:
                              method=Method.parse(method), eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
                              halve_every=halve_every, valid_fraction=valid_fraction, n_train=n_train or None,
                              n_test=n_test or None, n_eval=n_eval, attack_eps=attack_eps, attack_every=attack_every,
-                             seed=seed, data_dir=data_dir, device=device)
+                             seed=seed, data_dir=data_dir, device=device, weight_decay=weight_decay,
+                             batchnorm=batchnorm)
         _set_threads(threads)
         run_store = RunStore(store) if store is not None else None
         try:
@@ -75,13 +82,16 @@ def register(app: typer.Typer) -> None:
         keys = ["acc", "grad_l1", "grad_l2", "vuln_linf", "damage_linf", "vuln_l2", "damage_l2"]
         rows = [[r["epoch"], f"{r['lr']:g}", split] + [f"{r[split][k]:.4g}" if k in r[split] else "-" for k in keys]
                 for r in result.history for split in ("train", "valid", "test") if split in r]
-        out.print(table(f"{config.method.value} eps={config.eps:g} on {dataset} at {result.final['size']} px "
-                        f"(d={result.d}); attacks: PGD l_inf eps={config.attack_eps:g}, l_2 eps*sqrt(d) "
-                        "(normalised units)", ["epoch", "lr", "split", *keys], rows))
+        options = "".join([", batch norm" if batchnorm else "",
+                           f", weight decay {weight_decay:g}" if weight_decay else ""])
+        out.print(table(f"{config.method.value} eps={config.eps:g}{options} on {dataset} at {result.final['size']} "
+                        f"px (d={result.d}); measured in eval mode; attacks: PGD l_inf eps={config.attack_eps:g}, "
+                        "l_2 eps*sqrt(d) (normalised units)", ["epoch", "lr", "split", *keys], rows))
 
     @app.command("experiment")
     def experiment_cmd(
-        which: str = typer.Argument(..., help="first-order (Section 4.1) or dimension (Section 4.2)"),
+        which: str = typer.Argument(..., help="first-order (Section 4.1), dimension (Section 4.2) or batchnorm "
+                                                "(BN and weight decay vs d: Galloway et al.'s counter-claim)"),
         preset: str = typer.Option("small", "--preset", help="small (2-core CPU) or paper (GPU / cluster)"),
         out_dir: Path = typer.Option(Path("advdim-experiment"), "--out", help="folder of the store and plots"),
         workers: int = typer.Option(None, "--workers",

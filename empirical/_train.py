@@ -1,10 +1,18 @@
 """Training with a defence, the reference's validation schedule, per-epoch metrics, exact resume.
 
 Schedule (the reference implementation's, with CPU-sized defaults): ``valid_fraction`` of the
-training images (a permutation seeded 42) is held out for validation; SGD with momentum, no
-weight decay; at the start of every epoch ``e > 0`` with ``e % halve_every == 0`` the weights of
-the best validation accuracy so far are reloaded and the learning rate is halved (the optimizer's
-momentum is kept, as in the reference).
+training images (a permutation seeded 42) is held out for validation; SGD with momentum and,
+optionally, ``weight_decay`` (SGD's coupled L2: ``lambda * w`` added to each weight's gradient,
+the form of Galloway et al. 2019; the reference uses none); at the start of every epoch ``e > 0``
+with ``e % halve_every == 0`` the weights of the best validation accuracy so far are reloaded and
+the learning rate is halved (the optimizer's momentum is kept, as in the reference).
+
+``batchnorm`` inserts a batch-norm layer after every conv of the resolved net (conv -> BN -> ReLU,
+the paper's block; :func:`with_batchnorm`).  Batch statistics are used in training (the training
+objective, gradient penalties included, runs in train mode), running statistics everywhere else:
+every measurement (gradients, attacks, vulnerability) is taken in **eval mode**, where a sample's
+input gradient does not depend on the rest of its batch; each epoch record says so
+(``"measure_mode": "eval"``).
 
 Every epoch the model is evaluated (eval mode) on the whole validation split and on the first
 ``n_eval`` images of the training part and of the test set: accuracy, mean cross-entropy,
@@ -49,7 +57,7 @@ from advdim.empirical._defences import Method, objective
 from torch import nn
 from torch.nn import functional as F
 
-from advdim.arch import resolve
+from advdim.arch import BatchNorm, Conv, Spec, resolve
 from advdim.build import Init, build, resolve_device
 from advdim.errors import AdvdimError, Interrupted
 from advdim.gradients import Target, input_gradient, lp_norm
@@ -58,6 +66,24 @@ from advdim.store import RunStore
 EPOCH_KIND = "empirical.epoch"
 DEFAULT_ARCH = "strided(channels=16,final=7,padding=zeros)"
 VALID_SEED = 42  # the reference's seed of the validation split
+#: options added after the first stored runs: left out of the JSON (and so of the store keys) at
+#: their defaults, so that runs stored before they existed keep their keys
+OPTIONAL_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "batchnorm": False}
+
+
+def with_batchnorm(spec: Spec) -> Spec:
+    """``spec`` with a batch-norm layer after every conv (conv -> BN -> ReLU, the paper's block).
+
+    >>> from advdim.arch import format_spec, parse
+    >>> format_spec(with_batchnorm(parse("1x8x8 > conv(4,k=3) > relu > flatten > dense(10)")))
+    '1x8x8 > conv(4) > batchnorm > relu > flatten > dense(10)'
+    """
+    layers: list[Any] = []
+    for layer in spec.layers:
+        layers.append(layer)
+        if isinstance(layer, Conv):
+            layers.append(BatchNorm())
+    return Spec(spec.input_shape, tuple(layers))
 
 
 @dataclass(frozen=True)
@@ -69,8 +95,11 @@ class TrainConfig:
         size: input side after resampling (``None``: native, or 32 with ``pad``).
         pad: zero-pad 28 -> 32 before resampling.
         arch: a family (``gap(channels=16,final=7)``) or a spec text; resolved at ``size``.
+        batchnorm: insert a batch-norm layer after every conv of ``arch`` (:func:`with_batchnorm`).
         method, eps: the defence and its strength (normalised input units).
-        epochs, batch_size, lr, momentum: SGD with momentum, no weight decay, initial lr.
+        epochs, batch_size, lr, momentum: SGD with momentum, initial lr.
+        weight_decay: SGD's coupled L2 coefficient (``torch.optim.SGD(weight_decay=...)``: the
+            gradient of every parameter gets ``weight_decay * w``; 0: none, as the reference).
         halve_every: reload the best-validation weights and halve the lr every this many epochs
             (the reference: 30 of 200 epochs; 0: never).
         valid_fraction: share of the ``n_train`` images held out for validation (reference 0.1).
@@ -105,6 +134,8 @@ class TrainConfig:
     seed: int = 0
     data_dir: str | None = None
     device: str = "cpu"
+    weight_decay: float = 0.0
+    batchnorm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method.parse(self.method))
@@ -116,8 +147,8 @@ class TrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise AdvdimError(f"{name} must be a positive integer, got {v!r}")
         for name, f in {"eps": self.eps, "lr": self.lr, "momentum": self.momentum,
-                        "attack_eps": self.attack_eps}.items():
-            if not math.isfinite(f) or f < 0:
+                        "attack_eps": self.attack_eps, "weight_decay": self.weight_decay}.items():
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 0:
                 raise AdvdimError(f"{name} must be finite and >= 0, got {f!r}")
         for name, v in {"halve_every": self.halve_every, "attack_every": self.attack_every}.items():
             if not isinstance(v, int) or v < 0:
@@ -126,10 +157,17 @@ class TrainConfig:
             raise AdvdimError("lr and attack_eps must be positive")
         if not 0 <= self.valid_fraction < 1:
             raise AdvdimError(f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
+        if not isinstance(self.batchnorm, bool):
+            raise AdvdimError(f"batchnorm must be true or false, got {self.batchnorm!r}")
+        object.__setattr__(self, "weight_decay", float(self.weight_decay))
 
     def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON; the options of :data:`OPTIONAL_DEFAULTS` only when set."""
         out = dataclasses.asdict(self)
         out["method"] = self.method.value
+        for key, default in OPTIONAL_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
         return out
 
     @classmethod
@@ -156,6 +194,10 @@ class TrainResult:
     history: tuple[dict[str, Any], ...]
     model: nn.Module = field(repr=False)
     d: int = 0
+    #: per-sample values on the evaluated test images at the last epoch trained in this call
+    #: (``grad_l1``, and ``vuln_linf`` / ``vuln_l2`` as 0 / 1): shape ``(n,)`` each (see
+    #: :func:`evaluate`'s ``samples``); empty when a resumed run had no epoch left to train
+    test_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -164,9 +206,27 @@ class TrainResult:
 
 def evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torch.Tensor, size: int | None,
              pad: bool, attack_eps: float, attack_steps: int, batch_size: int = 128,
-             device: torch.device | str = "cpu", attack: bool = True) -> dict[str, float]:
+             device: torch.device | str = "cpu", attack: bool = True,
+             samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Metrics on ``images`` (uint8) / ``labels`` (see the module docstring); the vulnerability and
-    damage keys only with ``attack``."""
+    damage keys only with ``attack``.  Measured in eval mode (the mode of every submodule is
+    restored after).
+
+    Args:
+        samples: when given, filled with the per-sample values in the order of ``images``:
+            ``grad_l1`` (``||d_x L||_1``) and, with ``attack``, ``vuln_linf`` / ``vuln_l2`` (1.0
+            when the attack changes the prediction, else 0.0).
+    """
+    from advdim.gradients import mode
+
+    with mode(model, False):
+        return _evaluate(model, data, images, labels, size, pad, attack_eps, attack_steps, batch_size, device,
+                         attack, samples)
+
+
+def _evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torch.Tensor, size: int | None,
+              pad: bool, attack_eps: float, attack_steps: int, batch_size: int, device: torch.device | str,
+              attack: bool, samples: dict[str, list[float]] | None) -> dict[str, float]:
     sums: dict[str, float] = {}
     sq_l1 = 0.0
     n = images.shape[0]
@@ -184,13 +244,18 @@ def evaluate(model: nn.Module, data: Dataset, images: torch.Tensor, labels: torc
         batch = {"acc": (pred == y).double().sum(), "loss": loss.double().sum(), "grad_l1": l1.sum(),
                  "grad_l2": l2.sum()}
         sq_l1 += float((l1 * l1).sum())
+        if samples is not None:
+            samples.setdefault("grad_l1", []).extend(l1.cpu().tolist())
         radii = (("linf", math.inf, attack_eps), ("l2", 2.0, attack_eps * math.sqrt(d))) if attack else ()
         for tag, p, radius in radii:
             adv = attacks.pgd(model, x, y, radius, p, attack_steps, bounds=(bounds[0], bounds[1]))
             with torch.no_grad():
                 adv_logits = model(adv)
                 adv_loss = F.cross_entropy(adv_logits, y, reduction="none")
-            batch[f"vuln_{tag}"] = (adv_logits.argmax(dim=1) != pred).double().sum()
+            flipped = (adv_logits.argmax(dim=1) != pred).double()
+            batch[f"vuln_{tag}"] = flipped.sum()
+            if samples is not None:
+                samples.setdefault(f"vuln_{tag}", []).extend(flipped.cpu().tolist())
             batch[f"damage_{tag}"] = ((adv_loss - loss).double() / radius).sum()
         for k, v in batch.items():
             sums[k] = sums.get(k, 0.0) + float(v)
@@ -316,16 +381,22 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
     data = data.subset(config.n_train, config.n_test)
     size = config.size if config.size is not None else (32 if config.pad else data.native)
     spec = resolve(config.arch, size, data.channels)
+    if config.batchnorm:
+        if not any(isinstance(layer, Conv) for layer in spec.layers):
+            raise AdvdimError(f"batchnorm puts a batch norm after every conv, but {config.arch} has no conv")
+        spec = with_batchnorm(spec)
     if spec.n_classes != data.n_classes:
         raise AdvdimError(f"the architecture has {spec.n_classes} logits but the data {data.n_classes} classes")
     model = build(spec, Init.parse(config.init), seed=config.seed, device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
     order_gen = torch.Generator().manual_seed(config.seed)
     attack_gen = torch.Generator().manual_seed(config.seed + 1)
     bounds = tuple(b.to(device) for b in data.bounds())
     train_idx, valid_idx = split_validation(data.x_train.shape[0], config.valid_fraction)
     x_train, y_train = data.x_train[train_idx], data.y_train[train_idx]
     history: list[dict[str, Any]] = []
+    test_samples: dict[str, list[float]] = {}
     start_epoch, lr = 0, config.lr
     best_acc, best_state = -1.0, None
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -394,11 +465,14 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
                 model.eval()
                 last = epoch + 1 == config.epochs
                 attack = last or (config.attack_every > 0 and (epoch + 1) % config.attack_every == 0)
+                # every measurement in eval mode: batch norm uses its running statistics
                 record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "lr": lr, "d": spec.d,
-                                          "size": size}
+                                          "size": size, "measure_mode": "eval"}
+                test_samples = {}
                 for split, (xs, ys) in evals.items():
                     record[split] = evaluate(model, data, xs, ys, size, config.pad, config.attack_eps,
-                                             config.attack_steps, device=device, attack=attack and split == "test")
+                                             config.attack_steps, device=device, attack=attack and split == "test",
+                                             samples=test_samples if split == "test" else None)
                 if "valid" in record and record["valid"]["acc"] > best_acc:
                     best_acc = record["valid"]["acc"]
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -429,4 +503,4 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         raise _interrupted(config, running, len(history), saved if ckpt is not None else 0, store is not None,
                            ckpt) from None
     model.eval()
-    return TrainResult(config, tuple(history), model, spec.d)
+    return TrainResult(config, tuple(history), model, spec.d, test_samples)
