@@ -103,15 +103,28 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 @arch_app.command("show")
 def arch_show(
-    spec: str = typer.Argument(..., help="family name, family(key=value,...) or a spec text 'CxHxW > layer > ...'"),
-    size: int = typer.Option(None, "--size", "-s", help="input side s (inputs are C x s x s)"),
-    channels: int = typer.Option(3, "--channels", "-c", help="input channels C"),
+    spec: str = typer.Argument(..., help="family name, family(key=value,...), a spec text 'CxHxW > layer > ...', "
+                                         "or file.py:NAME / module:NAME (a user family)"),
+    size: int = typer.Option(None, "--size", "-s", help="input side s (inputs are C x s x s); a spec text: its "
+                                                         "own size by default"),
+    channels: int = typer.Option(None, "--channels", "-c", help="input channels C [default: 3; a spec: its own]"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Print the layer table of a family member or a spec: output shape, in-degree, parameters."""
-    from advdim.arch import resolve
+    from advdim.arch import TargetKind, resolve_target
+    from advdim.errors import SpecError
 
-    s = resolve(spec, size, channels)
+    t = resolve_target(spec)
+    if t.kind is TargetKind.SPEC and size is None:
+        assert t.base is not None
+        s = t.base
+    elif size is None:
+        raise SpecError(f"the family {t.text!r} needs an input size (--size)")
+    else:
+        if t.kind is TargetKind.FAMILY and t.member is not None:
+            s = t.member.spec(size, 3 if channels is None else channels)
+        else:
+            s = t.spec(size, channels)
     rows = s.table()
     if as_json:
         emit_json({"spec": s.to_text(), "input_shape": list(s.input_shape), "d": s.d,

@@ -70,6 +70,8 @@ def _files(root: Path) -> dict[str, str]:
         "def make():\n"
         "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
         "                         nn.Linear(4, 3))\n\n"
+        "def per_size(input_shape=(1, 4, 4)):\n"
+        "    return make()\n\n"
         "def nan_model():\n"
         "    net = make()\n"
         "    net.register_forward_hook(lambda m, i, o: o * float('nan'))\n"
@@ -159,8 +161,8 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--resume": flag,
             "--json": flag}),
         Command(("measure",), {"target": f["models"] + ":make", "--input-shape": "1,4,4", "--sizes": "1,2",
-                               "--inputs": "4", "--steps": "2", "--device": "cpu", "--out": new}, {
-            "target": Pool((f["models"] + ":make",),
+                               "--inputs": "4", "--steps": "2", "--draws": "2", "--device": "cpu", "--out": new}, {
+            "target": Pool((f["models"] + ":make", f["models"] + ":per_size"),
                            ("nope:x", f["root"] + "/missing.py:f", f["models"] + ":absent", f["models"] + ":nan_model",
                             f["models"] + ":constant", f["models"] + ":wrong_shape", "no-colon")),
             "--input-shape": Pool(("1,4,4",), ("0,4,4", "x", "1,4")),
@@ -169,6 +171,7 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--inputs": Pool(("4",), ("1", "0")),
             "--eps": Pool((None, "0.01"), ("-1", "0", "nan")),
             "--steps": Pool(("2",), ("0", "-2")),
+            "--draws": Pool(("2", "3"), ("1", "0", "-1")),
             "--seed": seed, "--device": device,
             "--out": Pool((new,), (f["file"],)),
             "--json": flag}),
