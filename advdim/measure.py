@@ -40,15 +40,11 @@ that accepts only one input size is measured at that size only (no slope).
 from __future__ import annotations
 
 import enum
-import importlib
-import importlib.util
 import inspect
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,32 +113,12 @@ def q_text(q: float) -> str:
 
 def load_factory(target: str) -> Callable[..., Any]:
     """Import ``MODULE:FACTORY`` (``MODULE`` a dotted module name or a path to a ``.py`` file)."""
+    from advdim.arch import load_object
+
     mod_name, sep, attr = str(target).rpartition(":")
     if not sep or not mod_name or not attr:
         raise AdvdimError(f"the model must be given as MODULE:FACTORY, got {target!r}")
-    path = Path(mod_name)
-    try:
-        if mod_name.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise AdvdimError(f"no such file: {mod_name!r}")
-            spec = importlib.util.spec_from_file_location(f"_advdim_user_{path.stem}", path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))  # like `python -m`: the current folder is importable
-            module = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        raise AdvdimError(f"cannot import module {mod_name!r}: {e}") from None
-    except AdvdimError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's module failed to import
-        raise AdvdimError(f"importing {mod_name!r} failed: {type(e).__name__}: {e}") from None
-    if not hasattr(module, attr):
-        raise AdvdimError(f"module {mod_name!r} has no attribute {attr!r}")
-    factory = getattr(module, attr)
+    factory = load_object(str(target))
     if not callable(factory):
         raise AdvdimError(f"{target!r} is not callable (a factory returning an nn.Module is expected)")
     return factory  # type: ignore[no-any-return,unused-ignore]

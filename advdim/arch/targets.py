@@ -192,35 +192,41 @@ _SOURCE_RE = re.compile(r"^(?P<module>[^:]+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def load_object(text: str) -> Any:
-    """Import ``MODULE:NAME`` where ``MODULE`` is a dotted module name or a path to a ``.py`` file."""
+    """Import ``MODULE:NAME`` where ``MODULE`` is a dotted module name (the current folder is
+    importable, as with ``python -m``) or a path to a ``.py`` file.  The one loader of user code:
+    ``--family file.py:NAME`` and ``advdim measure MODULE:FACTORY`` both use it."""
     m = _SOURCE_RE.match(text.strip())
     if m is None:
         raise SpecError(f"a Python object is named MODULE:NAME or path/to/file.py:NAME, got {text!r}")
     module, name = m.group("module"), m.group("name")
-    if module.endswith(".py") or os.sep in module or "/" in module:
-        path = Path(module)
-        if not path.is_file():
-            raise SpecError(f"no such Python file: {module!r}")
-        mod_name = f"_advdim_user_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        if spec is None or spec.loader is None:
-            raise SpecError(f"cannot import {module!r}")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except Exception as e:  # noqa: BLE001 - the user's code: one line naming it
-            sys.modules.pop(mod_name, None)
-            raise SpecError(f"importing {module!r} raised {type(e).__name__}: {e}") from None
-    else:
-        try:
+    path = Path(module)
+    try:
+        if module.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise SpecError(f"no such Python file: {module!r}")
+            mod_name = f"_advdim_user_{path.stem}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise SpecError(f"cannot import {module!r}")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                sys.modules.pop(mod_name, None)
+                raise
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
             mod = importlib.import_module(module)
-        except ImportError as e:
-            raise SpecError(f"cannot import module {module!r}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - the user's code: one line naming it
-            raise SpecError(f"importing {module!r} raised {type(e).__name__}: {e}") from None
+    except SpecError:
+        raise
+    except ModuleNotFoundError as e:
+        raise SpecError(f"cannot import module {module!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's code: one line naming it
+        raise SpecError(f"importing {module!r} raised {type(e).__name__}: {e}") from None
     if not hasattr(mod, name):
-        raise SpecError(f"{module!r} has no {name!r}")
+        raise SpecError(f"module {module!r} has no attribute {name!r}")
     return getattr(mod, name)
 
 

@@ -78,7 +78,7 @@ def test_user_family_from_a_file_and_a_module(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize(
     ("name", "message"),
     [("broken", "raised RuntimeError: lab code fails"), ("wrong_shape", r"returned a spec with input \(1, 4, 4\)"),
-     ("not_callable", "must be a callable"), ("absent", "has no 'absent'")],
+     ("not_callable", "must be a callable"), ("absent", "has no attribute 'absent'")],
 )
 def test_user_family_faults_are_one_line(tmp_path: Path, name: str, message: str) -> None:
     (tmp_path / "labarch2.py").write_text(USER)
