@@ -31,4 +31,5 @@ class Interrupted(Exception):  # noqa: N818 - a user's interrupt, not an error o
 EXIT_OK = 0
 EXIT_FAILED = 1  # a judged claim failed (verify, measure)
 EXIT_BAD_INPUT = 2  # bad input or an environment fault: one line on stderr
+EXIT_INCONCLUSIVE = 3  # no judged claim failed, but some could not be told apart at this budget
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM

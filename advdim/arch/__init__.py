@@ -29,17 +29,22 @@ from advdim.arch.families import (
 )
 from advdim.arch.grammar import format_layer, format_spec, parse
 from advdim.arch.layers import (
+    GELU,
+    Attention,
     AvgPool,
     BatchNorm,
+    BNMode,
     Conv,
     Dense,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
     Layer,
+    LayerNorm,
     MaxPool,
     Padding,
     ReLU,
+    Residual,
     Shape,
     Spec,
 )
@@ -56,5 +61,5 @@ __all__ = [
     "FAMILIES", "AvgPool", "BatchNorm", "Conv", "Dense", "Family", "FamilyType", "Flatten", "GlobalAvgPool",
     "GlobalMaxPool", "Layer", "MaxPool", "Padding", "ReLU", "Shape", "Spec", "family", "format_layer", "format_spec",
     "parse", "parse_family", "resolve", "sample_family", "shapes_of", "Target", "TargetKind", "load_object",
-    "register_family", "resolve_target", "unregister_family",
+    "register_family", "resolve_target", "unregister_family", "GELU", "Attention", "BNMode", "LayerNorm", "Residual",
 ]

@@ -241,9 +241,31 @@ class ReLU(Layer):
         return shape
 
 
+class BNMode(Choice):
+    """Which statistics a batch norm layer normalises with when gradients are taken."""
+
+    BATCH = "batch"  # training mode: the batch's own mean and variance (the samples of a batch interact)
+    RUNNING = "running"  # evaluation mode: the running statistics (mean 0, variance 1 at initialisation)
+
+    @classmethod
+    def noun(cls) -> str:
+        return "batch norm mode"
+
+    @classmethod
+    def error(cls) -> type[SpecError]:
+        return SpecError
+
+
 @dataclass(frozen=True)
 class BatchNorm(Layer):
-    """Batch normalisation over channels (maps) or features (flat); weight 1, bias 0 at init."""
+    """Batch normalisation over channels (maps) or features (flat); weight 1, bias 0 at init.
+
+    ``mode`` says which statistics are used when the gradient is taken: ``running`` (evaluation
+    mode; at initialisation an identity up to ``1/sqrt(1 + eps)``) or ``batch`` (training mode:
+    each sample's output depends on the whole batch).
+    """
+
+    mode: BNMode = BNMode.RUNNING
 
     kind: ClassVar[str] = "batchnorm"
 
@@ -254,12 +276,130 @@ class BatchNorm(Layer):
         return 2 * shape[0]
 
 
+@dataclass(frozen=True)
+class LayerNorm(Layer):
+    """Layer normalisation: over the features of a flat input, or over the channels at each
+    position of a map (each position is a token, as in a vision transformer); weight 1, bias 0."""
+
+    kind: ClassVar[str] = "layernorm"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def in_degree(self, shape: Shape) -> int:
+        return shape[0]
+
+    def n_params(self, shape: Shape) -> int:
+        return 2 * shape[0]
+
+
+@dataclass(frozen=True)
+class GELU(Layer):
+    """Gaussian error linear unit (exact erf form), element-wise."""
+
+    kind: ClassVar[str] = "gelu"
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+@dataclass(frozen=True)
+class Attention(Layer):
+    """Multi-head self-attention over the positions of a (D, H, W) map: each of the ``H*W``
+    positions is a token with ``D`` features; ``heads`` must divide ``D``.  Query, key, value and
+    output projections are ``D x D`` weight matrices with biases; softmax of ``q.k / sqrt(D/heads)``."""
+
+    heads: int = 1
+
+    kind: ClassVar[str] = "attn"
+    has_weights: ClassVar[bool] = True
+
+    def out_shape(self, shape: Shape) -> Shape:
+        _positive(self, heads=self.heads)
+        c, _, _ = _need_map(self, shape)
+        if c % self.heads:
+            raise SpecError(f"{_grammar.format_layer(self)}: {self.heads} heads do not divide {c} features")
+        return shape
+
+    def in_degree(self, shape: Shape) -> int:
+        return shape[0]
+
+    def n_params(self, shape: Shape) -> int:
+        return 4 * (shape[0] * shape[0] + shape[0])
+
+
+@dataclass(frozen=True)
+class Residual(Layer):
+    """A residual block: ``output = skip(input) + scale * branch(input)``.
+
+    ``skip`` is the identity when the branch keeps the shape; otherwise a projection (see
+    :meth:`projection`): a bias-free ``1x1`` convolution with the stride that maps the input map
+    onto the branch's output map, or a bias-free dense layer on flat inputs.
+    """
+
+    branch: tuple[Layer, ...] = ()
+    scale: float = 1.0
+
+    kind: ClassVar[str] = "res"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.branch, list):
+            object.__setattr__(self, "branch", tuple(self.branch))
+
+    def branch_shapes(self, shape: Shape) -> list[Shape]:
+        """Shapes before the branch's first layer and after each of its layers."""
+        if not self.branch:
+            raise SpecError("res: the branch needs at least one layer")
+        if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or not np.isfinite(self.scale):
+            raise SpecError(f"res: scale must be a finite number, got {self.scale!r}")
+        out = [shape]
+        for i, layer in enumerate(self.branch):
+            if not isinstance(layer, Layer):
+                raise SpecError(f"res: branch layer {i} is not a layer record: {layer!r}")
+            try:
+                out.append(layer.out_shape(out[-1]))
+            except SpecError as err:
+                raise SpecError(f"res: branch layer {i} {err}") from None
+        return out
+
+    def projection(self, shape: Shape) -> Layer | None:
+        """The skip connection's projection for input ``shape`` (``None``: the identity)."""
+        out = self.branch_shapes(shape)[-1]
+        if out == shape:
+            return None
+        if len(shape) == 1 and len(out) == 1:
+            return Dense(out[0], bias=False)
+        if len(shape) == 3 and len(out) == 3 and shape[1] % out[1] == 0 and shape[2] % out[2] == 0 \
+                and shape[1] // out[1] == shape[2] // out[2]:
+            return Conv(out[0], kernel=1, stride=shape[1] // out[1], padding=Padding.VALID, bias=False)
+        raise SpecError(f"res: no projection maps the input {shape} onto the branch output {out}")
+
+    def out_shape(self, shape: Shape) -> Shape:
+        out = self.branch_shapes(shape)[-1]
+        self.projection(shape)
+        return out
+
+    def in_degree(self, shape: Shape) -> int:
+        return 1 + self.branch[0].in_degree(shape)
+
+    def n_params(self, shape: Shape) -> int:
+        shapes = self.branch_shapes(shape)
+        proj = self.projection(shape)
+        return sum(layer.n_params(s) for layer, s in zip(self.branch, shapes)) + (
+            0 if proj is None else proj.n_params(shape))
+
+    def args(self) -> dict[str, Any]:
+        return {"branch": self.branch, **({} if self.scale == 1.0 else {"scale": self.scale})}
+
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.kind: cls
-    for cls in (Conv, Dense, AvgPool, MaxPool, GlobalAvgPool, GlobalMaxPool, Flatten, ReLU, BatchNorm)
+    for cls in (Conv, Dense, AvgPool, MaxPool, GlobalAvgPool, GlobalMaxPool, Flatten, ReLU, BatchNorm, LayerNorm,
+                GELU, Attention, Residual)
 }
 
-AnyLayer = Conv | Dense | AvgPool | MaxPool | GlobalAvgPool | GlobalMaxPool | Flatten | ReLU | BatchNorm
+AnyLayer = (Conv | Dense | AvgPool | MaxPool | GlobalAvgPool | GlobalMaxPool | Flatten | ReLU | BatchNorm | LayerNorm
+            | GELU | Attention | Residual)
 
 
 # --------------------------------------------------------------------------------------------
