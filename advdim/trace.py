@@ -6,9 +6,18 @@ spec layers: ``Conv2d`` (square kernel, stride and dilation, ``groups=1``, paddi
 ``F.relu``, ``torch.relu``, ``x.relu()``), ``MaxPool2d`` / ``AvgPool2d`` (kernel = stride, no padding),
 ``AdaptiveAvgPool2d(1)`` / ``AdaptiveMaxPool2d(1)`` and ``x.mean((2, 3))`` / ``x.amax((2, 3))`` (global
 pools), ``Flatten``, ``torch.flatten(x, 1)``, ``x.view(B, -1)`` / ``x.reshape(B, -1)``, ``BatchNorm2d``
-/ ``BatchNorm1d`` at initialisation (eval mode: running mean 0, variance 1, weight 1, bias 0), and
-``Identity`` / ``Dropout`` (identities in eval mode).  Anything else -- a skip connection, a
-branch, another layer, a module applied twice -- is an :class:`Untraceable` naming it.  A trace is
+/ ``BatchNorm1d`` at initialisation (weight 1, bias 0; ``batchnorm`` with running mean 0, variance
+1, or ``batchnorm(mode=batch)`` for ``track_running_stats=False`` and advdim's ``BatchStatNorm``,
+which use batch statistics in eval mode, where gradients are measured), ``nn.LayerNorm(D)`` on a
+flat ``(B, D)`` and advdim's ``TokenLayerNorm`` on a map, ``GELU`` (exact form; module or
+``F.gelu``), advdim's ``SelfAttention``, and ``Identity`` / ``Dropout`` (identities in eval mode).
+A fork whose two paths meet at an addition is a residual block ``skip(x) + a * branch(x)``
+(``x + branch(x)``, ``x + 0.5 * branch(x)``, ``branch(x) / 2 + proj(x)``, ``out += x``): the skip is
+the identity or the block's projection (a bias-free 1x1 conv with the branch's stride, or a
+bias-free ``Linear`` on flat inputs), the branch any chain of layers and blocks, ``a`` a constant
+factor applied last in the branch.  Anything else -- a scaled skip, a shortcut with a batch norm,
+paths meeting at a product, another layer, a module applied twice, ``nn.MultiheadAttention`` -- is
+an :class:`Untraceable` naming it.  A trace is
 kept only when it reproduces the module: the spec's network, with the module's own weights copied
 in, must give the module's logits on a Gaussian input (eval mode, rounding of the module's dtype).
 
@@ -44,28 +53,34 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from advdim.arch import (
+    GELU,
+    Attention,
     AvgPool,
     BatchNorm,
+    BNMode,
     Conv,
     Dense,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
     Layer,
+    LayerNorm,
     MaxPool,
     Padding,
     ReLU,
+    Residual,
     Spec,
     format_layer,
 )
+from advdim.build import LN_EPS, BatchStatNorm, SelfAttention, TokenLayerNorm
 from advdim.errors import SpecError
 from advdim.inits import Init
 from advdim.theory._graph import BN_EPS  # batchnorm in eval mode at initialisation: y = x / sqrt(1 + eps)
@@ -106,7 +121,7 @@ def trace_module(module: nn.Module, input_shape: Sequence[int]) -> Traced | Untr
     """:func:`trace`, keeping which modules hold the weights of each conv / dense layer."""
     shape = tuple(int(n) for n in input_shape)
     try:
-        gm = torch.fx.symbolic_trace(module)
+        gm = torch.fx.GraphModule(module, _Tracer().trace(module))
     except Exception as e:  # noqa: BLE001 - any failure of the tracer is a reason
         return Untraceable(f"torch.fx cannot trace the module: {_first_line(e)}")
     gm.graph.eliminate_dead_code()
@@ -120,6 +135,14 @@ def trace_module(module: nn.Module, input_shape: Sequence[int]) -> Traced | Untr
     traced = Traced(spec, tuple(names))
     mismatch = _reproduces(module, traced)
     return traced if mismatch is None else Untraceable(mismatch)
+
+
+class _Tracer(torch.fx.Tracer):
+    """``torch.fx``'s tracer, with advdim's own layer modules read whole (as torch's layers are)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (SelfAttention, TokenLayerNorm, BatchStatNorm)) or super().is_leaf_module(
+            m, module_qualified_name)
 
 
 class _NotAChain(Exception):  # noqa: N818 - internal: becomes an Untraceable
@@ -202,17 +225,35 @@ def _functional_pool(node: torch.fx.Node, where: str) -> Layer:
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm, where: str) -> BatchNorm:
-    if not m.track_running_stats or m.running_mean is None or m.running_var is None:
-        raise _NotAChain(f"{where} normalises by batch statistics in eval mode (track_running_stats=False)")
+    """The mode is what the module does in eval mode, where every gradient is measured: batch
+    statistics for :class:`~advdim.build.BatchStatNorm` and ``track_running_stats=False``, else the
+    running statistics (which must be those of initialisation)."""
     if abs(m.eps - BN_EPS) > 1e-12:
         raise _NotAChain(f"{where} has eps {m.eps:g}; the theory's batchnorm has eps {BN_EPS:g}")
-    at_init = bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())
+    mean, var = m.running_mean, m.running_var
+    batch = isinstance(m, BatchStatNorm) or not m.track_running_stats or mean is None or var is None
+    at_init = batch or (mean is not None and var is not None and bool((mean == 0).all()) and bool((var == 1).all()))
     if m.affine:
         at_init = at_init and bool((m.weight == 1).all()) and bool((m.bias == 0).all())
     if not at_init:
         raise _NotAChain(f"{where} holds running statistics or an affine map other than at initialisation "
                          "(mean 0, variance 1, weight 1, bias 0): the theory covers batchnorm at initialisation only")
-    return BatchNorm()
+    return BatchNorm(BNMode.BATCH if batch else BNMode.RUNNING)
+
+
+def _layernorm(m: nn.LayerNorm, where: str, shape: tuple[int, ...]) -> LayerNorm:
+    """``TokenLayerNorm`` (channels at each position of a map), or ``nn.LayerNorm(D)`` on a flat ``(B, D)``."""
+    if len(shape) == 3 and not isinstance(m, TokenLayerNorm):
+        raise _NotAChain(f"{where} normalises the last axis of the (C, H, W) map, not the channels at each position "
+                         "(advdim.build.TokenLayerNorm does)")
+    if tuple(m.normalized_shape) != (shape[0],):
+        raise _NotAChain(f"{where} normalises a shape {tuple(m.normalized_shape)}, not the {shape[0]} features")
+    if abs(m.eps - LN_EPS) > 1e-12:
+        raise _NotAChain(f"{where} has eps {m.eps:g}; advdim's layernorm has eps {LN_EPS:g}")
+    if (m.weight is not None and not bool((m.weight == 1).all())) or (m.bias is not None and not bool(
+            (m.bias == 0).all())):
+        raise _NotAChain(f"{where} has an affine map other than at initialisation (weight 1, bias 0)")
+    return LayerNorm()
 
 
 _RELU_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.relu_)
@@ -235,65 +276,247 @@ def _flatten_args(node: torch.fx.Node, start_index: int) -> bool:
 
 
 def _read_graph(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> tuple[list[Layer], list[str]]:
-    """The chain of layers of a traced module, and the names of the modules holding the weights."""
-    layers: list[Layer] = []
-    names: list[str] = []
-    used: set[int] = set()
-    shape: tuple[int, ...] = input_shape
-    value: torch.fx.Node | None = None  # the node holding the activations
-    batch: set[torch.fx.Node] = set()  # nodes holding x.size(0) / x.shape[0] or x.shape / x.size()
-
-    def add(layer: Layer, node: torch.fx.Node) -> None:
-        nonlocal shape
-        try:
-            shape = layer.out_shape(shape)
-        except SpecError as e:
-            raise _NotAChain(f"{_describe(node, gm)}: {e}") from None
-        layers.append(layer)
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if value is not None:
-                raise _NotAChain(f"forward takes more than one input ({node.target!r})")
-            value = node
-            continue
-        if node.op == "output":
-            if node.args[0] is not value:
-                raise _NotAChain("forward does not return the last layer's output alone")
-            continue
-        assert value is not None
+    """The layers of a traced module, and the names of the modules holding the weights (in the
+    order of :func:`weight_labels`)."""
+    nodes = list(gm.graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise _NotAChain(f"forward takes {len(inputs)} inputs ({', '.join(repr(n.target) for n in inputs)}), "
+                         "not one")
+    for node in nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.MultiheadAttention):
+            raise _NotAChain(f"{_describe(node, gm)} is not traced: advdim's attention is "
+                             "advdim.build.SelfAttention over the positions of a (B, D, H, W) map")
         if node.op == "get_attr":
             raise _NotAChain(f"forward reads the attribute {node.target!r} directly (e.g. F.conv2d with "
                              "its own weights): only modules are traced")
-        if _is_size(node, value, batch):
+    batch: set[torch.fx.Node] = set()  # nodes holding x.size(0) / x.shape[0] or x.shape / x.size()
+    for node in nodes:
+        if _is_size(node, batch):
             batch.add(node)
-            continue
-        inputs = [a for a in node.all_input_nodes if a not in batch]
-        if inputs != [value]:
-            others = [a for a in inputs if a is not value]
-            what = ("combines several tensors (a skip connection or a branch)" if value in inputs
-                    else f"reads {others[0].name!r} again instead of the last layer's output (a branch)")
-            raise _NotAChain(f"{_describe(node, gm)} {what}: the theory's specs are one chain of layers")
-        n_users = sum(1 for u in value.users if u not in batch)
-        if n_users > 1:
-            raise _NotAChain(f"the output of {value.name!r} is used by {n_users} later operations (a skip "
-                             "connection or a branch): the theory's specs are one chain of layers")
-        layer = _layer_of(node, gm, shape, batch)
-        if layer is not None:
-            add(layer, node)
-            if isinstance(layer, (Conv, Dense)):
-                target = str(node.target)
-                mod = gm.get_submodule(target)
-                if id(mod) in used:
-                    raise _NotAChain(f"module {target!r} is applied twice (shared weights): the theory needs "
-                                     "independent layers (H4)")
-                used.add(id(mod))
-                names.append(target)
-        value = node
+    reader = _Reader(gm, batch, {n: i for i, n in enumerate(nodes)})
+    layers, names, _, end = reader.chain(inputs[0], input_shape, stop=None)
+    output = nodes[-1]
+    if output.op != "output" or output.args[0] is not end:
+        raise _NotAChain("forward does not return the last layer's output alone")
+    for node in nodes:
+        if node not in reader.seen and node not in batch and node.op not in ("placeholder", "output"):
+            raise _NotAChain(f"{_describe(node, gm)} is not on the network's chain of layers")
+    if any(isinstance(x, _Scale) for x in layers):
+        raise _NotAChain("a multiplication by a constant outside a residual branch is not a layer of advdim's specs")
     return layers, names
 
 
-def _is_size(node: torch.fx.Node, value: torch.fx.Node, batch: set[torch.fx.Node]) -> bool:
+@dataclass(frozen=True)
+class _Scale(Layer):
+    """Internal: ``h * a`` (or ``h / b``) for a constant, the scale of a residual branch when last in it."""
+
+    value: float = 1.0
+
+    kind: ClassVar[str] = "scale"
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+
+_ADD = (operator.add, operator.iadd, torch.add)
+_MUL = (operator.mul, operator.imul, torch.mul)
+_DIV = (operator.truediv, operator.itruediv, torch.div)
+
+
+class _Reader:
+    """Reads a traced graph as a chain of layers; a fork whose two paths meet at an addition is a
+    residual block (``skip(x) + a * branch(x)``, the skip the identity or a projection)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, batch: set[torch.fx.Node], order: dict[torch.fx.Node, int]) -> None:
+        self.gm, self.batch, self.order = gm, batch, order
+        self.seen: set[torch.fx.Node] = set()
+        self.used: set[int] = set()  # ids of the modules holding weights, read so far
+
+    def users(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        return sorted((u for u in node.users if u not in self.batch), key=self.order.__getitem__)
+
+    def chain(self, value: torch.fx.Node, shape: tuple[int, ...], stop: torch.fx.Node | None,
+              first: torch.fx.Node | None = None) -> tuple[list[Layer], list[str], tuple[int, ...], torch.fx.Node]:
+        """Layers from ``value`` on (through ``first`` when given) until the node feeding ``stop``
+        (None: the output).  Returns the layers, weight module names, the shape and the last node."""
+        layers: list[Layer] = []
+        names: list[str] = []
+        node = first
+        while True:
+            if node is None:
+                users = self.users(value)
+                if stop is not None and stop in users:
+                    if len(users) > 1:
+                        raise _NotAChain(f"the output of {value.name!r} feeds the addition {stop.name!r} and "
+                                         f"{len(users) - 1} other operation(s): not a residual block of advdim's specs")
+                    return layers, names, shape, value
+                if len(users) == 1 and users[0].op == "output":
+                    if stop is not None:
+                        raise _NotAChain(f"the output of {value.name!r} leaves a residual branch before its addition")
+                    return layers, names, shape, value
+                if len(users) > 1:
+                    block, block_names, shape, value = self.residual(value, users, shape)
+                    layers.append(block)
+                    names += block_names
+                    continue
+                if not users:
+                    raise _NotAChain(f"the output of {value.name!r} is not used")
+                node = users[0]
+            inputs = [a for a in node.all_input_nodes if a not in self.batch]
+            if inputs != [value]:
+                others = [a for a in inputs if a is not value]
+                what = ("combines several tensors (a skip connection or a branch) in a way other than a residual "
+                        "block's addition" if value in inputs
+                        else f"reads {others[0].name!r} again instead of the last layer's output (a branch)")
+                raise _NotAChain(f"{_describe(node, self.gm)} {what}: the theory's specs are one chain of layers "
+                                 "and residual blocks")
+            self.seen.add(node)
+            layer = _scale_of(node) or _layer_of(node, self.gm, shape, self.batch)
+            if layer is not None:
+                try:
+                    shape = layer.out_shape(shape)
+                except SpecError as e:
+                    raise _NotAChain(f"{_describe(node, self.gm)}: {e}") from None
+                layers.append(layer)
+                names += self.weights(node, layer)
+            value, node = node, None
+
+    def weights(self, node: torch.fx.Node, layer: Layer) -> list[str]:
+        """Names of the modules holding the weights of ``layer`` (read at ``node``)."""
+        if not isinstance(layer, (Conv, Dense, Attention)):
+            return []
+        target = str(node.target)
+        mod = self.gm.get_submodule(target)
+        if id(mod) in self.used:
+            raise _NotAChain(f"module {target!r} is applied twice (shared weights): the theory needs "
+                             "independent layers (H4)")
+        self.used.add(id(mod))
+        return [f"{target}.{p}" for p in "qkvo"] if isinstance(layer, Attention) else [target]
+
+    def join_of(self, starts: Sequence[torch.fx.Node]) -> torch.fx.Node | None:
+        """The first node (in graph order) that both ``starts`` lead to (themselves included)."""
+        reach = []
+        for u in starts:
+            seen, todo = {u}, [u]
+            while todo:
+                for v in todo.pop().users:
+                    if v not in seen and v not in self.batch:
+                        seen.add(v)
+                        todo.append(v)
+            reach.append(seen)
+        common = reach[0] & reach[1]
+        return min(common, key=self.order.__getitem__) if common else None
+
+    def residual(self, value: torch.fx.Node, users: list[torch.fx.Node],
+                 shape: tuple[int, ...]) -> tuple[Residual, list[str], tuple[int, ...], torch.fx.Node]:
+        """The residual block forking at ``value``: ``(block, weight names, output shape, addition node)``.
+
+        With more than two uses, blocks are nested at the fork (``res(res(...) > ...)``): the two
+        paths that meet first form the inner block, which then starts a path of the next one.
+        """
+        starts: list[_Start] = list(users)
+        while len(starts) > 2:
+            pairs = [(a, b) for i, a in enumerate(starts) for b in starts[i + 1:]]
+            joins = [self.join_of([_node_of(a), _node_of(b)]) for a, b in pairs]
+            met = [(self.order[j], k) for k, j in enumerate(joins) if j is not None]
+            if not met:
+                raise _NotAChain(f"the {len(users)} uses of {value.name!r} never meet: not a residual block")
+            a, b = pairs[min(met)[1]]
+            starts = [s for s in starts if s is not a and s is not b] + [self.block(value, a, b, shape)]
+        if len(starts) != 2:
+            raise _NotAChain(f"the output of {value.name!r} is used by {len(users)} later operations: only a "
+                             "residual block's fork (a skip connection and a branch) is traced")
+        return self.block(value, starts[0], starts[1], shape)
+
+    def block(self, value: torch.fx.Node, a: _Start, b: _Start,
+              shape: tuple[int, ...]) -> tuple[Residual, list[str], tuple[int, ...], torch.fx.Node]:
+        """The block whose two paths start at ``a`` and ``b`` (a use of ``value``, or an inner block)."""
+        join = self.join_of([_node_of(a), _node_of(b)])
+        if join is not None and join.op == "output":
+            raise _NotAChain("forward does not return the last layer's output alone")
+        if join is None or not _is_add(join):
+            where = "never meet" if join is None else f"meet at {_describe(join, self.gm)}"
+            raise _NotAChain(f"the two uses of {value.name!r} {where}, not at an addition: only residual blocks "
+                             "skip(x) + a * branch(x) are traced")
+        self.seen.add(join)
+        paths = []
+        for start in (a, b):
+            if isinstance(start, tuple):  # an inner block, then the path on from its addition
+                layers, names, out, end = self.chain(start[3], start[2], join)
+                paths.append(([start[0], *layers], start[1] + names, out, end))
+            elif start is join:
+                paths.append(([], [], shape, value))
+            else:
+                paths.append(self.chain(value, shape, join, first=start))
+        if {p[3] for p in paths} != {x for x in join.all_input_nodes if x not in self.batch}:
+            raise _NotAChain(f"the addition {join.name!r} does not add the two paths from {value.name!r}")
+        why = ""
+        for br, sk in ((0, 1), (1, 0)):
+            branch, skip = _split_scale(paths[br][0]), _split_scale(paths[sk][0])
+            if skip[1] != 1.0:
+                why = f"the skip connection from {value.name!r} is scaled (by {skip[1]:g})"
+                continue
+            if not branch[0]:
+                why = f"the block from {value.name!r} has an empty branch"
+                continue
+            block = Residual(tuple(branch[0]), branch[1])
+            try:
+                proj = block.projection(shape)
+            except SpecError as e:
+                why = f"the block from {value.name!r}: {e}"
+                continue
+            if skip[0] == ([] if proj is None else [proj]):
+                if any(isinstance(x, _Scale) for x in block.branch):
+                    raise _NotAChain(f"the branch from {value.name!r} multiplies by a constant before its last "
+                                     "operation: only the branch's last operation may scale it")
+                return block, paths[br][1] + paths[sk][1], paths[br][2], join
+            shown = " > ".join(format_layer(x) for x in skip[0]) or "the identity"
+            want = "the identity" if proj is None else f"the projection {format_layer(proj)}"
+            why = f"the skip connection from {value.name!r} is {shown}, not {want} of advdim's residual blocks"
+        raise _NotAChain(why)
+
+
+#: where a path of a residual fork starts: a use of the fork's value, or an inner block read already
+#: (its record, weight names, output shape and addition node)
+_Start = torch.fx.Node | tuple[Residual, list[str], tuple[int, ...], torch.fx.Node]
+
+
+def _node_of(start: _Start) -> torch.fx.Node:
+    return start[3] if isinstance(start, tuple) else start
+
+
+def _split_scale(layers: list[Layer]) -> tuple[list[Layer], float]:
+    """A path's layers without its trailing constant factors, and their product."""
+    scale, out = 1.0, list(layers)
+    while out and isinstance(out[-1], _Scale):
+        scale *= out[-1].value
+        out.pop()
+    return out, scale
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    """``a + b``, ``torch.add(a, b)``, ``a.add(b)``, ``a += b`` (without an ``alpha``)."""
+    return ((node.op == "call_function" and node.target in _ADD) or (node.op == "call_method" and node.target in
+            ("add", "add_"))) and len(node.args) == 2 and not node.kwargs
+
+
+def _scale_of(node: torch.fx.Node) -> _Scale | None:
+    """``h * a``, ``a * h``, ``h / b`` (also ``torch.mul`` / ``.mul`` / ``torch.div`` / ``.div``) for a number."""
+    if node.kwargs or len(node.args) != 2:
+        return None
+    fn, method = node.op == "call_function", node.op == "call_method"
+    a, b = node.args
+    numbers = [x for x in (a, b) if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if (fn and node.target in _MUL) or (method and node.target in ("mul", "mul_")):
+        return _Scale(float(numbers[0])) if len(numbers) == 1 else None
+    if (fn and node.target in _DIV) or (method and node.target in ("div", "div_")):
+        return _Scale(1.0 / float(b)) if isinstance(b, (int, float)) and not isinstance(b, bool) and b != 0 \
+            and not isinstance(a, (int, float)) else None
+    return None
+
+
+def _is_size(node: torch.fx.Node, batch: set[torch.fx.Node]) -> bool:
     """``x.size(0)``, ``x.size()``, ``x.shape``, ``x.shape[0]`` (arguments of a later view / reshape)."""
     if node.op == "call_method" and node.target == "size":
         return True
@@ -318,7 +541,13 @@ def _layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: tuple[int, .
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         if isinstance(m, nn.Conv2d):
-            return _conv(m, where)
+            conv = _conv(m, where)
+            if conv.pad == 0 and conv.padding is Padding.ZEROS:  # no padding: ZEROS and VALID are the same
+                try:  # module, but a stride must divide n (ZEROS) or n - span (VALID): take the one that fits
+                    conv.out_shape(shape)
+                except SpecError:
+                    return replace(conv, padding=Padding.VALID)
+            return conv
         if isinstance(m, nn.Linear):
             if len(shape) != 1 or m.in_features != shape[0]:
                 raise _NotAChain(f"{where} takes {m.in_features} features but receives shape {shape}")
@@ -335,8 +564,16 @@ def _layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: tuple[int, .
             if m.start_dim != 1 or m.end_dim != -1:
                 raise _NotAChain(f"{where} flattens dims {m.start_dim}..{m.end_dim}, not 1..-1")
             return _flatten(shape)
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, BatchStatNorm)):
             return _batchnorm(m, where)
+        if isinstance(m, nn.LayerNorm):
+            return _layernorm(m, where, shape)
+        if isinstance(m, nn.GELU):
+            if m.approximate != "none":
+                raise _NotAChain(f"{where} is the {m.approximate!r} approximation, not the exact GELU")
+            return GELU()
+        if isinstance(m, SelfAttention):
+            return Attention(m.heads)
         if isinstance(m, _IDENTITY_MODULES):
             return None
         raise _NotAChain(f"{where} is not a layer of advdim's specs")
@@ -344,6 +581,9 @@ def _layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: tuple[int, .
     if node.op == "call_function":
         if target in _RELU_FUNCTIONS:
             return ReLU()
+        if target is torch.nn.functional.gelu and len(node.args) == 1 \
+                and node.kwargs.get("approximate", "none") == "none":
+            return GELU()
         if target is torch.flatten and _flatten_args(node, 1):
             return _flatten(shape)
         if target in (torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.adaptive_max_pool2d):
@@ -393,7 +633,9 @@ def _reproduces(module: nn.Module, traced: Traced) -> str | None:
     dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
     device = p0.device if p0 is not None else torch.device("cpu")
     net = build(traced.spec, seed=0, dtype=dtype, device=device)
-    weight_layers = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weight_layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # weight_labels' order
+    if len(weight_layers) != len(traced.weight_modules):
+        return f"the trace names {len(traced.weight_modules)} weight layers, its network has {len(weight_layers)}"
     with torch.no_grad():
         for dst, name in zip(weight_layers, traced.weight_modules):
             src = _get(module, name)
@@ -419,6 +661,33 @@ def _reproduces(module: nn.Module, traced: Traced) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Initialisation
 # ---------------------------------------------------------------------------------------------
+def weight_labels(spec: Spec) -> list[str]:
+    """One label per weight matrix of ``spec``, in the order of its built module's ``Conv2d`` /
+    ``Linear`` modules: a layer's index and text; in a residual block the branch's (``2.0:conv(8)``)
+    then the projection's (``2.proj:conv(8,1,s=2,pad=zeros,bias=false)``); ``.q .k .v .o`` for attention.
+
+    >>> from advdim.arch import parse
+    >>> weight_labels(parse("1x4x4 > conv(4) > res(conv(8,s=2)) > res(attn(2)) > flatten > dense(2)"))[:3]
+    ['0:conv(4)', '1.0:conv(8,s=2)', '1.proj:conv(8,1,s=2,pad=zeros,bias=false)']
+    """
+    def walk(layers: Sequence[Layer], shapes: Sequence[tuple[int, ...]], prefix: str) -> list[str]:
+        out: list[str] = []
+        for i, (layer, shape) in enumerate(zip(layers, shapes)):
+            tag = f"{prefix}{i}:{format_layer(layer)}"
+            if isinstance(layer, (Conv, Dense)):
+                out.append(tag)
+            elif isinstance(layer, Attention):
+                out += [f"{tag}.{p}" for p in "qkvo"]
+            elif isinstance(layer, Residual):
+                out += walk(layer.branch, layer.branch_shapes(shape), f"{prefix}{i}.")
+                proj = layer.projection(shape)
+                if proj is not None:
+                    out.append(f"{prefix}{i}.proj:{format_layer(proj)}")
+        return out
+
+    return walk(spec.layers, spec.shapes(), "")
+
+
 #: kurtosis of a uniform law, and ``n`` times the delta-method variance of its sample kurtosis
 #: ``m4 / m2^2`` (moments 1/3, 1/5, 1/7, 1/9 of uniform(-1, 1))
 UNIFORM_KURTOSIS = 9 / 5
@@ -530,8 +799,7 @@ class InitStats:
     """
 
     def __init__(self, spec: Spec) -> None:
-        self.labels = [f"{i}:{format_layer(layer)}" for i, layer in enumerate(spec.layers)
-                       if isinstance(layer, (Conv, Dense))]
+        self.labels = weight_labels(spec)
         self.accs: list[_Acc] = []
         self.draws = 0
 

@@ -1,7 +1,19 @@
-"""The one-line text form of specs: ``CxHxW > layer > layer ...``, formatted and parsed."""
+"""The one-line text form of specs: ``CxHxW > layer > layer ...``, formatted and parsed.
+
+A residual block nests a chain of layers: ``res(LAYER > LAYER > ..., scale=A)``; a ``>`` inside
+the parentheses belongs to the branch, and blocks nest::
+
+    >>> text = ("3x8x8 > conv(16) > relu > res(conv(16) > relu > conv(16),scale=0.5) > "
+    ...         "res(layernorm > attn(4)) > batchnorm(mode=batch) > gelu > globalavgpool > dense(10)")
+    >>> format_spec(parse(text)) == text
+    True
+    >>> parse("3x8x8 > res(conv(4) > relu, scale=2) > flatten > dense(2)").layers[0].scale
+    2.0
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -16,11 +28,11 @@ if TYPE_CHECKING:
 _SHORT = {"kernel": "k", "stride": "s", "dilation": "dil", "padding": "pad", "size": "size"}
 _LONG = {v: k for k, v in _SHORT.items()}
 _POSITIONAL = {"conv": ("out_channels", "kernel"), "dense": ("out_features",), "avgpool": ("size",),
-               "maxpool": ("size",)}
+               "maxpool": ("size",), "attn": ("heads",), "res": ("branch",)}
 
 
 def format_layer(layer: Layer) -> str:
-    """Text form of one layer, e.g. ``conv(16,k=3,s=2,pad=zeros)``."""
+    """Text form of one layer, e.g. ``conv(16,k=3,s=2,pad=zeros)`` or ``res(conv(4) > relu,scale=0.5)``."""
     args = layer.args()
     positional = _POSITIONAL.get(layer.kind, ())
     parts: list[str] = []
@@ -38,6 +50,10 @@ def format_layer(layer: Layer) -> str:
 def _fmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float
+    if isinstance(value, tuple) and all(isinstance(x, _layers.Layer) for x in value):
+        return " > ".join(format_layer(x) for x in value)
     return str(value)
 
 
@@ -47,85 +63,134 @@ def format_spec(spec: Spec) -> str:
     return " > ".join([head, *(format_layer(layer) for layer in spec.layers)])
 
 
-_LAYER_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.IGNORECASE)
+_LAYER_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.IGNORECASE | re.DOTALL)
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def _parse_value(index: int, kind: str, name: str, raw: str) -> Any:
+def _split_top(text: str, sep: str, where: str) -> list[str]:
+    """``text`` split at each ``sep`` outside parentheses; unbalanced parentheses are an error."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise SpecError(f"{where}: unbalanced parentheses (a ')' without its '(') in {text.strip()!r}")
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise SpecError(f"{where}: unbalanced parentheses ({depth} '(' not closed) in {text.strip()!r}")
+    parts.append(text[start:])
+    return parts
+
+
+def _parse_value(where: str, name: str, raw: str) -> Any:
+    """One argument from its text (``where``: ``"layer 2 conv"``, names the layer in messages)."""
     raw = raw.strip()
     if name == "padding":
         try:
             return _layers.Padding.parse(raw)
         except SpecError as err:
-            raise SpecError(f"layer {index} {kind}: {err}") from None
+            raise SpecError(f"{where}: {err}") from None
+    if name == "mode":
+        try:
+            return _layers.BNMode.parse(raw)
+        except SpecError as err:
+            raise SpecError(f"{where}: {err}") from None
     if name == "bias":
         if raw.lower() in ("true", "1", "yes"):
             return True
         if raw.lower() in ("false", "0", "no"):
             return False
-        raise SpecError(f"layer {index} {kind}: bias must be true or false, got {raw!r}")
+        raise SpecError(f"{where}: bias must be true or false, got {raw!r}")
+    if name == "branch":
+        return tuple(_parse_layer(f"{where}: branch layer {j}", part)
+                     for j, part in enumerate(_split_top(raw, ">", where)))
+    if name == "scale":
+        if not _FLOAT_RE.fullmatch(raw) or not math.isfinite(float(raw)):
+            raise SpecError(f"{where}: scale must be a finite number, got {raw!r}")
+        return float(raw)
     if not re.fullmatch(r"[+-]?\d+", raw):
-        raise SpecError(f"layer {index} {kind}: {name} must be an integer, got {raw!r}")
+        raise SpecError(f"{where}: {name} must be an integer, got {raw!r}")
     return int(raw)
 
 
-def _make_layer(index: int, kind: str, positional: list[str], named: dict[str, Any]) -> Layer:
-    kind = kind.lower()
+def _json_value(where: str, name: str, raw: Any) -> Any:
+    """One argument from its JSON value (strings are read as text)."""
+    if isinstance(raw, str):
+        return _parse_value(where, name, raw)
+    if name == "bias" and isinstance(raw, bool):
+        return raw
+    if name == "branch" and isinstance(raw, list):
+        return tuple(_layers.layer_from_json(item, f"{where}: branch layer {j}") for j, item in enumerate(raw))
+    if name == "scale" and isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+        return float(raw)
+    if name not in ("bias", "padding", "mode", "branch", "scale") and isinstance(raw, int) \
+            and not isinstance(raw, bool):
+        return raw
+    raise SpecError(f"{where}: bad value {raw!r} for {name}")
+
+
+def _make_layer(where: int | str, kind: str, positional: list[str], named: dict[str, Any]) -> Layer:
+    """The record of ``kind`` from its arguments (text, or JSON values); ``where`` names it in
+    messages: ``"layer 2"`` (an int ``i`` stands for ``"layer i"``)."""
+    where = f"layer {where}" if isinstance(where, int) else where
+    kind = str(kind).lower()
     cls = _layers.LAYER_TYPES.get(kind)
     if cls is None:
-        raise SpecError(f"layer {index}: unknown layer {kind!r} (known: {', '.join(_layers.LAYER_TYPES)})")
+        raise SpecError(f"{where}: unknown layer {kind!r} (known: {', '.join(_layers.LAYER_TYPES)})")
+    at = f"{where} {kind}"
     names = [f.name for f in fields(cls)]
     pos_names = _POSITIONAL.get(kind, ())
     if len(positional) > len(pos_names):
-        raise SpecError(f"layer {index} {kind}: too many positional arguments {positional}")
+        raise SpecError(f"{at}: too many positional arguments {positional}")
     kwargs: dict[str, Any] = {}
     for name, raw in zip(pos_names, positional):
-        kwargs[name] = _parse_value(index, kind, name, raw)
+        kwargs[name] = _parse_value(at, name, raw)
     for key, raw in named.items():
         name = _LONG.get(key, key)
         if name not in names:
-            raise SpecError(f"layer {index} {kind}: unknown argument {key!r}")
+            raise SpecError(f"{at}: unknown argument {key!r}")
         if name in kwargs:
-            raise SpecError(f"layer {index} {kind}: argument {name!r} given twice")
-        if isinstance(raw, str):
-            kwargs[name] = _parse_value(index, kind, name, raw)
-        elif name == "bias" and isinstance(raw, bool):
-            kwargs[name] = raw
-        elif name not in ("bias", "padding") and isinstance(raw, int) and not isinstance(raw, bool):
-            kwargs[name] = raw
-        else:
-            raise SpecError(f"layer {index} {kind}: bad value {raw!r} for {name}")
+            raise SpecError(f"{at}: argument {name!r} given twice")
+        kwargs[name] = _json_value(at, name, raw)
     try:
         return cls(**kwargs)
     except TypeError:
         missing = [n for n in names if n not in kwargs]
-        raise SpecError(f"layer {index} {kind}: missing argument(s) {missing}") from None
+        raise SpecError(f"{at}: missing argument(s) {missing}") from None
+
+
+def _parse_layer(where: str, text: str) -> Layer:
+    """One layer ``kind(arg, ..., key=value, ...)`` from its text (parentheses already balanced)."""
+    lm = _LAYER_RE.match(text)
+    if lm is None:
+        raise SpecError(f"{where}: cannot read {text.strip()!r}")
+    kind, argtext = lm.group(1), lm.group(2)
+    positional: list[str] = []
+    named: dict[str, Any] = {}
+    if argtext is not None and argtext.strip():
+        for item in _split_top(argtext, ",", f"{where} {kind}"):
+            key_value = _split_top(item, "=", f"{where} {kind}")
+            if len(key_value) > 1:
+                named[key_value[0].strip().lower()] = "=".join(key_value[1:]).strip()
+            elif named:
+                raise SpecError(f"{where} {kind}: positional argument after a named one")
+            else:
+                positional.append(item.strip())
+    return _make_layer(where, kind, positional, named)
 
 
 def parse(text: str) -> Spec:
     """Parse the one-line text form (see :func:`format_spec`)."""
     if not isinstance(text, str) or not text.strip():
         raise SpecError("empty spec text")
-    parts = [p.strip() for p in text.split(">")]
-    head, body = parts[0], parts[1:]
+    parts = _split_top(text, ">", "spec text")
+    head, body = parts[0].strip(), parts[1:]
     m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", head.replace(" ", ""))
     if m is None:
         raise SpecError(f"spec text must start with the input shape CxHxW, got {head!r}")
-    layers: list[Layer] = []
-    for i, part in enumerate(body):
-        lm = _LAYER_RE.match(part)
-        if lm is None:
-            raise SpecError(f"layer {i}: cannot read {part!r}")
-        kind, argtext = lm.group(1), lm.group(2)
-        positional: list[str] = []
-        named: dict[str, Any] = {}
-        if argtext is not None and argtext.strip():
-            for item in argtext.split(","):
-                if "=" in item:
-                    key, _, value = item.partition("=")
-                    named[key.strip().lower()] = value.strip()
-                elif named:
-                    raise SpecError(f"layer {i} {kind}: positional argument after a named one")
-                else:
-                    positional.append(item.strip())
-        layers.append(_make_layer(i, kind, positional, named))
+    layers = [_parse_layer(f"layer {i}", part) for i, part in enumerate(body)]
     return _layers.Spec((int(m.group(1)), int(m.group(2)), int(m.group(3))), tuple(layers))

@@ -345,6 +345,8 @@ class Residual(Layer):
     def __post_init__(self) -> None:
         if isinstance(self.branch, list):
             object.__setattr__(self, "branch", tuple(self.branch))
+        if isinstance(self.scale, int) and not isinstance(self.scale, bool):
+            object.__setattr__(self, "scale", float(self.scale))  # one value, one text form: 2 and 2.0 are "2.0"
 
     def branch_shapes(self, shape: Shape) -> list[Shape]:
         """Shapes before the branch's first layer and after each of its layers."""
@@ -371,7 +373,8 @@ class Residual(Layer):
             return Dense(out[0], bias=False)
         if len(shape) == 3 and len(out) == 3 and shape[1] % out[1] == 0 and shape[2] % out[2] == 0 \
                 and shape[1] // out[1] == shape[2] // out[2]:
-            return Conv(out[0], kernel=1, stride=shape[1] // out[1], padding=Padding.VALID, bias=False)
+            # a 1x1 kernel pads nothing in any mode; VALID would refuse an even map with stride 2 (8 - 1 is odd)
+            return Conv(out[0], kernel=1, stride=shape[1] // out[1], padding=Padding.ZEROS, bias=False)
         raise SpecError(f"res: no projection maps the input {shape} onto the branch output {out}")
 
     def out_shape(self, shape: Shape) -> Shape:
@@ -480,10 +483,7 @@ class Spec:
         return _grammar.format_spec(self)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "input_shape": list(self.input_shape),
-            "layers": [{"kind": layer.kind, **layer.args()} for layer in self.layers],
-        }
+        return {"input_shape": list(self.input_shape), "layers": [layer_json(layer) for layer in self.layers]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | str) -> Spec:
@@ -494,13 +494,27 @@ class Spec:
                 raise SpecError(f"spec JSON does not parse: {err}") from None
         if not isinstance(data, dict) or "input_shape" not in data or "layers" not in data:
             raise SpecError("spec JSON needs the keys 'input_shape' and 'layers'")
-        layers = []
-        for i, item in enumerate(data["layers"]):
-            if not isinstance(item, dict) or "kind" not in item:
-                raise SpecError(f"layer {i}: JSON layer needs a 'kind'")
-            kwargs = dict(item)
-            layers.append(_grammar._make_layer(i, kwargs.pop("kind"), [], kwargs))
+        if not isinstance(data["layers"], list):
+            raise SpecError("spec JSON: 'layers' must be a list of layer objects")
+        layers = [layer_from_json(item, f"layer {i}") for i, item in enumerate(data["layers"])]
         return cls(tuple(int(n) for n in data["input_shape"]), tuple(layers))
 
     def with_input(self, input_shape: Shape) -> Spec:
         return replace(self, input_shape=tuple(input_shape))
+
+
+def layer_json(layer: Layer) -> dict[str, Any]:
+    """JSON form of one layer: ``{"kind": ..., **non-default arguments}``; a residual's branch is a
+    nested list of layer objects."""
+    args = layer.args()
+    if "branch" in args:
+        args["branch"] = [layer_json(x) for x in args["branch"]]
+    return {"kind": layer.kind, **args}
+
+
+def layer_from_json(item: Any, where: str) -> Layer:
+    """Inverse of :func:`layer_json`; ``where`` names the layer in messages (``"layer 2"``)."""
+    if not isinstance(item, dict) or "kind" not in item:
+        raise SpecError(f"{where}: JSON layer needs a 'kind'")
+    kwargs = dict(item)
+    return _grammar._make_layer(where, kwargs.pop("kind"), [], kwargs)

@@ -97,7 +97,7 @@ def test_spec_errors_from_records_and_families() -> None:
     with pytest.raises(SpecError, match="not final size 4 times a power of 2"):
         family("strided").spec(12)
     with pytest.raises(SpecError, match="unknown family"):
-        family("resnet")
+        family("alexnet")  # not a registered family
     with pytest.raises(SpecError, match="unknown parameter"):
         family("dense", depth=3)
     with pytest.raises(SpecError, match="widths must be positive"):

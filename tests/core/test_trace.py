@@ -91,14 +91,28 @@ def test_a_built_spec_traces_back_to_itself(spec: Spec) -> None:
     assert _unpadded_as_zeros(got.spec) == _unpadded_as_zeros(spec)
 
 
-class Residual(nn.Module):
+class ScaledSkip(nn.Module):
+    """A skip connection scaled by 0.5 (residual blocks scale only their branch)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 2, 3, padding=1)
         self.head = nn.Linear(2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head((x + F.relu(self.conv(x))).mean((2, 3)))
+        return self.head((0.5 * x + F.relu(self.conv(x))).mean((2, 3)))
+
+
+class Gated(nn.Module):
+    """Two paths that meet at a product, not a sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((x * F.relu(self.conv(x))).mean((2, 3)))
 
 
 class Shared(nn.Module):
@@ -150,7 +164,8 @@ def _bn_trained() -> nn.Module:
 
 
 @pytest.mark.parametrize(("make", "words"), [
-    (Residual, "a skip connection"),
+    (ScaledSkip, "the skip connection from 'x' is scaled (by 0.5)"),
+    (Gated, "meet at the function mul(), not at an addition"),
     (Shared, "applied twice (shared weights)"),
     (OwnWeights, "reads the attribute 'w' directly"),
     (Branchy, "torch.fx cannot trace the module"),
