@@ -34,15 +34,19 @@ def command_line(command: str, *args: str, **options: Any) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+#: the verdict words on the terminal (Rich markup): FAIL in bold red, inconclusive in yellow
+STYLES = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]", "inconclusive": "[yellow]inconclusive[/]"}
+
+
 def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
-    """The verdict table on stdout (one row per verdict; FAIL in bold red)."""
+    """The verdict table on stdout (one row per verdict: pass, FAIL, inconclusive or n/a)."""
     from advdim.cli import out, table
-    from advdim.report import fmt, fmt_interval, status
+    from advdim.report import fmt, fmt_interval, row_outcome, status
 
     styled = []
     for i, r in enumerate(rows):
-        st = status(r["passed"])
-        st = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]"}.get(st, st)
+        st = status(row_outcome(r))
+        st = STYLES.get(st, st)
         styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
                        fmt_interval(r["interval"]), st])
     # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each

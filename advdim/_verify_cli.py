@@ -1,6 +1,8 @@
 """The ``advdim verify`` command: run every registered check, print one verdict table, write the
-report folder.  It also registers ``advdim measure`` (``advdim._report_cli``), whose report has the
-same form; the helpers both share live in ``advdim._report_cli``."""
+report folder, and exit 0 when every judged claim passed, 1 when one failed, 3
+(``EXIT_INCONCLUSIVE``) when none failed but some are inconclusive (``advdim.verdict``).  It also
+registers ``advdim measure`` (``advdim._report_cli``), whose report has the same form; the helpers
+both share live in ``advdim._report_cli``."""
 
 from __future__ import annotations
 
@@ -34,12 +36,15 @@ def run_check(check: Check, budget: Budget) -> tuple[list[Verdict], float]:
 
 
 def part_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per part: verdicts passed, failed, without comparison, and the seconds its checks took."""
+    """Per part: verdicts passed, failed, inconclusive, without comparison (n/a), and the seconds its
+    checks took."""
+    from advdim.report import row_outcome
+
     out: dict[str, dict[str, float]] = {}
     timed: set[str] = set()
     for r in rows:
-        acc = out.setdefault(r["part"], {"pass": 0, "fail": 0, "n/a": 0, "seconds": 0.0})
-        acc[{True: "pass", False: "fail", None: "n/a"}[r["passed"]]] += 1
+        acc = out.setdefault(r["part"], {"pass": 0, "fail": 0, "inconclusive": 0, "n/a": 0, "seconds": 0.0})
+        acc[row_outcome(r).value] += 1
         if r["check"] not in timed:
             timed.add(r["check"])
             acc["seconds"] += r["seconds"]
@@ -62,12 +67,13 @@ def register(app: typer.Typer) -> None:
         plant_exponent: float = typer.Option(0.0, "--plant-exponent", hidden=True,
                                              help="multiply measured gradient norms by d**X (planted false claim)"),
     ) -> int:
-        """Check the paper's claims end to end; exit 0 if every check passes, 1 if a claim fails."""
+        """Check the paper's claims end to end; exit 0 if every judged claim passes, 1 if one fails, 3 if
+        none fails but some are inconclusive (the budget cannot tell them from the error they must catch)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from advdim.build import resolve_device
         from advdim.cli import emit_json, err, out
-        from advdim.report import RunInfo, verdict_rows, write_report
+        from advdim.report import RunInfo, counts, exit_status, overall, summary_line, verdict_rows, write_report
 
         try:
             sc = Scale(scale)
@@ -115,15 +121,15 @@ def register(app: typer.Typer) -> None:
                        settings={"parts": only or "all", "checks": str(len(checks)),
                                  "executor": scheduler or (f"{workers} workers" if workers else "in-process")})
         files = write_report(folder, rows, info)
-        failed = [r for r in rows if r["passed"] is False]
+        n = counts(rows)
+        rc = exit_status(n)
         if as_json:
-            emit_json({"verdicts": rows, "not_yet_available": missing, "passed": not failed,
+            emit_json({"verdicts": rows, "not_yet_available": missing, "outcome": overall(n).value,
+                       "passed": rc == 0, "counts": {o.value: k for o, k in n.items()}, "exit_status": rc,
                        "report": str(files.html), "seconds": seconds, "parts": part_summary(rows)})
         else:
             print_verdicts("advdim verify", rows)
             for note in notes:
                 err.print(note)
-            n_pass = sum(1 for r in rows if r["passed"] is True)
-            out.print(f"{n_pass} passed, {len(failed)} failed, {len(rows) - n_pass - len(failed)} n/a (reported, not "
-                      f"judged) in {seconds:.1f} s; report: {files.html}", soft_wrap=True)
-        return 1 if failed else 0
+            out.print(f"{summary_line(n)} in {seconds:.1f} s; report: {files.html}", soft_wrap=True)
+        return rc

@@ -7,8 +7,12 @@ in their private ``_cli`` modules, which import nothing heavy at module level: `
 
 Exit status (``advdim.errors.EXIT_*``):
 
-- 0: done (for ``verify`` and ``measure``: every judged claim passed);
+- 0: done (for ``verify``, ``measure`` and ``simulate``: every judged claim passed, or none was
+  judged);
 - 1: a judged claim failed;
+- 3: no judged claim failed, but some are inconclusive: the interval is too wide to tell the
+  prediction from the smallest error the claim must catch (power below 0.8; ``advdim.verdict``);
+  a larger budget (more ``--nets`` / ``--draws``, a larger ``--scale``) decides them;
 - 2: bad input or an environment fault (a malformed architecture, a missing dataset, an
   unreadable checkpoint, a full disk, an unreachable scheduler, not enough memory, ...): one
   line ``advdim: error: ...`` on stderr, never a traceback;

@@ -14,7 +14,9 @@ The model comes from a factory (``MODULE:FACTORY``, where ``MODULE`` is an impor
   :func:`advdim.simulate._fit.critical`.  When the model is traced into a spec at every size
   (:mod:`advdim.trace`) and its initialisation is recognised, the rows are **judged** against
   ``advdim.theory.predict`` on those specs: the false-failure rate of a correct model is
-  ``ALPHA = 0.01`` per row (when the bootstrap standard error is right).  Otherwise the rows are
+  ``ALPHA = 0.01`` per row (when the bootstrap standard error is right); a row that does not fail
+  says pass only with power >= 0.8 against a slope off by 0.05, else inconclusive (more
+  ``--draws``; exit status 3 when no row fails but one is inconclusive).  Otherwise the rows are
   **reported** (no prediction) and say which part is outside the theory.
 - **up-sampled inputs** (the factory takes no argument, e.g. a trained model): one model, fed
   Gaussian images of the base shape up-sampled by pixel copy (each pixel a ``k x k`` block, as the
@@ -57,7 +59,7 @@ from advdim.cli_args import check_fits, check_out_folder, parse_sizes
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target, check_finite_params, check_q, input_gradient, lp_norm, mode
 from advdim.trace import InitGuess, InitStats, Traced, Untraceable, trace_module
-from advdim.verdict import Verdict
+from advdim.verdict import MIN_POWER, Outcome, Verdict, power_note
 
 if TYPE_CHECKING:
     from advdim.theory import Prediction
@@ -714,7 +716,7 @@ _NAMES = {"logit": "f_0", "loss": "L"}
 
 def slope_verdicts(sample: Sample, theory: Theory, cfg: MeasureConfig) -> list[Verdict]:
     """One row per (target, q): the slope of ``log E||.||_q`` against ``log d`` (or the mean at one size)."""
-    from advdim.simulate._fit import DELTA, critical, power, slope_test
+    from advdim.simulate._fit import DELTA, SLOPE_RESOLUTION, critical, power, slope_test
     from advdim.simulate._fit import fit_slope as fit_over_draws
 
     rng = np.random.default_rng(cfg.seed)
@@ -768,6 +770,8 @@ def slope_verdicts(sample: Sample, theory: Theory, cfg: MeasureConfig) -> list[V
                                f"reported, not judged: {why}; {how}", extra))
             continue
         passed, _ = slope_test(slope, pred, se, ALPHA, n)
+        pw = power(se, DELTA, ALPHA, n)
+        extra["power"] = pw
         series["predicted"] = np.exp(ly.mean() + pred * (lx - lx.mean())).tolist()
         assert theory.init is not None and theory.prediction is not None
         failing = [k for k, held in theory.prediction.hypotheses.items() if not held]
@@ -777,8 +781,10 @@ def slope_verdicts(sample: Sample, theory: Theory, cfg: MeasureConfig) -> list[V
                 if tgt == "loss" else "")
         out.append(Verdict(
             claim, f"Thm 4-5, Cor 6: predict on the trace, {theory.init.scheme} init", pred, slope, interval, passed,
-            f"pass iff |measured - predicted| <= c*se: false failure rate {ALPHA:g} for a model that follows the law, "
-            f"power {power(se, DELTA, ALPHA, n):.2f} against a slope off by {DELTA}; {how}{loss}{approx}", extra))
+            f"FAIL iff |measured - predicted| > c*se (false failure rate {ALPHA:g} for a model that follows the "
+            f"law); pass needs power >= {MIN_POWER:g} against a slope off by {DELTA} (else inconclusive: more "
+            f"--draws): {power_note(pw, SLOPE_RESOLUTION)}; {how}{loss}{approx}", extra, power=pw,
+            resolution=SLOPE_RESOLUTION))
     return out
 
 
@@ -894,12 +900,12 @@ def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf"
          eps: float = 0.004, steps: int = 10, seed: int = 0, device: str = "auto", out_dir: str = "report-measure",
          as_json: bool = False) -> int:
     """The ``advdim measure`` command (arguments as on the command line); returns the exit status:
-    0 when no judged row failed, 1 when one did."""
+    0 when every judged row passed (or none is judged), 1 when one failed, 3 when none failed but some
+    are inconclusive (too few --draws for power 0.8 against a slope off by 0.05)."""
     from advdim._report_cli import command_line, device_text, print_verdicts, report_dir
     from advdim.build import resolve_device
     from advdim.cli import emit_json, err, out
-    from advdim.errors import EXIT_FAILED, EXIT_OK
-    from advdim.report import RunInfo, verdict_rows, write_report
+    from advdim.report import RunInfo, counts, exit_status, summary_line, verdict_rows, write_report
 
     cfg = MeasureConfig(parse_shape(input_shape), parse_ints(sizes, "--sizes"), parse_qs(q), inputs, seed, eps, steps,
                         draws)
@@ -934,16 +940,20 @@ def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf"
         print_verdicts(f"advdim measure {target} ({result.setting.value})", rows)
         for note in result.notes:
             err.print(note, soft_wrap=True)
-        out.print(f"report: {files.html}", soft_wrap=True)
-    return EXIT_FAILED if any(r["passed"] is False for r in rows) else EXIT_OK
+        out.print(f"{summary_line(counts(rows))}; report: {files.html}", soft_wrap=True)
+    return exit_status(counts(rows))
 
 
-#: the verdict of a row in words
-VERDICT_WORDS = {True: "pass", False: "fail", None: "reported"}
+#: the verdict of a row in words (JSON): n/a rows are "reported"
+VERDICT_WORDS = {Outcome.PASS: "pass", Outcome.FAIL: "fail", Outcome.INCONCLUSIVE: "inconclusive",
+                 Outcome.REPORTED: "reported"}
 
 
 def _json(target: str, cfg: MeasureConfig, result: Measured, rows: list[dict[str, Any]], report: str
           ) -> dict[str, Any]:
+    from advdim.report import counts, exit_status, overall, row_outcome
+
+    n = counts(rows)
     sample = result.sample
     res: dict[str, Any] = {
         "model": target, "setting": result.setting.value, "input_shape": list(cfg.input_shape), "seed": cfg.seed,
@@ -951,9 +961,9 @@ def _json(target: str, cfg: MeasureConfig, result: Measured, rows: list[dict[str
         "d": sample.ds, "factors": sample.factors, "fixed_size": len(sample.ds) < 2,
         **result.theory.to_json(),
         "rows": [{"claim": r["claim"], "reference": r["reference"], "predicted": r["predicted"],
-                  "measured": r["measured"], "interval": r["interval"], "verdict": VERDICT_WORDS[r["passed"]],
-                  "detail": r["detail"]} for r in rows],
-        "passed": not any(r["passed"] is False for r in rows),
+                  "measured": r["measured"], "interval": r["interval"], "verdict": VERDICT_WORDS[row_outcome(r)],
+                  "outcome": r["outcome"], "power": r["power"], "detail": r["detail"]} for r in rows],
+        "passed": exit_status(n) == 0, "outcome": overall(n).value, "counts": {o.value: k for o, k in n.items()},
         "notes": result.notes, "report": report, "q": {}, "vulnerability": []}
     for r in rows:
         ex = r["extra"]
@@ -961,8 +971,8 @@ def _json(target: str, cfg: MeasureConfig, result: Measured, rows: list[dict[str
             slope = len(ex["d"]) >= 2
             res["q"].setdefault(ex["q"], {})[ex["target"]] = {
                 "predicted_slope": r["predicted"], "measured_slope": r["measured"] if slope else None,
-                "interval": r["interval"] if slope else None, "verdict": VERDICT_WORDS[r["passed"]],
-                "pass": r["passed"], "norms": ex["norms_mean"]}
+                "interval": r["interval"] if slope else None, "verdict": VERDICT_WORDS[row_outcome(r)],
+                "pass": r["passed"], "outcome": r["outcome"], "power": r["power"], "norms": ex["norms_mean"]}
         else:
             res["vulnerability"].append({"d": ex["d"], "eps": ex["eps"], "share": r["measured"],
                                          "interval": r["interval"], "attack": ex["attack"]})

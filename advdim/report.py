@@ -11,6 +11,12 @@
 - ``verdicts.csv`` / ``verdicts.parquet`` (one row per verdict) and ``series.csv`` /
   ``series.parquet`` (the data points of every plot, long form).
 
+Every row says pass, FAIL, inconclusive or n/a (:class:`advdim.verdict.Outcome`: a passed test
+without the power to see the smallest error its claim is about is inconclusive); the outcome badge,
+the counts and the colours tell the four apart, and :func:`exit_status` maps them to the exit
+status of ``verify`` / ``measure`` / ``simulate`` (0 every judged claim passed, 1 one failed, 3 none
+failed but one is inconclusive).
+
 Plots come from the verdicts' ``extra`` (see :class:`advdim.verdict.Verdict`): ``"series"`` are
 drawn here from the record's numbers; ``"plots"`` are files a check drew itself, embedded as they
 are.  Every report also has the *verdict overview* (each verdict's measured and predicted value
@@ -18,7 +24,8 @@ placed in its interval) and the *timings* plot.
 
     >>> import tempfile
     >>> from advdim.verdict import Verdict
-    >>> v = Verdict("slope of E||d_x f||_1 in d", "Theorem 4", 0.5, 0.49, (0.45, 0.53), True)
+    >>> v = Verdict("slope of E||d_x f||_1 in d", "Theorem 4", 0.5, 0.49, (0.45, 0.53), True, power=0.93,
+    ...             resolution="slope +-0.05")
     >>> rows = verdict_rows("demo", "core", 0.1, [v])
     >>> info = RunInfo(title="demo", command="advdim verify", seed=0, device="cpu")
     >>> files = write_report(tempfile.mkdtemp(), rows, info)
@@ -44,11 +51,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advdim.errors import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from advdim.store import RunStore, versions
-from advdim.verdict import Verdict
+from advdim.verdict import MIN_POWER, Outcome, Verdict
 
-#: colours of the three outcomes (also used in the HTML)
-COLOURS = {True: "#1a7f37", False: "#cf222e", None: "#6e7781"}
+#: colours of the outcomes (also used in the HTML)
+COLOURS = {Outcome.PASS: "#1a7f37", Outcome.FAIL: "#cf222e", Outcome.INCONCLUSIVE: "#9a6700",
+           Outcome.REPORTED: "#6e7781"}
+#: the word of each outcome in tables (FAIL in capitals, to stand out)
+WORDS = {Outcome.PASS: "pass", Outcome.FAIL: "FAIL", Outcome.INCONCLUSIVE: "inconclusive", Outcome.REPORTED: "n/a"}
+#: CSS class of each outcome's table row
+_CLASSES = {Outcome.PASS: "pass", Outcome.FAIL: "fail", Outcome.INCONCLUSIVE: "inconclusive", Outcome.REPORTED: "na"}
 _PART_TITLES = {"core": "Core", "theory": "Theory (symbolic derivations)",
                 "simulate": "Simulation (Monte Carlo at initialisation)", "empirical": "Training on real images",
                 "measure": "Your model"}
@@ -100,9 +113,55 @@ def verdict_rows(check: str, part: str, seconds: float, verdicts: Sequence[Verdi
     return [{"check": check, "part": part, "seconds": float(seconds), **v.to_json()} for v in verdicts]
 
 
-def status(passed: bool | None) -> str:
-    """``"pass"``, ``"FAIL"`` or ``"n/a"``."""
-    return {True: "pass", False: "FAIL", None: "n/a"}[passed]
+def row_outcome(row: dict[str, Any]) -> Outcome:
+    """What a verdict row (``Verdict.to_json``, possibly read back from a store) says.
+
+    Its ``"outcome"``; a row stored before verdicts had one gets :attr:`Verdict.outcome`'s rule
+    from its ``passed``, ``power`` and ``status`` (so an old "passed" without power is inconclusive).
+    """
+    if row.get("outcome") is not None:
+        return Outcome(row["outcome"])
+    if row.get("status") is not None:
+        return Outcome(row["status"])
+    passed, power = row.get("passed"), row.get("power")
+    if passed is None:
+        return Outcome.REPORTED
+    if not passed:
+        return Outcome.FAIL
+    return Outcome.PASS if power is not None and power >= MIN_POWER else Outcome.INCONCLUSIVE
+
+
+def status(outcome: Outcome) -> str:
+    """``"pass"``, ``"FAIL"``, ``"inconclusive"`` or ``"n/a"``."""
+    return WORDS[outcome]
+
+
+def counts(rows: Sequence[dict[str, Any]]) -> dict[Outcome, int]:
+    """How many rows say each outcome (every outcome present, zeros included)."""
+    out = dict.fromkeys(Outcome, 0)
+    for r in rows:
+        out[row_outcome(r)] += 1
+    return out
+
+
+def summary_line(n: dict[Outcome, int]) -> str:
+    """``"3 passed, 0 failed, 1 inconclusive, 2 n/a (reported, not judged)"``."""
+    return (f"{n[Outcome.PASS]} passed, {n[Outcome.FAIL]} failed, {n[Outcome.INCONCLUSIVE]} inconclusive, "
+            f"{n[Outcome.REPORTED]} n/a (reported, not judged)")
+
+
+def exit_status(n: dict[Outcome, int]) -> int:
+    """The exit status of a command that judges claims: 1 (``EXIT_FAILED``) when one failed, else 3
+    (``EXIT_INCONCLUSIVE``) when one is inconclusive, else 0 (every judged claim passed, or none was
+    judged)."""
+    if n[Outcome.FAIL]:
+        return EXIT_FAILED
+    return EXIT_INCONCLUSIVE if n[Outcome.INCONCLUSIVE] else EXIT_OK
+
+
+def overall(n: dict[Outcome, int]) -> Outcome:
+    """The outcome of a whole run: fail if one row fails, else inconclusive if one is, else pass."""
+    return Outcome.FAIL if n[Outcome.FAIL] else Outcome.INCONCLUSIVE if n[Outcome.INCONCLUSIVE] else Outcome.PASS
 
 
 def fmt(v: Any) -> str:
@@ -224,7 +283,7 @@ def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
     fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.3 * n))
     for k, (_, r, m, p) in enumerate(items):
         y = n - 1 - k
-        col = COLOURS[r.get("passed")]
+        col = COLOURS[row_outcome(r)]
         ax.plot([-1, 1], [y, y], color="#d0d7de", lw=6, solid_capstyle="butt", zorder=1)
         if p is not None:
             ax.plot(p, y, marker="D", ms=6, mfc="white", mec="black", zorder=3)
@@ -234,22 +293,26 @@ def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
     ax.set_yticks(range(n))
     ax.set_yticklabels(labels[::-1], fontsize=8)
     for tick, (_, r, _, _) in zip(ax.get_yticklabels(), items[::-1]):
-        tick.set_color(COLOURS[r.get("passed")])
+        tick.set_color(COLOURS[row_outcome(r)])
     ax.axvline(0, color="#8c959f", lw=0.8, ls=":")
     ax.set_xlim(-3.2, 3.2)
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel("position in the verdict's interval (-1 = low end, +1 = high end; clipped at +-3)")
-    ax.plot([], [], "o", color=COLOURS[True], label="measured (pass)")
-    ax.plot([], [], "o", color=COLOURS[False], label="measured (FAIL)")
+    shown = {row_outcome(r) for _, r, _, _ in items}
+    for o in Outcome:
+        if o in shown:
+            ax.plot([], [], "o", color=COLOURS[o], label=f"measured ({WORDS[o]})")
     ax.plot([], [], "D", mfc="white", mec="black", label="predicted")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title("Verdict overview")
     png, svg = _save(fig, folder, "verdicts")
     return _Figure("verdicts", "Verdict overview",
                    "One row per verdict that has an interval. The grey bar is the interval, rescaled so that its "
-                   "ends sit at -1 and +1; the dot is the measured value (green: pass, red: FAIL), the white "
-                   "diamond the predicted value. A claim holds when the prediction and the measurement agree "
-                   "within the interval: both marks inside the bar.", png, svg)
+                   "ends sit at -1 and +1; the dot is the measured value (green: pass, red: FAIL, amber: "
+                   "inconclusive, grey: n/a), the white diamond the predicted value. A claim holds when the "
+                   "prediction and the measurement agree within the interval and the test had the power to see "
+                   "the smallest error the claim is about; inside the bar without that power it is inconclusive.",
+                   png, svg)
 
 
 def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
@@ -270,7 +333,7 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
             x = _nums(s["x"])
             y = _nums(s["y"])
             label = str(s.get("label") or r["claim"])
-            mark = "" if r.get("passed") is None else f" ({status(r.get('passed'))})"
+            mark = "" if row_outcome(r) is Outcome.REPORTED else f" ({status(row_outcome(r))})"
             if s.get("lo") and s.get("hi"):
                 ax.fill_between(x, _nums(s["lo"]), _nums(s["hi"]), color=col, alpha=0.18, lw=0)
             ax.plot(x, y, "o", color=col, label=f"{label}{mark}", zorder=3)
@@ -363,7 +426,8 @@ def _write_tables(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
         flat.append({"index": i + 1, "check": r["check"], "part": r["part"], "seconds": r["seconds"],
                      "claim": r["claim"], "reference": r["reference"], "predicted": _num(r.get("predicted")),
                      "measured": _num(r.get("measured")), "lo": _num(iv[0]), "hi": _num(iv[1]),
-                     "verdict": status(r.get("passed")), "detail": r.get("detail", ""),
+                     "verdict": status(row_outcome(r)), "power": _num(r.get("power")),
+                     "resolution": r.get("resolution") or "", "detail": r.get("detail", ""),
                      "extra": json.dumps(r.get("extra") or {}, sort_keys=True)})
     series = []
     for i, r in enumerate(rows):
@@ -381,7 +445,7 @@ def _write_tables(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     out = []
     for name, data, columns in (("verdicts", flat, None), ("series", series, cols)):
         df = pd.DataFrame(data, columns=columns) if columns else pd.DataFrame(data)
-        for c in ("predicted", "measured", "lo", "hi", "x", "y", "fit"):
+        for c in ("predicted", "measured", "lo", "hi", "power", "x", "y", "fit"):
             if c in df:
                 df[c] = df[c].astype("float64")
         df.to_csv(folder / f"{name}.csv", index=False)
@@ -399,12 +463,13 @@ main{max-width:1200px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 6px}
 h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
 .badge{display:inline-block;padding:6px 14px;border-radius:6px;color:#fff;font-weight:600;font-size:16px}
-.pass-bg{background:#1a7f37}.fail-bg{background:#cf222e}.na-bg{background:#6e7781}
+.pass-bg{background:#1a7f37}.fail-bg{background:#cf222e}.na-bg{background:#6e7781}.inc-bg{background:#9a6700}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#eaeef2}td.num{font-family:ui-monospace,Menlo,monospace;white-space:nowrap}
 tr.fail td{background:#ffebe9}tr.fail td.v{color:#cf222e;font-weight:700}tr.pass td.v{color:#1a7f37;font-weight:600}
-tr.na td.v{color:#6e7781}.detail{color:#57606a;font-size:11px;margin-top:2px}
+tr.na td.v{color:#6e7781}tr.inconclusive td{background:#fff8c5}tr.inconclusive td.v{color:#9a6700;font-weight:600}
+.detail{color:#57606a;font-size:11px;margin-top:2px}
 pre{background:#fff;border:1px solid #d0d7de;padding:8px;overflow-x:auto;font-size:12px}
 .figs{display:flex;flex-wrap:wrap;gap:16px}
 figure{background:#fff;border:1px solid #d0d7de;margin:0;padding:10px;flex:1 1 520px;max-width:575px}
@@ -413,6 +478,15 @@ figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#57606a;max-width:640px;margin-top:6px}
 .wide img{max-width:1140px}.note{color:#9a6700}
 """
+
+
+def _power_html(row: dict[str, Any]) -> str:
+    """The power of a judged row under its word, e.g. "power 0.12 against slope +-0.05"."""
+    power = _num(row.get("power"))
+    if power is None or row_outcome(row) is Outcome.REPORTED:
+        return ""
+    against = f" against {html.escape(str(row['resolution']))}" if row.get("resolution") else ""
+    return f'<div class="detail">power {power:.2f}{against}</div>'
 
 
 def _img(path: Path) -> str:
@@ -432,49 +506,63 @@ def _figure_html(f: _Figure, wide: bool = False) -> str:
 def _html(meta: dict[str, Any], rows: list[dict[str, Any]], overview: _Figure | None, figs: list[_Figure],
           timing: _Figure | None, files: list[str]) -> str:
     e = html.escape
-    n_fail = sum(r.get("passed") is False for r in rows)
-    n_pass = sum(r.get("passed") is True for r in rows)
-    n_na = len(rows) - n_fail - n_pass
+    n = counts(rows)
+    n_pass, n_fail, n_inc, n_na = (n[o] for o in (Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE,
+                                                  Outcome.REPORTED))
+    judged = n_pass + n_fail + n_inc
     if n_fail:
-        badge = f'<span class="badge fail-bg" id="outcome">FAIL: {n_fail} of {len(rows)} verdicts failed</span>'
+        badge = f'<span class="badge fail-bg" id="outcome">FAIL: {n_fail} of {judged} judged claims failed</span>'
+    elif n_inc:
+        badge = (f'<span class="badge inc-bg" id="outcome">INCONCLUSIVE: {n_inc} of {judged} judged claims could '
+                 "not be told apart from the smallest error they must catch at this budget</span>")
+    elif judged:
+        badge = f'<span class="badge pass-bg" id="outcome">PASS: all {n_pass} judged claims hold</span>'
     elif rows:
-        badge = f'<span class="badge pass-bg" id="outcome">PASS: all {n_pass} compared claims hold</span>'
+        badge = '<span class="badge na-bg" id="outcome">nothing judged: every row is reported</span>'
     else:
         badge = '<span class="badge na-bg" id="outcome">no verdicts</span>'
     body = [f"<h1>{e(meta['title'])}</h1>", badge,
-            f"<p>{n_pass} passed, {n_fail} failed, {n_na} without a prediction to compare. "
+            f"<p>{n_pass} passed, {n_fail} failed, {n_inc} inconclusive, {n_na} n/a (reported, not judged). "
             f"Scale <b>{e(str(meta.get('scale') or '-'))}</b>, seed <b>{meta['seed']}</b>, device "
             f"<b>{e(meta['device'])}</b>, {meta['seconds']:.2f} s.</p>"]
     for note in meta.get("notes") or []:
         body.append(f'<p class="note">{e(note)}</p>')
+    order = (Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE, Outcome.REPORTED)
     parts: dict[str, list[Any]] = {}
     seen_checks: set[str] = set()
     for r in rows:
-        acc = parts.setdefault(r["part"], [0, 0, 0, 0.0])
-        acc[{True: 0, False: 1, None: 2}[r.get("passed")]] += 1
+        acc = parts.setdefault(r["part"], [0, 0, 0, 0, 0.0])
+        acc[order.index(row_outcome(r))] += 1
         if r["check"] not in seen_checks:
             seen_checks.add(r["check"])
-            acc[3] += float(r["seconds"])
-    fails = [(i + 1, r) for i, r in enumerate(rows) if r.get("passed") is False]
-    if fails:
-        body.append('<p id="failed">Failed: ' + "; ".join(
-            f'<a href="#v{i}">#{i} {e(r["claim"])} ({e(r["reference"])})</a>' for i, r in fails) + "</p>")
+            acc[4] += float(r["seconds"])
+    for outcome, ident, word in ((Outcome.FAIL, "failed", "Failed"), (Outcome.INCONCLUSIVE, "inconclusive",
+                                                                      "Inconclusive")):
+        listed = [(i + 1, r) for i, r in enumerate(rows) if row_outcome(r) is outcome]
+        if listed:
+            body.append(f'<p id="{ident}">{word}: ' + "; ".join(
+                f'<a href="#v{i}">#{i} {e(r["claim"])} ({e(r["reference"])})</a>' for i, r in listed) + "</p>")
     if len(parts) > 1:
+        def part_class(a: list[Any]) -> str:
+            return "fail" if a[1] else "inconclusive" if a[2] else "pass"
+
         body.append('<table id="parts" style="width:auto"><thead><tr><th>part</th><th>pass</th><th>FAIL</th>'
-                    "<th>n/a</th><th>seconds</th></tr></thead><tbody>" + "".join(
-                        f'<tr class="{"fail" if a[1] else "pass"}"><td>{e(_PART_TITLES.get(p, p))}</td>'
+                    "<th>inconclusive</th><th>n/a</th><th>seconds</th></tr></thead><tbody>" + "".join(
+                        f'<tr class="{part_class(a)}"><td>{e(_PART_TITLES.get(p, p))}</td>'
                         f'<td class="num">{a[0]}</td><td class="num v">{a[1]}</td><td class="num">{a[2]}</td>'
-                        f'<td class="num">{a[3]:.1f}</td></tr>' for p, a in parts.items()) + "</tbody></table>")
+                        f'<td class="num">{a[3]}</td><td class="num">{a[4]:.1f}</td></tr>'
+                        for p, a in parts.items()) + "</tbody></table>")
     body.append('<h2>Verdicts</h2><table id="verdicts"><thead><tr><th>#</th><th>claim</th><th>paper</th>'
                 "<th>predicted</th><th>measured</th><th>interval</th><th>verdict</th><th>check</th></tr></thead><tbody>")
     for i, r in enumerate(rows):
-        cls = {True: "pass", False: "fail", None: "na"}[r.get("passed")]
+        cls = _CLASSES[row_outcome(r)]
         detail = f'<div class="detail">{e(r.get("detail") or "")}</div>' if r.get("detail") else ""
         body.append(
             f'<tr class="verdict {cls}" id="v{i + 1}"><td>{i + 1}</td><td>{e(r["claim"])}{detail}</td>'
             f'<td>{e(r["reference"])}</td>'
             f'<td class="num">{e(fmt(r.get("predicted")))}</td><td class="num">{e(fmt(r.get("measured")))}</td>'
-            f'<td class="num">{e(fmt_interval(r.get("interval")))}</td><td class="v">{status(r.get("passed"))}</td>'
+            f'<td class="num">{e(fmt_interval(r.get("interval")))}</td>'
+            f'<td class="v">{status(row_outcome(r))}{_power_html(r)}</td>'
             f'<td>{e(r["check"])} <span class="detail">({e(r["part"])})</span></td></tr>')
     body.append("</tbody></table>")
     if overview is not None:

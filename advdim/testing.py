@@ -26,8 +26,11 @@ from hypothesis import strategies as st
 
 from advdim.arch import (
     FAMILIES,
+    GELU,
+    Attention,
     AvgPool,
     BatchNorm,
+    BNMode,
     Conv,
     Dense,
     Family,
@@ -35,16 +38,19 @@ from advdim.arch import (
     GlobalAvgPool,
     GlobalMaxPool,
     Layer,
+    LayerNorm,
     MaxPool,
     Padding,
     ReLU,
+    Residual,
     Spec,
     shapes_of,
 )
 from advdim.errors import SpecError
+from advdim.verdict import MIN_POWER, Outcome
 
-__all__ = ["Inconclusive", "assert_law", "conv_layers", "families", "family_members", "has_law", "relu_specs",
-           "specs"]
+__all__ = ["Inconclusive", "assert_law", "block_specs", "blocks", "conv_layers", "families", "family_members",
+           "has_law", "relu_specs", "specs"]
 
 
 @st.composite
@@ -72,6 +78,7 @@ def specs(
     relu_after_linear: bool = False,
     paddings: tuple[Padding, ...] = tuple(Padding),
     min_channels: int = 1,
+    allow_blocks: bool = False,
 ) -> Spec:
     """A random valid :class:`Spec`: a conv/pool trunk, a flatten or global pool, a dense head.
 
@@ -81,6 +88,7 @@ def specs(
         paddings: padding modes to draw from.
         min_channels: fewest output channels of a conv and units of a hidden dense layer (width-1
             ReLU nets are dead half the time: their norms are too heavy-tailed for slope tests).
+        allow_blocks: the trunk also draws :func:`blocks` (residual blocks, norms, GELU, attention).
     """
     c = draw(st.integers(1, 3))
     side = draw(st.integers(2, max_side))
@@ -88,10 +96,16 @@ def specs(
     layers: list[Layer] = []
     for _ in range(draw(st.integers(0, max_layers))):
         options = ["conv"] + (["avgpool", "maxpool"] if allow_pools else []) + (
-            ["relu"] if not relu_after_linear else []) + (["batchnorm"] if allow_batchnorm else [])
+            ["relu"] if not relu_after_linear else []) + (["batchnorm"] if allow_batchnorm else []) + (
+            ["block"] if allow_blocks else [])
         kind = draw(st.sampled_from(options))
-        if kind == "conv":
-            cand: list[Layer] = [draw(conv_layers(max_channels, paddings, min_channels))]
+        if kind == "block":
+            block = _draw_block(draw, shape, max_channels, 1)
+            if block is None:
+                continue
+            cand: list[Layer] = [block]
+        elif kind == "conv":
+            cand = [draw(conv_layers(max_channels, paddings, min_channels))]
             if relu_after_linear:
                 cand.append(ReLU())
         elif kind in ("avgpool", "maxpool"):
@@ -119,6 +133,116 @@ def specs(
     except SpecError:
         assume(False)
         raise
+
+
+def _scales() -> st.SearchStrategy[float]:
+    """Residual scales: often 1, else any finite float (its text form must read back exactly)."""
+    return st.one_of(st.just(1.0), st.sampled_from([0.5, 0.1, 2.0]),
+                     st.floats(-4.0, 4.0, allow_nan=False, allow_infinity=False))
+
+
+def _heads(draw: st.DrawFn, features: int) -> int:
+    return draw(st.sampled_from([h for h in range(1, features + 1) if features % h == 0]))
+
+
+def _draw_block(draw: st.DrawFn, shape: tuple[int, ...], max_channels: int, depth: int) -> Layer | None:
+    """One normalisation / activation / attention layer or residual block valid on ``shape``, or
+    None when the drawn one does not fit it."""
+    flat = len(shape) == 1
+    kinds = ["res", "res", "res", "batchnorm", "layernorm", "gelu", "relu"] + (
+        [] if flat else ["attn", "vit-attn", "vit-mlp"])
+    kind = draw(st.sampled_from(kinds))
+    layer: Layer
+    if kind == "batchnorm":
+        layer = BatchNorm(draw(st.sampled_from(tuple(BNMode))))
+    elif kind == "layernorm":
+        layer = LayerNorm()
+    elif kind == "gelu":
+        layer = GELU()
+    elif kind == "relu":
+        layer = ReLU()
+    elif kind == "attn":
+        layer = Attention(_heads(draw, shape[0]))
+    elif kind == "vit-attn":  # a pre-norm attention block
+        layer = Residual((LayerNorm(), Attention(_heads(draw, shape[0]))), draw(_scales()))
+    elif kind == "vit-mlp":  # a pre-norm MLP block on the tokens (1x1 convs)
+        hidden = draw(st.integers(1, 2 * max_channels))
+        layer = Residual((LayerNorm(), Conv(hidden, kernel=1), GELU(), Conv(shape[0], kernel=1)), draw(_scales()))
+    else:
+        branch: list[Layer] = []
+        inner = shape
+        for _ in range(draw(st.integers(1, 3))):
+            what = draw(st.sampled_from(["linear", "linear", "linear", "relu", "gelu", "batchnorm", "layernorm"]
+                                        + (["res", "res"] if depth > 1 else [])))
+            cand: Layer | None
+            if what == "linear":
+                cand = (Dense(draw(st.integers(1, 8)), bias=draw(st.booleans())) if flat
+                        else draw(conv_layers(max_channels)))
+            elif what == "res":
+                cand = _draw_block(draw, inner, max_channels, depth - 1)
+            else:
+                cand = {"relu": ReLU(), "gelu": GELU(), "layernorm": LayerNorm(),
+                        "batchnorm": BatchNorm(draw(st.sampled_from(tuple(BNMode))))}[what]
+            if cand is None:
+                continue
+            try:
+                inner = cand.out_shape(inner)
+            except SpecError:
+                continue
+            branch.append(cand)
+        if not branch:
+            return None
+        layer = Residual(tuple(branch), draw(_scales()))
+    try:
+        layer.out_shape(shape)
+    except SpecError:
+        return None
+    return layer
+
+
+@st.composite
+def blocks(draw: st.DrawFn, shape: tuple[int, ...], max_channels: int = 4, depth: int = 2) -> Layer:
+    """A layer of the transformer / ResNet vocabulary valid on ``shape`` (``(C, H, W)`` or ``(D,)``):
+    a residual block (branch of 1-3 conv or dense / activation / norm layers, nested blocks up to
+    ``depth`` levels, with an identity skip or a projection, any finite scale), a pre-norm attention
+    or MLP block, batch norm in either mode, layer norm, GELU, ReLU, or attention (heads dividing C)."""
+    layer = _draw_block(draw, tuple(shape), max_channels, depth)
+    assume(layer is not None)
+    assert layer is not None
+    return layer
+
+
+@st.composite
+def block_specs(draw: st.DrawFn, max_side: int = 6, max_channels: int = 4, max_blocks: int = 3,
+                depth: int = 2) -> Spec:
+    """A random valid :class:`Spec` built from blocks: a stem (a patch embedding ``conv(D,k=p,s=p)``
+    or a 3x3 conv), up to ``max_blocks`` of :func:`blocks` on the map, a flatten or global pool head,
+    up to one block on the flat features, and a dense layer of logits."""
+    c = draw(st.integers(1, 3))
+    side = draw(st.integers(2, max_side))
+    width = draw(st.integers(1, max_channels))
+    patch = draw(st.sampled_from([p for p in (1, 2) if side % p == 0]))
+    stem: Layer = (Conv(width, kernel=patch, stride=patch, padding=Padding.VALID) if draw(st.booleans())
+                   else draw(conv_layers(max_channels)))
+    layers: list[Layer] = [stem]
+    try:
+        shape = stem.out_shape((c, side, side))
+    except SpecError:
+        layers, shape = [], (c, side, side)
+    for _ in range(draw(st.integers(0, max_blocks))):
+        layer = _draw_block(draw, shape, max_channels, depth)
+        if layer is not None:
+            layers.append(layer)
+            shape = layer.out_shape(shape)
+    head: Layer = draw(st.sampled_from([Flatten(), GlobalAvgPool(), GlobalMaxPool()]))
+    layers.append(head)
+    shape = head.out_shape(shape)
+    if draw(st.booleans()):
+        layer = _draw_block(draw, shape, max_channels, depth)
+        if layer is not None:
+            layers.append(layer)
+    layers.append(Dense(draw(st.integers(1, 5)), bias=draw(st.booleans())))
+    return Spec((c, side, side), tuple(layers))
 
 
 def relu_specs(max_side: int = 6, max_channels: int = 3, max_layers: int = 3,
@@ -156,8 +280,8 @@ def spec_kwargs(spec: Spec) -> dict[str, Any]:
 # Property-based testing of the law: the same study and verdicts as `advdim simulate`
 # --------------------------------------------------------------------------------------------
 
-#: power a judged slope row needs against a slope error of ``DELTA`` (0.05) to count as evidence
-MIN_POWER = 0.8
+# MIN_POWER (re-exported): the power a judged slope row needs against a slope error of 0.05 to count
+# as evidence, the same rule as every verdict's (advdim.verdict)
 
 
 class Inconclusive(AssertionError):  # noqa: N818 - reads as a verdict
@@ -183,9 +307,9 @@ def assert_law(target: Any, q: tuple[float, ...] = (1, 2), sizes: tuple[int, ...
 
     Runs :func:`advdim.simulate.study` and its verdicts, exactly as ``advdim simulate`` does, with
     ``nets`` units (random topologies of a family; weight draws of a fixed target).  A row counts
-    only when it has power >= :data:`MIN_POWER` against a slope error of 0.05 at its own standard
-    error; while a row lacks it, the budget doubles (cells already computed are reused) up to
-    ``max_nets``.
+    only when its outcome is pass (:class:`advdim.verdict.Outcome`: power >= :data:`MIN_POWER`
+    against a slope error of 0.05 at its own standard error); while a row is inconclusive, the budget
+    doubles (cells already computed are reused) up to ``max_nets``.
 
     Raises:
         AssertionError: a judged slope row fails; the message names the claim, the predicted and
@@ -213,8 +337,8 @@ def assert_law(target: Any, q: tuple[float, ...] = (1, 2), sizes: tuple[int, ...
             if any(r.predicted_slope is None for r in rows):
                 raise AdvdimError(f"assert_law: the theory gives {res.family} no law over sizes {list(sizes)} "
                                   "(check advdim.testing.has_law first)")
-            failed = [(k, r) for k, r in zip(keys, rows) if r.passed is False]
-            weak = [(k, r) for k, r in zip(keys, rows) if r.passed is None or r.power < MIN_POWER]
+            failed = [(k, r) for k, r in zip(keys, rows) if r.outcome is Outcome.FAIL]
+            weak = [(k, r) for k, r in zip(keys, rows) if r.outcome is not Outcome.PASS]  # inconclusive or n/a
             if failed:
                 raise AssertionError("; ".join(_describe(res.family, k, r) for k, r in failed))
             if not weak:

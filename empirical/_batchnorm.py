@@ -28,7 +28,11 @@ labels, with no proportional law) is reported beside it, not judged.
 
 Every ``passed`` says whether the paper's claim (the growth persists after training, whatever the
 normalisation) holds in that row: True for "persists" / "counter-claim refuted", False for the outcomes
-that contradict it, None when the interval cannot decide.
+that contradict it, None when the interval cannot decide.  These are directional / equivalence
+claims, so each judged row sets its outcome (``Verdict.status``, :class:`advdim.verdict.Outcome`)
+itself: pass for "persists" / "refuted", fail for "vanishes", "reverses", "faster than sqrt(d)" /
+"upheld", and **inconclusive** when the interval cannot decide (or a condition has no slope); the
+reported effects are n/a.
 
     >>> Condition(batchnorm=True, weight_decay=0.0).label
     'BN, wd 0'
@@ -49,6 +53,7 @@ from advdim.empirical._experiments import _save, collapsed
 
 from advdim.choice import Choice
 from advdim.errors import AdvdimError
+from advdim.verdict import Outcome as Says
 from advdim.verdict import Verdict
 
 #: record kind of one training run with its per-sample test values
@@ -95,6 +100,11 @@ class Outcome(Choice):
     def passed(self) -> bool | None:
         """The paper's claim (the growth persists after training): held, contradicted, undecided."""
         return {Outcome.PERSISTS: True, Outcome.INCONCLUSIVE: None}.get(self, False)
+
+    @property
+    def says(self) -> Says:
+        """The verdict's outcome: pass (persists), inconclusive, or fail (every other classification)."""
+        return {True: Says.PASS, None: Says.INCONCLUSIVE, False: Says.FAIL}[self.passed]
 
 
 def classify(lo: float, hi: float, band: float = BAND, predicted: float = PREDICTED) -> Outcome:
@@ -279,7 +289,7 @@ def verdicts(rows: Sequence[dict[str, Any]], seed: int = 0, band: float = BAND, 
             out.append(Verdict(
                 claim=f"E||d_x L||_1 grows with d after training ({c.label})", reference=REFERENCE,
                 predicted=PREDICTED, measured=None, interval=None, passed=None,
-                detail=f"fewer than 2 sizes with a positive mean; {scope}", extra=extra))
+                detail=f"fewer than 2 sizes with a positive mean; {scope}", extra=extra, status=outcome.says))
             continue
         outcome = classify(fit.lo, fit.hi, band)
         extra["outcome"] = outcome.value
@@ -293,7 +303,7 @@ def verdicts(rows: Sequence[dict[str, Any]], seed: int = 0, band: float = BAND, 
             detail=(f"slope vs sqrt(d), {pct} bootstrap over seeds and test points; persists iff lo > 0 and not "
                     f"inside the band |slope| < {band:g} (vanishes), faster iff lo > {PREDICTED + band:g}; "
                     f"vulnerability slope {_fmt_fit(vfit)} (reported); accuracy {acc_text}; {scope}"),
-            extra=extra))
+            extra=extra, status=outcome.says))
 
     def diff(a: Condition, b: Condition) -> tuple[float, float, float] | None:
         fa, fb = grad.get(a), grad.get(b)
@@ -314,7 +324,7 @@ def verdicts(rows: Sequence[dict[str, Any]], seed: int = 0, band: float = BAND, 
         if d is None:
             out.append(Verdict(claim=claim, reference=REFERENCE, predicted=None, measured=None, interval=None,
                                passed=None, detail=f"a condition has no slope; {scope}",
-                               extra={"comparison": [c.label, paper.label]}))
+                               extra={"comparison": [c.label, paper.label]}, status=Says.INCONCLUSIVE))
             continue
         delta, lo, hi = d
         # The counter-claim (Galloway et al. 2019) predicts: slope(no BN, decay) ~ 0 (inside the band) while
@@ -334,7 +344,8 @@ def verdicts(rows: Sequence[dict[str, Any]], seed: int = 0, band: float = BAND, 
                     f"{bn_out.value if bn_out else 'no slope'}; refuted iff {c.label} persists, upheld iff it "
                     f"vanishes (band +-{band:g}) while BN persists and the difference interval is below 0, else "
                     f"inconclusive; {scope}"),
-            extra={"comparison": [c.label, paper.label], "outcome": own.value if own else None}))
+            extra={"comparison": [c.label, paper.label], "outcome": own.value if own else None},
+            status={True: Says.PASS, None: Says.INCONCLUSIVE, False: Says.FAIL}[passed]))
     effects = [(plain, paper, "effect of removing BN (no decay)")]
     effects += [(c, plain, f"effect of wd {c.weight_decay:g} without BN") for c in sorted(grad)
                 if not c.batchnorm and c.weight_decay > 0]
@@ -379,7 +390,8 @@ def summary(rows: Sequence[dict[str, Any]], found: Sequence[Verdict]) -> list[di
 def _fmt_interval(v: Verdict) -> str:
     if v.measured is None or v.interval is None:
         return "n/a"
-    mark = {True: "pass", False: "FAIL", None: "reported" if v.predicted is None else "inconclusive"}[v.passed]
+    mark = {Says.PASS: "pass", Says.FAIL: "FAIL", Says.INCONCLUSIVE: "inconclusive",
+            Says.REPORTED: "reported"}[v.outcome]
     return f"{v.measured:+.2f} [{v.interval[0]:+.2f}, {v.interval[1]:+.2f}] ({mark})"
 
 

@@ -12,6 +12,9 @@ Verdict (two-sided test of ``slope = predicted``): pass iff ``|slope - predicted
 is then detected with probability ``Phi((|delta| - tol) / se)`` (+ the negligible other tail),
 which is ``>= 0.99`` for ``|delta| = 0.05`` as soon as ``se <= 0.05 / (z_{0.995} + z_{0.99})``
 ``= 0.0102``.  The default budget of ``advdim simulate`` is sized for that (``docs/simulate.md``).
+A verdict that does not reject says "pass" only when this power is at least 0.8
+(``advdim.verdict.MIN_POWER``), else "inconclusive"; prefactor ratios likewise against a relative
+error of ``PREFACTOR_REL`` (:func:`ratio_power`).
 
     >>> d = np.array([192.0, 768.0, 3072.0])
     >>> values = np.outer(np.ones(50), d**0.5) * np.exp(np.random.default_rng(0).normal(0, 0.1, (50, 3)))
@@ -37,6 +40,11 @@ DELTA = 0.05
 POWER = 0.99
 #: largest standard error at which the test has the required power at DELTA
 SE_FOR_POWER = DELTA / (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER))
+#: the relative prefactor error a prefactor verdict (measured / theory of ``E||d_x f||_2^2``) must catch
+PREFACTOR_REL = 0.10
+#: the errors the verdicts are about, in words (``Verdict.resolution``)
+SLOPE_RESOLUTION = f"slope +-{DELTA}"
+PREFACTOR_RESOLUTION = f"prefactor +-{PREFACTOR_REL:.0%}"
 BOOTSTRAP = 2000
 #: fewest topologies a width group needs to enter the infinite-width extrapolation (its bootstrap
 #: standard error is biased low by sqrt(1 - 1/n) and coarse below this)
@@ -205,6 +213,22 @@ def power(se: float, delta: float = DELTA, alpha: float = ALPHA, n: int | None =
         return 1.0
     tol = tolerance(se, alpha, n)
     return float(stats.norm.cdf((abs(delta) - tol) / se) + stats.norm.cdf((-abs(delta) - tol) / se))
+
+
+def ratio_power(se: float, rel: float = PREFACTOR_REL, alpha: float = ALPHA, n: int | None = None) -> float:
+    """Probability that the ratio verdict (pass iff ``|ratio - 1| <= critical(alpha, n) * se``) rejects a
+    prefactor off by the relative error ``rel`` (a true ratio ``1 +- rel``), at the run's own ``se``.
+
+    The same normal approximation as :func:`power` with ``delta = rel``: a relative error ``rel``
+    shifts the ratio by ``rel``.  The se is the run's own (as for slopes); under a true ratio
+    ``1 + rel`` the bootstrap se would be about ``1 + rel`` times larger and under ``1 - rel``
+    smaller, so the two tails err in opposite directions.  Power 0.8 at ``rel = 0.1`` and
+    ``n = 200`` needs ``se <= 0.029``.
+
+    >>> round(ratio_power(0.02, n=200), 3)
+    0.992
+    """
+    return power(se, rel, alpha, n)
 
 
 def slope_test(measured: float, predicted: float, se: float, alpha: float = ALPHA,

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from advdim.simulate._study import FamilyResult
 
+from advdim.report import status
+
 
 def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
     """Write ``<family>_loglog.{png,svg}`` and ``<family>_hist.{png,svg}`` into ``out_dir``.
@@ -50,7 +52,9 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel("input dimension d")
         ax.set_ylabel(f"E ||d_x f||_{key}")
-        verdict = {True: "pass", False: "FAIL", None: "no prediction"}[r.passed]
+        verdict = "no prediction" if r.predicted_slope is None else status(r.outcome)
+        if r.outcome.judged:
+            verdict += f" (power {r.power:.2f} at +-0.05)"
         ax.set_title(f"{result.family}, q={key}: {verdict}")
         ax.legend(fontsize=7)
     fig.suptitle(f"{result.family}: {result.nets} topologies x {result.draws} draws x {result.inputs} inputs "

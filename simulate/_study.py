@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from advdim.simulate._engine import Q_KEYS, sample_norms, shortcut_applies
+from advdim.simulate._engine import Q_KEYS, memory_entries, sample_norms, shortcut_applies
 from advdim.simulate._fit import (
     ALPHA,
     DELTA,
+    PREFACTOR_REL,
+    PREFACTOR_RESOLUTION,
     SE_FOR_POWER,
+    SLOPE_RESOLUTION,
     WidthLimit,
     critical,
     fit_slope,
@@ -34,15 +37,16 @@ from advdim.simulate._fit import (
     ols_slope,
     power,
     ratio_fit,
+    ratio_power,
     slope_test,
 )
 
-from advdim.arch import Conv, Dense, Family, Padding, Spec, Target, family, resolve_target, sample_family
+from advdim.arch import Conv, Dense, Family, Spec, Target, family, resolve_target, sample_family
 from advdim.build import Init
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target as GradTarget
 from advdim.store import RunStore
-from advdim.verdict import Verdict
+from advdim.verdict import MIN_POWER, Outcome, Verdict, count, power_note
 
 KIND = "simulate.cell"
 #: how the verdicts' critical value c is made (see advdim.simulate._fit.critical)
@@ -208,8 +212,9 @@ def cell_bytes(spec: Spec, draws: int, inputs: int, exact_shortcuts: bool = True
     - exact dense shortcut on images: ``n d (8 + 8 b)`` (the float64 draw from the pool, the input,
       the projected noise and the gradient);
     - otherwise ``ACTIVATION_FACTOR n b A + 2 draws b P + 4 n d b`` with ``A`` the activation
-      entries of one sample (input, every layer's output, every circularly or reflect padded copy)
-      and ``P`` the weights of one net, drawn and then scaled (``+ 8 n d`` for the image draw).
+      entries of one sample (input, every layer's output, every circularly or reflect padded copy;
+      see :func:`advdim.simulate._engine.memory_entries`) and ``P`` the weights of one net, drawn
+      and then scaled (``+ 8 n d`` for the image draw).
 
     >>> from advdim.arch import family
     >>> cell_bytes(family("dense", widths=(16,)).spec(1000, channels=3), draws=2, inputs=2) / 1e9
@@ -219,16 +224,7 @@ def cell_bytes(spec: Spec, draws: int, inputs: int, exact_shortcuts: bool = True
     n, d = draws * inputs, spec.d
     if exact_shortcuts and shortcut_applies(spec):
         return n * d * (8 + 8 * b) if images else 4 * n * d * b
-    shapes = spec.shapes()
-    acts = sum(math.prod(s) for s in shapes)
-    weights = 0
-    for layer, shape in zip(spec.layers, shapes):
-        if isinstance(layer, Conv):
-            weights += layer.out_channels * shape[0] * layer.kernel**2
-            if layer.pad and layer.padding in (Padding.CIRCULAR, Padding.REFLECT):
-                acts += shape[0] * (shape[1] + 2 * layer.pad) * (shape[2] + 2 * layer.pad)
-        elif isinstance(layer, Dense):
-            weights += layer.out_features * shape[0]
+    acts, weights = memory_entries(spec)  # residual branches and attention scores included
     return ACTIVATION_FACTOR * n * b * acts + 2 * draws * b * weights + 4 * n * d * b + (8 * n * d if images else 0)
 
 
@@ -342,6 +338,16 @@ class QResult:
     limit: WidthLimit | None = None
 
     @property
+    def outcome(self) -> Outcome:
+        """What the judged row of this q says: fail, pass (power >= ``MIN_POWER`` at +-``DELTA``),
+        inconclusive, or n/a (not judged); the same rule as :attr:`advdim.verdict.Verdict.outcome`."""
+        if self.passed is None:
+            return Outcome.REPORTED
+        if not self.passed:
+            return Outcome.FAIL
+        return Outcome.PASS if self.power >= MIN_POWER else Outcome.INCONCLUSIVE
+
+    @property
     def limit_slope(self) -> float | None:
         """The measured slope extrapolated to infinite width (``None`` without an extrapolation)."""
         if self.limit is None or self.predicted_slope is None:
@@ -349,14 +355,17 @@ class QResult:
         return self.predicted_slope + self.limit.deviation
 
     def to_json(self) -> dict[str, Any]:
-        """The issue's keys; ``pass`` judges the infinite-width limit when one is fitted (``judged``)."""
+        """The issue's keys; ``pass`` judges the infinite-width limit when one is fitted (``judged``);
+        ``outcome`` is what the row says (``pass`` / ``fail`` / ``inconclusive`` / ``n/a``) and ``power``
+        the test's power against a slope off by ``DELTA``."""
         limit = None
         if self.limit is not None and self.predicted_slope is not None:
             p, lim = self.predicted_slope, self.limit
             limit = {"slope": p + lim.deviation, "ci": [p + lim.ci[0], p + lim.ci[1]], "se": lim.se,
                      "finite_width_coefficient": lim.coefficient, "coefficient_se": lim.coefficient_se}
         return {"predicted_slope": self.predicted_slope, "measured_slope": self.measured_slope,
-                "ci": list(self.ci), "pass": self.passed, "width_limit": limit,
+                "ci": list(self.ci), "pass": self.passed, "outcome": self.outcome.value,
+                "power": None if self.passed is None else self.power, "width_limit": limit,
                 "judged": "width_limit" if limit is not None else "sampled_widths"}
 
 
@@ -395,8 +404,15 @@ class FamilyResult:
         return REFERENCES.get(self.family, "Theorem 5")
 
     def to_json(self) -> dict[str, Any]:
+        """Per q the slope rows (``QResult.to_json``), the prefactor row (``None`` without a prediction)
+        and ``outcomes``: how many of :meth:`verdicts` say pass, fail, inconclusive and n/a."""
+        pre = self.prefactor_verdict()
         return {"family": self.family, "sizes": list(self.sizes), "nets": self.nets,
-                "q": {k: v.to_json() for k, v in self.q.items()}}
+                "q": {k: v.to_json() for k, v in self.q.items()},
+                "prefactor": None if pre is None else {"ratio": pre.measured, "se": self.prefactor_se,
+                                                       "pass": pre.passed, "outcome": pre.outcome.value,
+                                                       "power": pre.power},
+                "outcomes": {o.value: n for o, n in count(self.verdicts()).items()}}
 
     def to_record(self) -> dict[str, Any]:
         """Everything (for the run store and ``--out``): the JSON keys plus fits, prefactor, per-net values."""
@@ -405,7 +421,7 @@ class FamilyResult:
                     "seed": self.seed, "target": self.target, "exact_shortcuts": self.exact_shortcuts,
                     "plant_exponent": self.plant_exponent, "has_law": self.has_law,
                     "inputs_from": self.data or "gaussian",
-                    "prefactor": {"measured": list(self.sq_measured),
+                    "prefactor": {**(rec["prefactor"] or {}), "measured": list(self.sq_measured),
                                   "predicted": None if self.sq_predicted is None else list(self.sq_predicted),
                                   "ratio": self.prefactor_ratio, "se": self.prefactor_se,
                                   "approximate": self.prefactor_approximate},
@@ -432,7 +448,14 @@ class FamilyResult:
         return series
 
     def verdicts(self, alpha: float = ALPHA) -> list[Verdict]:
-        """One verdict per q (slope) plus one for the prefactor E||d_x f||_2^2."""
+        """One verdict per q (slope) plus one for the prefactor E||d_x f||_2^2.
+
+        Three-valued (:class:`advdim.verdict.Outcome`): a slope row fails when its acceptance
+        interval excludes the prediction, passes only when it also has power >= ``MIN_POWER``
+        against a slope off by ``DELTA`` (``resolution`` "slope +-0.05") at its own standard error,
+        and is inconclusive otherwise; the prefactor row likewise against a relative error of
+        ``PREFACTOR_REL``.  Rows the theory backs no prediction for are n/a.
+        """
         out = []
         what = "d_x L" if self.target == "loss" else "d_x f_k"
         for key, r in self.q.items():
@@ -460,29 +483,45 @@ class FamilyResult:
             if r.limit is not None and r.limit_slope is not None:
                 out += self._limit_verdicts(claim, r, alpha, budget)
                 continue
+            pw = power(r.se, DELTA, alpha, n)
             out.append(Verdict(
                 claim, self.reference, r.predicted_slope, r.measured_slope,
                 (r.measured_slope - tol, r.measured_slope + tol), passed,
                 f"{self._approximate_note()}"
                 f"|measured - predicted| <= c*se = {critical(alpha, n):.3f}*{r.se:.4f} ({CRITICAL_NOTE}): false "
-                f"rejection {alpha:g}, power {power(r.se, DELTA, alpha, n):.3f} at +-{DELTA} (alpha 0.01 needs se <= "
-                f"{SE_FOR_POWER:.4f} at large n); "
-                f"{budget}", {"se": r.se, "ci95": list(r.ci), "power": r.power,
-                              "plant_exponent": self.plant_exponent, "series": self._series(key)}))
-        if self.prefactor_ratio is not None and self.prefactor_se is not None:
-            tol = critical(alpha, self.nets) * self.prefactor_se
-            judged = self.prefactor_approximate is None
-            note = ("" if judged else "reported, not judged: the path sum is exact only under H1, which fails here: "
-                    f"{self.prefactor_approximate}; ")
-            out.append(Verdict(
-                f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, self.prefactor_ratio,
-                (self.prefactor_ratio - tol, self.prefactor_ratio + tol),
-                abs(self.prefactor_ratio - 1.0) <= tol if judged else None,
-                f"{note}ratio of sums over topologies and sizes; bootstrap se {self.prefactor_se:.4f}, "
-                f"two-sided alpha {alpha:g}", {"measured": list(self.sq_measured),
-                                                "predicted": list(self.sq_predicted or [])}))
+                f"rejection {alpha:g}, {power_note(pw, SLOPE_RESOLUTION)} (pass needs {MIN_POWER:g}; alpha 0.01 "
+                f"needs se <= {SE_FOR_POWER:.4f} for 0.99 at large n); {budget}",
+                {"se": r.se, "ci95": list(r.ci), "power": pw, "plant_exponent": self.plant_exponent,
+                 "series": self._series(key)}, power=pw, resolution=SLOPE_RESOLUTION))
+        prefactor = self.prefactor_verdict(alpha)
+        if prefactor is not None:
+            out.append(prefactor)
         return out
 
+    def prefactor_verdict(self, alpha: float = ALPHA) -> Verdict | None:
+        """The row ``E||d_x f||_2^2 measured / theory`` (``None`` without a prediction of the prefactor).
+
+        Judged (pass iff ``|ratio - 1| <= c*se``) where the path sum is exact, with its power against
+        a prefactor off by ``PREFACTOR_REL`` (:func:`advdim.simulate._fit.ratio_power`); n/a where it
+        is only approximate (H1 fails).
+        """
+        if self.prefactor_ratio is None or self.prefactor_se is None:
+            return None
+        what = "d_x L" if self.target == "loss" else "d_x f_k"
+        ratio, se = self.prefactor_ratio, self.prefactor_se
+        tol = critical(alpha, self.nets) * se
+        judged = self.prefactor_approximate is None
+        pw = ratio_power(se, PREFACTOR_REL, alpha, self.nets) if judged else None
+        how = (f"ratio of sums over topologies and sizes; bootstrap se {se:.4f}, two-sided alpha {alpha:g}, "
+               f"|ratio - 1| <= c*se = {critical(alpha, self.nets):.3f}*{se:.4f}")
+        detail = (f"{how}; {power_note(pw, PREFACTOR_RESOLUTION)} (pass needs {MIN_POWER:g})" if judged else
+                  "reported, not judged: the path sum is exact only under H1, which fails here: "
+                  f"{self.prefactor_approximate}; {how}")
+        return Verdict(
+            f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, ratio, (ratio - tol, ratio + tol),
+            abs(ratio - 1.0) <= tol if judged else None, detail,
+            {"measured": list(self.sq_measured), "predicted": list(self.sq_predicted or []), "se": se,
+             "power": pw}, power=pw, resolution=PREFACTOR_RESOLUTION if judged else "")
 
     def _approximate_note(self) -> str:
         """A warning for slope verdicts whose prediction rests on a failing hypothesis (empty when exact)."""
@@ -497,18 +536,19 @@ class FamilyResult:
         assert lim is not None and pred is not None and slope is not None
         n = r.topologies_used
         passed, tol = slope_test(slope, pred, lim.se, alpha, n)  # the one test, as for the plain fit
+        pw = power(lim.se, DELTA, alpha, n)
         groups = "; ".join(f"x={x:.4f}: {m} nets, {dev:+.4f}+-{se:.4f}" for x, m, dev, se in lim.groups)
         judged = Verdict(
             f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol), passed,
             f"{self._approximate_note()}"
             f"deviation from the law extrapolated to infinite width: |{lim.deviation:+.4f}| <= c*se = "
-            f"{critical(alpha, n):.3f}*{lim.se:.4f} ({CRITICAL_NOTE}): false rejection {alpha:g}, power "
-            f"{power(lim.se, DELTA, alpha, n):.3f} "
-            f"at +-{DELTA}; finite-width term {lim.coefficient:+.3f}+-{lim.coefficient_se:.3f} per unit of the "
+            f"{critical(alpha, n):.3f}*{lim.se:.4f} ({CRITICAL_NOTE}): false rejection {alpha:g}, "
+            f"{power_note(pw, SLOPE_RESOLUTION)} (pass needs {MIN_POWER:g}); finite-width term "
+            f"{lim.coefficient:+.3f}+-{lim.coefficient_se:.3f} per unit of the "
             f"width index x (weighted fit over groups: {groups}); {budget}",
-            {"se": lim.se, "ci95": [pred + lim.ci[0], pred + lim.ci[1]], "power": power(lim.se, DELTA, alpha, n),
+            {"se": lim.se, "ci95": [pred + lim.ci[0], pred + lim.ci[1]], "power": pw,
              "plant_exponent": self.plant_exponent, "groups": [list(g) for g in lim.groups],
-             "coefficient": lim.coefficient})
+             "coefficient": lim.coefficient}, power=pw, resolution=SLOPE_RESOLUTION)
         sampled = Verdict(
             f"{claim} (sampled widths)", self.reference, pred, r.measured_slope, r.ci, None,
             f"reported, not judged: at finite width the law bends by the finite-width term (judged in the "

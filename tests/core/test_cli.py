@@ -52,3 +52,20 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_every_exit_status_is_documented() -> None:
+    """Each ``advdim.errors.EXIT_*`` code is in the exit-status list of ``advdim.cli`` and in the user
+    guide's table (3: no judged claim failed, some are inconclusive)."""
+    from pathlib import Path
+
+    import advdim.cli
+    from advdim import errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert codes == {0, 1, 2, 3, 130}
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text()
+    for code in codes:
+        assert f"\n- {code}: " in (advdim.cli.__doc__ or ""), code
+        assert f"| **{code}** |" in guide, code
+    assert "inconclusive" in guide[guide.index("| **3** |"):].splitlines()[0]

@@ -20,6 +20,7 @@ from advdim.build import build
 from advdim.errors import AdvdimError
 from advdim.gradients import Target, input_gradient
 from advdim.store import RunStore
+from advdim.verdict import Outcome as Says
 
 TINY = dict(dataset="synthetic", n_train=32, n_test=16, n_eval=16, batch_size=32, epochs=1)
 
@@ -121,29 +122,30 @@ def test_sqrt_d_law_persists_and_d_independent_law_vanishes():
         want = conditions[(c["batchnorm"], c["weight_decay"])]
         assert v.interval[0] <= want <= v.interval[1]  # the planted slope lies in its interval
         if want == 1.0:
-            assert v.extra["outcome"] == "persists" and v.passed is True
+            assert v.extra["outcome"] == "persists" and v.passed is True and v.outcome is Says.PASS
         else:  # d-independent: inside the band +-0.25, a contradiction of the paper's claim
-            assert v.extra["outcome"] == "vanishes" and v.passed is False
+            assert v.extra["outcome"] == "vanishes" and v.passed is False and v.outcome is Says.FAIL
             assert -bn.BAND < v.interval[0] and v.interval[1] < bn.BAND
     comparisons = [v for v in verdicts if v.claim.startswith("counter-claim refuted")]
     assert len(comparisons) == 2
     by_wd = {v.extra["comparison"][0]: v for v in comparisons}
     # slope 0 without BN with decay, slope 1 with BN: nullified there, present here -> the counter-claim holds
-    assert by_wd["no BN, wd 0.0005"].passed is False and by_wd["no BN, wd 0.0005"].interval[1] < 0
+    assert by_wd["no BN, wd 0.0005"].outcome is Says.FAIL and by_wd["no BN, wd 0.0005"].interval[1] < 0
     # slope 1 without BN with decay: the growth survives the substitution -> refuted
-    assert by_wd["no BN, wd 0.05"].passed is True
+    assert by_wd["no BN, wd 0.05"].outcome is Says.PASS
     reported = [v for v in verdicts if v.predicted is None and not v.claim.startswith("counter-claim")]
-    assert len(reported) == 3 and all(v.passed is None for v in reported)
+    assert len(reported) == 3 and all(v.outcome is Says.REPORTED for v in reported)
 
 
 def test_few_noisy_points_are_inconclusive():
     conditions = {(True, 0.0): 0.4, (False, 5e-4): 0.4}
     verdicts = bn.verdicts(_rows(conditions, n=5, sigma=1.5, seeds=(0, 1), seed_sd=0.3))
     rows = [v for v in verdicts if "condition" in v.extra]
-    assert [v.passed for v in rows] == [None, None], [(v.measured, v.interval) for v in rows]
+    assert [v.outcome for v in rows] == [Says.INCONCLUSIVE] * 2, [(v.measured, v.interval) for v in rows]
     assert all(v.interval[0] < 0 < bn.BAND < v.interval[1] for v in rows)
     comparison = next(v for v in verdicts if v.claim.startswith("counter-claim refuted"))
-    assert comparison.passed is None
+    assert comparison.outcome is Says.INCONCLUSIVE and comparison.to_json()["outcome"] == "inconclusive"
+    assert "(inconclusive)" in next(t["text"] for t in bn.summary([], verdicts) if t["claim"] == comparison.claim)
 
 
 def test_a_planted_d_to_the_half_on_trained_like_records_is_caught():
@@ -152,7 +154,7 @@ def test_a_planted_d_to_the_half_on_trained_like_records_is_caught():
 
     rows = planted(_rows({(True, 0.0): 1.0, (False, 5e-4): 0.3}), 0.5)
     outcomes = {v.extra["condition"]["batchnorm"]: v for v in bn.verdicts(rows) if "condition" in v.extra}
-    assert outcomes[True].extra["outcome"] == "faster than sqrt(d)" and outcomes[True].passed is False
+    assert outcomes[True].extra["outcome"] == "faster than sqrt(d)" and outcomes[True].outcome is Says.FAIL
     assert outcomes[True].measured == pytest.approx(2.0, abs=0.1)
 
 

@@ -38,7 +38,7 @@ def series_check(budget: Budget) -> list[Verdict]:
         plots = [str(path), str(path.with_suffix(".svg"))]
     slope = math.log(y[-1] / y[0]) / math.log(d[-1] / d[0])
     return [Verdict("slope of E||d_x f||_1 in d (test)", "Theorem 4", 0.5, slope, (slope - 0.02, slope + 0.02),
-                    True, "synthetic", {"series": series, "plots": plots})]
+                    True, "synthetic", {"series": series, "plots": plots}, power=0.99, resolution="slope +-0.05")]
 
 
 def failing_check(budget: Budget) -> list[Verdict]:
@@ -46,6 +46,12 @@ def failing_check(budget: Budget) -> list[Verdict]:
     measured, half = 0.6, 0.02
     return [Verdict("planted false claim (test)", "nowhere", 0.5, measured, (measured - half, measured + half),
                     bool(measured - half <= 0.5 <= measured + half), "planted")]
+
+
+def inconclusive_check(budget: Budget) -> list[Verdict]:
+    """A claim inside an interval far too wide to tell it from the error it must catch (power 0.01)."""
+    return [Verdict("underpowered claim (test)", "nowhere", 0.5, 0.6, (-4.0, 5.2), True, "planted", power=0.01,
+                    resolution="slope +-0.05")]
 
 
 def crashing_check(budget: Budget) -> list[Verdict]:

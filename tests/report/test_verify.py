@@ -14,9 +14,11 @@ import pytest
 
 from advdim.checks import Part, all_checks
 from advdim.cli import main
+from advdim.report import counts, exit_status
 from advdim.store import RunStore
+from advdim.verdict import MIN_POWER
 
-from .conftest import crashing_check, failing_check, series_check
+from .conftest import crashing_check, failing_check, inconclusive_check, series_check
 
 ADVDIM = [sys.executable, "-m", "advdim.cli"]
 
@@ -27,6 +29,22 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]
     return rc, json.loads(capsys.readouterr().out)
 
 
+def assert_consistent(rc: int, res: dict) -> None:
+    """The exit status and the JSON's counts follow the rows; no row says pass without power >= 0.8."""
+    rows = res["verdicts"]
+    n = counts(rows)
+    assert rc == exit_status(n) == res["exit_status"], (rc, res["counts"])
+    assert res["counts"] == {o.value: k for o, k in n.items()} and res["passed"] is (rc == 0)
+    assert res["outcome"] == ("fail" if rc == 1 else "inconclusive" if rc == 3 else "pass")
+    for r in rows:
+        assert r["outcome"] in ("pass", "fail", "inconclusive", "n/a") and "power" in r, r["claim"]
+        if r["outcome"] == "pass" and r["status"] is None:  # a directional claim sets its own outcome
+            assert r["passed"] is True and r["power"] is not None and r["power"] >= MIN_POWER, r["claim"]
+        if r["outcome"] == "fail":
+            assert r["passed"] is False or r["status"] == "fail", r["claim"]
+    assert sum(p["pass"] + p["fail"] + p["inconclusive"] + p["n/a"] for p in res["parts"].values()) == len(rows)
+
+
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-c", "import sys; from advdim.cli import main; sys.exit(main())", *args],
@@ -35,9 +53,10 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_core_run_writes_the_report_folder_from_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
-    assert rc == 0 and res["passed"] is True
+    assert_consistent(rc, res)
     rows = res["verdicts"]
     assert rows and all(r["passed"] is True and r["part"] == "core" for r in rows)
+    assert rc in (0, 3)  # no core row fails; those without stated power are inconclusive
     for name in ("report.html", "runs.sqlite", "verdicts.csv", "verdicts.parquet", "series.csv", "series.parquet",
                  "plots/verdicts.png", "plots/verdicts.svg", "plots/timings.png", "plots/timings.svg"):
         assert (tmp_path / name).is_file(), name
@@ -49,10 +68,12 @@ def test_core_run_writes_the_report_folder_from_records(tmp_path: Path, capsys: 
     assert len(run) == 1 and run[0]["result"]["seed"] == 0 and run[0]["result"]["scale"] == "tiny"
     table = pd.read_parquet(tmp_path / "verdicts.parquet")
     assert list(table["claim"]) == [r["claim"] for r in rows]
-    assert (table["verdict"] == "pass").all()
+    words = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive", "n/a": "n/a"}
+    assert list(table["verdict"]) == [words[r["outcome"]] for r in rows]
     assert len(pd.read_csv(tmp_path / "verdicts.csv")) == len(rows)
     page = (tmp_path / "report.html").read_text()
-    assert page.count('<tr class="verdict pass" ') == len(rows)
+    assert page.count('<tr class="verdict pass" ') == res["counts"]["pass"]
+    assert page.count('<tr class="verdict inconclusive" ') == res["counts"]["inconclusive"]
     assert "--only core" in page and "version of torch" in page
 
 
@@ -60,8 +81,9 @@ def test_planted_failing_check_exits_1_and_marks_its_row(tmp_path: Path, capsys:
                                                           extra_checks) -> None:  # type: ignore[no-untyped-def]
     extra_checks("planted", failing_check)
     rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
-    assert rc == 1 and res["passed"] is False
-    failed = [r for r in res["verdicts"] if r["passed"] is False]
+    assert rc == 1 and res["passed"] is False and res["outcome"] == "fail"
+    assert_consistent(rc, res)
+    failed = [r for r in res["verdicts"] if r["outcome"] == "fail"]
     assert [r["claim"] for r in failed] == ["planted false claim (test)"]
     assert all(r["passed"] is True for r in res["verdicts"] if r["check"] != "planted")
     page = (tmp_path / "report.html").read_text()
@@ -73,23 +95,45 @@ def test_planted_failing_check_exits_1_and_marks_its_row(tmp_path: Path, capsys:
     rc = main(["verify", "--only", "core", "--scale", "tiny", "--out", str(tmp_path)])
     text = capsys.readouterr().out
     assert rc == 1 and "FAIL" in text
-    n_pass = sum(r["passed"] is True for r in res["verdicts"])
-    n_na = sum(r["passed"] is None for r in res["verdicts"])
-    assert f"{n_pass} passed, 1 failed, {n_na} n/a" in " ".join(text.split())  # n/a rows are not counted as passed
+    n = res["counts"]
+    assert (f"{n['pass']} passed, 1 failed, {n['inconclusive']} inconclusive, {n['n/a']} n/a"
+            in " ".join(text.split()))  # inconclusive and n/a rows are not counted as passed
+
+
+def test_an_inconclusive_row_exits_3_unless_one_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      extra_checks) -> None:  # type: ignore[no-untyped-def]
+    """A check whose row passes its test without the power to see its error: inconclusive, exit 3, counted
+    apart on the terminal and in the report; with a failing check beside it, exit 1."""
+    extra_checks("weak", inconclusive_check)
+    rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert rc == 3 and res["outcome"] == "inconclusive"
+    assert_consistent(rc, res)
+    (weak,) = [r for r in res["verdicts"] if r["check"] == "weak"]
+    assert weak["outcome"] == "inconclusive" and weak["passed"] is True and weak["power"] < MIN_POWER
+    page = (tmp_path / "report.html").read_text()
+    assert "INCONCLUSIVE:" in page and 'id="inconclusive"' in page and "underpowered claim (test)" in page
+    rc = main(["verify", "--only", "core", "--scale", "tiny", "--out", str(tmp_path)])
+    text = " ".join(capsys.readouterr().out.split())
+    assert rc == 3 and f"{res['counts']['inconclusive']} inconclusive" in text and "inconclusive │" in text
+    extra_checks("planted", failing_check)
+    rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert rc == 1
+    assert_consistent(rc, res)
 
 
 def test_a_crashing_check_fails_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra_checks) -> None:  # type: ignore[no-untyped-def]
     extra_checks("crashes", crashing_check)
     rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
     assert rc == 1
-    (bad,) = [r for r in res["verdicts"] if r["passed"] is False]
+    (bad,) = [r for r in res["verdicts"] if r["outcome"] == "fail"]
     assert bad["check"] == "crashes" and "RuntimeError: boom" in bad["detail"]
 
 
 def test_check_plots_reach_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra_checks) -> None:  # type: ignore[no-untyped-def]
     extra_checks("series", series_check)
-    rc, _ = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
-    assert rc == 0
+    rc, res = run_json(capsys, "--only", "core", "--scale", "tiny", "--out", str(tmp_path))
+    assert_consistent(rc, res)
+    assert rc in (0, 3) and any(r["check"] == "series" and r["outcome"] == "pass" for r in res["verdicts"])
     assert (tmp_path / "plots" / "own-plot.png").is_file()
     assert any(p.name.startswith("series-") and p.suffix == ".svg" for p in (tmp_path / "plots").iterdir())
     series = pd.read_parquet(tmp_path / "series.parquet")
@@ -116,13 +160,15 @@ def _has(part: Part) -> bool:
     return any(c.part is part for c in all_checks())
 
 
-def test_only_theory_passes(tmp_path: Path) -> None:
-    """`advdim verify --only theory` (the core checks until the theory layer registers its own)."""
+def test_only_theory_runs_and_exits_by_its_rows(tmp_path: Path) -> None:
+    """`advdim verify --only theory` (the core checks until the theory layer registers its own): only
+    that part's rows, and an exit status (0, 1 or 3) that follows them."""
     part = "theory" if _has(Part.THEORY) else "core"
     res = cli("verify", "--only", part, "--scale", "tiny", "--out", str(tmp_path / "r"), "--json", cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode in (0, 1, 3), res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["verdicts"] and {r["part"] for r in out["verdicts"]} == {part}
+    assert_consistent(res.returncode, out)
 
 
 @pytest.fixture(scope="module")
@@ -132,16 +178,21 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     return cli("verify", "--scale", "tiny", "--out", str(tmp / "r"), "--json", cwd=tmp), tmp / "r"
 
 
-def test_tiny_full_run_passes(tiny_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+def test_tiny_full_run_exits_by_its_rows(tiny_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    """`verify --scale tiny`: exit 0, 1 or 3 as its rows say; no row says pass with power below 0.8 (the
+    TINY budget is a smoke test: its simulate rows may be inconclusive); no simulate row fails."""
     res, folder = tiny_run
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    assert res.returncode in (0, 1, 3), res.stdout[-4000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
-    assert out["passed"] is True and not [r for r in out["verdicts"] if r["passed"] is False]
+    assert_consistent(res.returncode, out)
+    assert not [r["claim"] for r in out["verdicts"] if r["part"] == "simulate" and r["outcome"] == "fail"]
     parts = {r["part"] for r in out["verdicts"]}
     assert parts == {"core"} | {p.value for p in Part if p is not Part.CORE and _has(p)}
     assert (folder / "report.html").is_file()
     assert set(out["parts"]) == parts
-    assert sum(p["pass"] + p["fail"] + p["n/a"] for p in out["parts"].values()) == len(out["verdicts"])
+    page = (folder / "report.html").read_text()
+    for word, cls in (("pass", "pass"), ("fail", "fail"), ("inconclusive", "inconclusive"), ("n/a", "na")):
+        assert page.count(f'<tr class="verdict {cls}" ') == out["counts"][word], word
 
 
 def test_planted_exponent_fails_the_slope_rows(tmp_path: Path,
@@ -155,23 +206,27 @@ def test_planted_exponent_fails_the_slope_rows(tmp_path: Path,
     res = cli("verify", "--only", "simulate", "--scale", "tiny", "--plant-exponent", "0.1", "--json",
               "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    planted = json.loads(res.stdout)["verdicts"]
+    out = json.loads(res.stdout)
+    assert_consistent(res.returncode, out)
+    planted = out["verdicts"]
     clean = {r["claim"]: r for r in json.loads(tiny_run[0].stdout)["verdicts"] if r["part"] == "simulate"}
     slopes = [r for r in planted if "slope of" in r["claim"] and r["predicted"] is not None]
-    assert slopes and any(r["passed"] is False for r in slopes)
+    assert slopes and any(r["outcome"] == "fail" for r in slopes)
     for r in slopes:
         assert r["measured"] - clean[r["claim"]]["measured"] == pytest.approx(0.1, abs=1e-6), r["claim"]
         lo, hi = r["interval"]
-        if r["passed"] is None:  # reported, not judged (q = inf on conv nets)
+        if r["outcome"] == "n/a":  # reported, not judged (q = inf on conv nets)
             continue
-        assert r["passed"] is bool(lo <= r["predicted"] <= hi), r["claim"]
+        # FAIL exactly when the interval excludes the prediction; otherwise pass only with the power
+        want = "fail" if not lo <= r["predicted"] <= hi else "pass" if r["power"] >= MIN_POWER else "inconclusive"
+        assert r["outcome"] == want, r["claim"]
     for r in planted:
-        if r["passed"] is False:
+        if r["outcome"] == "fail":
             assert "slope of" in r["claim"] or "E||d_x" in r["claim"], r["claim"]  # only rows about the norms
         if "slope below" in r["claim"]:  # a difference of two slopes: the planted exponent cancels
-            assert r["passed"] is True, r["claim"]
+            assert r["outcome"] == "pass", r["claim"]
     page = (tmp_path / "r" / "report.html").read_text()
-    assert page.count('<tr class="verdict fail" ') == sum(r["passed"] is False for r in planted)
+    assert page.count('<tr class="verdict fail" ') == out["counts"]["fail"]
     assert "planted error" in page
 
 
@@ -185,6 +240,6 @@ def test_verify_on_a_dask_cluster_gives_the_in_process_verdicts(tmp_path: Path) 
                       dashboard_address=None) as cluster:
         remote = cli("verify", *args, "--out", str(tmp_path / "b"), "--scheduler", cluster.scheduler_address,
                      cwd=tmp_path)
-    assert local.returncode == remote.returncode == 0, remote.stderr[-2000:]
+    assert local.returncode == remote.returncode and local.returncode in (0, 3), remote.stderr[-2000:]
     rows = [[(r["claim"], r["measured"]) for r in json.loads(res.stdout)["verdicts"]] for res in (local, remote)]
     assert rows[0] == rows[1] and len(rows[0]) > 10

@@ -14,6 +14,7 @@ from scipy import stats
 from advdim.checks import Budget, Scale
 from advdim.cli import main
 from advdim.errors import AdvdimError
+from advdim.verdict import MIN_POWER, Outcome
 
 pytest.importorskip("advdim.theory", reason="needs advdim.theory.predict")
 from advdim.theory import predict  # noqa: E402,F401  (the finite-d law the verdicts compare with)
@@ -24,18 +25,26 @@ PLANTED = Budget(Scale.TINY, seed=0, device="cpu", plant_exponent=0.5)
 
 @pytest.mark.parametrize("check", [checks.check_dense, checks.check_strided, checks.check_avgpool])
 def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: ignore[no-untyped-def]
-    """Dense and strided match 1/q - 1/2 (finite-d), avgpool its own law; each verdict at level ALPHA."""
+    """Dense and strided match 1/q - 1/2 (finite-d), avgpool its own law; each verdict at level ALPHA.
+
+    No judged row fails; at the TINY budget a row that does not fail says pass only with power
+    >= MIN_POWER at +-0.05 (else inconclusive), and every judged row states its power."""
     verdicts = check(TINY)
     slopes = [v for v in verdicts if "slope of" in v.claim and "(sampled widths)" not in v.claim]
     assert len(slopes) == 3 and all(v.predicted is not None for v in slopes)
     judged = [v for v in verdicts if not ("_inf" in v.claim and "dense" not in v.claim)
               and "(sampled widths)" not in v.claim and "2^2 measured / theory" not in v.claim]
     assert all(v.passed for v in judged), [v.claim for v in judged if not v.passed]
+    for v in verdicts:
+        if v.outcome.judged and v.status is None:  # the one-sided rows (Appendix B) set theirs
+            assert v.power is not None and v.resolution, v.claim
+            assert v.outcome is (Outcome.PASS if v.power >= MIN_POWER else Outcome.INCONCLUSIVE), v.claim
     # the avgpool path sum is only approximate (pooling before the ReLU breaks H1): reported, not judged
     prefactor = [v for v in verdicts if "2^2 measured / theory" in v.claim]
-    assert all((v.passed is None) == ("avgpool" in v.claim) for v in prefactor)
+    assert all((v.outcome is Outcome.REPORTED) == ("avgpool" in v.claim) for v in prefactor)
+    assert all(v.resolution == "prefactor +-10%" for v in prefactor if v.outcome.judged)
     # conv nets: the q = inf slope is reported, not judged (coordinates are not independent Gaussians)
-    assert all(v.passed is None for v in verdicts if "_inf" in v.claim and "dense" not in v.claim)
+    assert all(v.outcome is Outcome.REPORTED for v in verdicts if "_inf" in v.claim and "dense" not in v.claim)
     for v in slopes:
         if "dense" in v.claim or "strided" in v.claim:
             q = v.claim.split("||_")[1].split(" ")[0]
@@ -45,14 +54,14 @@ def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: igno
 
 @pytest.mark.parametrize("check", [checks.check_dense, checks.check_strided, checks.check_avgpool])
 def test_planted_exponent_error_fails(check) -> None:  # type: ignore[no-untyped-def]
-    slopes = [v for v in check(PLANTED) if "slope of" in v.claim and v.passed is not None]
-    assert len(slopes) >= 2 and all(v.passed is False for v in slopes)
+    slopes = [v for v in check(PLANTED) if "slope of" in v.claim and v.outcome.judged]
+    assert len(slopes) >= 2 and all(v.outcome is Outcome.FAIL for v in slopes)
 
 
 def test_maxpool_has_measured_slopes_and_no_prediction() -> None:
     verdicts = checks.check_maxpool(TINY)
     assert len(verdicts) == 3
-    assert all(v.passed is None and v.predicted is None and v.interval is not None for v in verdicts)
+    assert all(v.outcome is Outcome.REPORTED and v.predicted is None and v.interval is not None for v in verdicts)
 
 
 def test_verdict_rates_by_simulation_on_the_dense_engine() -> None:
@@ -71,8 +80,11 @@ def test_verdict_rates_by_simulation_on_the_dense_engine() -> None:
 def test_study_json_record_and_plots(tmp_path) -> None:  # type: ignore[no-untyped-def]
     res = study("dense", (4, 8), 1, nets=6, inputs=2, seed=3, draws=2, progress=False)
     js = res.to_json()
-    assert set(js) == {"family", "sizes", "nets", "q"} and set(js["q"]) == {"1", "2", "inf"}
-    assert set(js["q"]["2"]) == {"predicted_slope", "measured_slope", "ci", "pass", "width_limit", "judged"}
+    assert set(js) == {"family", "sizes", "nets", "q", "prefactor", "outcomes"} and set(js["q"]) == {"1", "2", "inf"}
+    assert set(js["q"]["2"]) == {"predicted_slope", "measured_slope", "ci", "pass", "outcome", "power", "width_limit",
+                                 "judged"}
+    assert js["outcomes"] == {o.value: sum(v.outcome is o for v in res.verdicts()) for o in Outcome}
+    assert js["q"]["2"]["outcome"] == res.q["2"].outcome.value and js["q"]["2"]["power"] == res.q["2"].power
     assert js["q"]["2"]["judged"] == "sampled_widths" and js["q"]["2"]["width_limit"] is None  # dense: index 0
     rec = res.to_record()
     assert len(rec["values"]["2"]) == 6 and rec["prefactor"]["ratio"] is not None
@@ -85,16 +97,19 @@ def test_study_json_record_and_plots(tmp_path) -> None:  # type: ignore[no-untyp
 
 
 def test_cli_json(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The exit status follows the rows of every family: 1 on a fail, else 3 on an inconclusive row."""
     rc = main(["simulate", "--family", "dense", "--family", "strided", "--sizes", "8,16", "--nets", "4",
                "--inputs", "1", "--draws", "1", "--json"])
-    assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert [d["family"] for d in data] == ["dense", "strided"]
     for d in data:
         assert d["sizes"] == [8, 16] and d["nets"] == 4
         for q in ("1", "2", "inf"):
-            assert {"predicted_slope", "measured_slope", "ci", "pass"} <= set(d["q"][q])
+            assert {"predicted_slope", "measured_slope", "ci", "pass", "outcome", "power"} <= set(d["q"][q])
             assert d["q"][q]["judged"] in ("width_limit", "sampled_widths")
+    total = {o: sum(d["outcomes"][o] for d in data) for o in ("pass", "fail", "inconclusive", "n/a")}
+    assert rc == (1 if total["fail"] else 3 if total["inconclusive"] else 0)
+    assert total["inconclusive"] > 0 and total["pass"] == 0  # 4 nets: no power at +-0.05
     assert main(["simulate", "--family", "bogus"]) == 2
     assert main(["simulate", "--resume"]) == 2
 
@@ -111,9 +126,11 @@ def test_depth_growing_family_is_judged_at_infinite_width() -> None:
     rows = {v.claim: v for v in res.verdicts()}
     limit = rows["strided: slope of E||d_x f_k||_1 vs d (infinite-width limit)"]
     sampled = rows["strided: slope of E||d_x f_k||_1 vs d (sampled widths)"]
-    assert limit.passed is True and sampled.passed is None and limit.measured == res.q["1"].limit_slope
+    assert limit.passed is True and sampled.outcome is Outcome.REPORTED and limit.measured == res.q["1"].limit_slope
+    assert limit.resolution == "slope +-0.05" and limit.power == pytest.approx(res.q["1"].power)
+    assert limit.outcome is (Outcome.PASS if limit.power >= MIN_POWER else Outcome.INCONCLUSIVE)
     planted = study("strided", plant_exponent=0.5, **kwargs)  # type: ignore[arg-type]
-    assert [v.passed for v in planted.verdicts() if "infinite-width limit" in v.claim] == [False, False]
+    assert [v.outcome for v in planted.verdicts() if "infinite-width limit" in v.claim] == [Outcome.FAIL] * 2
 
 
 def test_image_inputs_dense_law_holds_and_planted_error_fails() -> None:
@@ -123,10 +140,10 @@ def test_image_inputs_dense_law_holds_and_planted_error_fails() -> None:
     res = study("dense", **kw)  # type: ignore[arg-type]
     assert res.data == "synthetic" and res.to_record()["inputs_from"] == "synthetic"
     assert res.d == (64, 256, 1024)
-    judged = [v for v in res.verdicts() if v.passed is not None]
+    judged = [v for v in res.verdicts() if v.outcome.judged]
     assert len(judged) == 4 and all(v.passed for v in judged), [v.claim for v in judged if not v.passed]
     planted = study("dense", plant_exponent=0.5, **kw)  # type: ignore[arg-type]
-    assert not any(v.passed for v in planted.verdicts() if "slope of" in v.claim)
+    assert all(v.outcome is Outcome.FAIL for v in planted.verdicts() if "slope of" in v.claim)
 
 
 def test_image_inputs_differ_from_gaussian_cells(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -167,3 +184,17 @@ def test_few_topologies_keep_the_false_rejection_rate() -> None:
     r = rates("dense", 200, (8, 32), nets=5, draws=2, inputs=2, channels=3)
     bound = stats.binom.ppf(0.999, 200, ALPHA)
     assert all(v <= bound for v in r.false_reject.values()), r.false_reject
+
+
+def test_gap_draws_more_weights_by_default(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Without --draws, gap cells draw FAMILY_DRAWS["gap"] = 8 weight draws (its prefactor's spread is
+    between weight draws; 2 leave the default study inconclusive there); --draws overrides it."""
+    from advdim.simulate._cli import DEFAULT_DRAWS, FAMILY_DRAWS
+
+    args = ["simulate", "--family", "dense", "--family", "gap", "--sizes", "4,8", "--nets", "2", "--inputs", "1",
+            "--device", "cpu"]
+    rc = main(args)
+    text = " ".join(capsys.readouterr().out.split())
+    assert rc in (0, 1, 3) and f"x {DEFAULT_DRAWS} (gap: {FAMILY_DRAWS['gap']}) draws" in text
+    rc = main([*args, "--draws", "1"])
+    assert "x 1 draws" in " ".join(capsys.readouterr().out.split())

@@ -35,7 +35,8 @@ def _run(store: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     full = tmp_path / "full.sqlite"
-    assert _run(full).wait(timeout=300) == 0
+    rc_full = _run(full).wait(timeout=300)
+    assert rc_full in (0, 3)  # 3: 16 topologies leave some verdicts inconclusive
     expected = _cells(full)
     assert len(expected) == 33  # 16 topologies x 2 sizes + the family record
 
@@ -59,7 +60,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     with RunStore(part) as s:
         interrupted = s.count(KIND)
     assert 4 <= interrupted < 32
-    assert _run(part, "--resume").wait(timeout=300) == 0
+    assert _run(part, "--resume").wait(timeout=300) == rc_full
     assert _cells(part) == expected
 
 
