@@ -47,6 +47,8 @@ def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
     for i, r in enumerate(rows):
         st = status(row_outcome(r))
         st = STYLES.get(st, st)
+        if (r.get("extra") or {}).get("consistency"):
+            st += f" ({r['extra']['consistency']})"
         styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
                        fmt_interval(r["interval"]), st])
     # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each

@@ -153,7 +153,8 @@ def register(app: typer.Typer) -> None:
             return "-" if v.power is None or not v.outcome.judged else f"{v.power:.2f}"
 
         rows = [[v.claim, fmt(v.predicted), fmt(v.measured), fmt_interval(v.interval), power(v),
-                 STYLES.get(status(v.outcome), status(v.outcome))] for v in verdicts]
+                 STYLES.get(status(v.outcome), status(v.outcome))
+                 + (f" ({v.extra['consistency']})" if v.extra.get("consistency") else "")] for v in verdicts]
         out.print(table("advdim simulate: predicted vs measured (interval: acceptance band, or 95% CI when n/a; "
                         "power against slope +-0.05 or prefactor +-10%)",
                         ["claim", "predicted", "measured", "interval", "power", "verdict"], rows))

@@ -463,9 +463,15 @@ class FamilyResult:
             if r.predicted_slope is None:
                 reason = ("theory layer not available" if self.has_law is None
                           else "the theory gives no law for this family")
+                word, ref, tol_ref = paper_law_consistency(self.d, key, r.measured_slope, r.se, alpha,
+                                                           r.topologies_used)
                 out.append(Verdict(claim, self.reference, None, r.measured_slope, r.ci, None,
-                                   f"no prediction ({reason}); 95% bootstrap CI over {self.nets} topologies",
-                                   {"se": r.se, "series": self._series(key)}))
+                                   f"no prediction ({reason}): measured exponent {r.measured_slope:.3f} +- "
+                                   f"{tol_ref:.3f} (c*se, alpha {alpha:g}); against the paper's d^(1/q-1/2) "
+                                   f"(finite-d slope {ref:.3f} over these sizes): {word}; 95% bootstrap CI over "
+                                   f"{r.topologies_used} units",
+                                   {"se": r.se, "series": self._series(key), "consistency": word,
+                                    "paper_law_slope": ref}))
                 continue
             n = r.topologies_used
             passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha, n)
@@ -555,6 +561,35 @@ class FamilyResult:
             f"infinite-width row); 95% bootstrap CI over topologies, se {r.se:.4f}",
             {"se": r.se, "ci95": list(r.ci), "series": self._series(r.q)})
         return [judged, sampled]
+
+
+#: what a row without a law says about the paper's d^(1/q - 1/2) (reported, never judged)
+CONSISTENT, INCONSISTENT, CANNOT_TELL = "consistent", "inconsistent", "cannot tell at this budget"
+
+
+def paper_law_slope(d: Sequence[int], key: str) -> float:
+    """Least-squares slope over ``d`` of the paper's law for i.i.d. coordinates: ``d^(1/q - 1/2)``
+    (q = inf: ``sqrt(2 log d) / sqrt(d)``, the maximum of ``d`` equal Gaussians at leading order)."""
+    log_d = np.log(np.asarray(d, dtype=np.float64))
+    if key == "inf":
+        law = -0.5 * log_d + 0.5 * np.log(2 * log_d)
+    else:
+        law = (1.0 / float(key) - 0.5) * log_d
+    return float(ols_slope(log_d, law))
+
+
+def paper_law_consistency(d: Sequence[int], key: str, slope: float, se: float, alpha: float = ALPHA,
+                          n: int | None = None) -> tuple[str, float, float]:
+    """``(word, reference slope, c*se)``: is a measured exponent consistent with ``d^(1/q - 1/2)``?
+
+    The same test as a judged row: inconsistent when ``|slope - reference| > c*se``; consistent
+    when inside and the test has power >= ``MIN_POWER`` against +-``DELTA``; else cannot tell.
+    """
+    ref = paper_law_slope(d, key)
+    ok, tol = slope_test(slope, ref, se, alpha, n)
+    if not ok:
+        return INCONSISTENT, ref, tol
+    return (CONSISTENT if power(se, DELTA, alpha, n) >= MIN_POWER else CANNOT_TELL), ref, tol
 
 
 def iid_gaussian_coordinates(target: str | Family | Target, size: int | None = None, channels: int = 3) -> bool:
