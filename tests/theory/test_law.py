@@ -59,7 +59,7 @@ def test_loss_law() -> None:
     pred = predict(family("dense", widths=(64,)), sizes=(8, 16))
     k = 10
     assert loss_weight(k) == pytest.approx(math.sqrt(0.9))
-    assert pred.expected_loss_norm(2, 8) == pytest.approx(math.sqrt(0.9) * pred.expected_norm(2, 8))
+    assert pred.expected_loss_norm(2, 8) == pytest.approx(loss_weight(k, logit_variance=2.0) * pred.expected_norm(2, 8))
     assert pred.expected_loss_norm(1, 8, softmax_weight=0.5) == pytest.approx(0.5 * pred.expected_norm(1, 8))
     with pytest.raises(ValueError):
         loss_weight(k, 3.0)
