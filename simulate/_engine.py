@@ -12,7 +12,15 @@ convolutions, chosen per device and map size (see ``docs/performance.md`` for th
   ``unfold`` (im2col) and one broadcast batched matmul with the R weight matrices (no grouped
   convolution kernel: cuDNN runs those group by group).
 
-Dense layers always run as one batched matmul (``einsum`` over the net axis).
+Dense layers always run as one batched matmul (``einsum`` over the net axis).  The block layers
+run batched too: a residual block adds its skip (identity, or its ``1x1`` projection as a batched
+convolution) to ``scale`` times its branch; layer norm normalises each position's channels of every
+net's map in one ``layer_norm`` call; batch norm in ``batch`` mode uses each net's own statistics,
+over its ``B`` inputs and the map positions (one ``batch_norm`` call with the ``R*C`` net-channels as
+channels): the ``B`` inputs of a net are its batch, and the gradient taken is that of
+``sum_b f_k(x_b)`` w.r.t. each ``x_b``, cross-sample terms included (what an attack on a network
+in training mode computes); attention runs its projections as matmuls over the net axis and the
+attention itself as one ``scaled_dot_product_attention`` call over ``(B*R, heads, tokens, D/heads)``.
 
 Exact shortcut (Theorem 4's setting, ``dense`` family): for a chain of dense layers with i.i.d.
 ``N(0, s_l^2)`` weights and zero biases, write ``e = h/||h||`` for the layer input and
@@ -34,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,16 +51,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from advdim.arch import (
+    GELU,
+    Attention,
     AvgPool,
     BatchNorm,
+    BNMode,
     Conv,
     Dense,
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
+    Layer,
+    LayerNorm,
     MaxPool,
     Padding,
     ReLU,
+    Residual,
+    Shape,
     Spec,
 )
 from advdim.build import Init, resolve_device
@@ -63,6 +78,7 @@ from advdim.gradients import Target
 #: the norm orders every evaluation reports (keys of the result dicts)
 Q_KEYS = ("1", "2", "inf")
 _BN_EPS = 1e-5  # torch's BatchNorm eps: in eval mode at init BN is the scaling 1/sqrt(1 + eps)
+_LN_EPS = 1e-5  # torch's LayerNorm eps (advdim.build.LN_EPS)
 
 
 class Scheme(Choice):
@@ -129,10 +145,16 @@ def choose_channels_last(spec: Spec, device: torch.device) -> bool:
 class Stack:
     """The weights of R nets of one spec, stacked along a leading net axis.
 
+    Entries follow the spec's *slots* (:func:`slots`): one per layer, except that a residual block
+    holds its branch's slots then one for its projection (``None`` for the identity skip) and an
+    attention layer holds four (query, key, value, output).  This is the order in which
+    :func:`advdim.build.build` registers and draws the weights.
+
     Attributes:
         spec: the architecture.
-        weights: per layer, ``(R, out, in)`` (dense), ``(R, out, in, k, k)`` (conv) or ``None``.
-        biases: per layer, ``(R, out)`` or ``None``.
+        weights: per slot, ``(R, out, in)`` (dense, attention projections), ``(R, out, in, k, k)``
+            (conv) or ``None`` (no weights: activations, pools, norms at initialisation).
+        biases: per slot, ``(R, out)`` or ``None``.
     """
 
     spec: Spec
@@ -144,6 +166,54 @@ class Stack:
         return next(w.shape[0] for w in self.weights if w is not None)
 
 
+@functools.lru_cache(maxsize=512)
+def _shapes(layers: tuple[Layer, ...], shape: Shape) -> tuple[Shape, ...]:
+    """Shapes before each of ``layers`` and after the last (cached: the engine walks a spec on every
+    call, and the validating ``out_shape`` of residual blocks costs milliseconds per walk)."""
+    out = [shape]
+    for layer in layers:
+        out.append(layer.out_shape(out[-1]))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=512)
+def _projection(layer: Residual, shape: Shape) -> Conv | Dense | None:
+    proj = layer.projection(shape)
+    assert proj is None or isinstance(proj, (Conv, Dense))
+    return proj
+
+
+@functools.lru_cache(maxsize=512)
+def _slots(layers: tuple[Layer, ...], shape: Shape) -> tuple[tuple[Conv | Dense | None, Shape], ...]:
+    """Each slot of :func:`slots` with its input shape."""
+    out: list[tuple[Conv | Dense | None, Shape]] = []
+    for layer, s in zip(layers, _shapes(layers, shape)):
+        if isinstance(layer, Residual):
+            out += _slots(layer.branch, s)
+            out.append((_projection(layer, s), s))
+        elif isinstance(layer, Attention):
+            out += [(Dense(s[0]), (s[0],))] * 4
+        elif isinstance(layer, (Conv, Dense)):
+            out.append((layer, s))
+        else:
+            out.append((None, s))
+    return tuple(out)
+
+
+def slots(layers: Sequence[Layer], shape: Shape) -> list[Conv | Dense | None]:
+    """The weighted units of ``layers`` on input ``shape``, in the engine's (and the builder's) order.
+
+    One entry per layer (``None`` for a layer without weights), except: a :class:`Residual` gives
+    its branch's entries then its projection (``None``: identity skip), an :class:`Attention` gives
+    four ``Dense(D)`` entries (``q``, ``k``, ``v``, ``o``, each ``D x D`` with a bias).
+
+    >>> from advdim.arch import family
+    >>> [type(x).__name__ for x in slots(family("vit", depth=1).spec(8).layers, (3, 8, 8))][:6]
+    ['Conv', 'NoneType', 'Dense', 'Dense', 'Dense', 'Dense']
+    """
+    return [unit for unit, _ in _slots(tuple(layers), tuple(shape))]
+
+
 def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = Init.HE,
                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Stack:
     """Draw the weights of ``nets`` independent nets by ``init``, the laws of :func:`advdim.build.init_weights`:
@@ -153,14 +223,18 @@ def draw_stack(spec: Spec, nets: int, generator: torch.Generator, init: Init = I
     - ``orthogonal``: per net, the Q factor of a Gaussian matrix (sign-fixed), (semi-)orthogonal rows
       scaled by ``sqrt(2)``, biases 0.
 
-    Drawn on the CPU from ``generator``, in ``dtype`` (so the same seed gives the same nets on every device).
+    Every weighted slot (:func:`slots`) is drawn so: convolutions, dense layers, the bias-free
+    ``1x1`` projections of residual blocks (``fan_in = C_in``) and the four ``D x D`` projections of
+    attention (``fan_in = fan_out = D``).  Batch and layer norms hold weight 1 and bias 0 at
+    initialisation and have no slot weights.  Drawn on the CPU from ``generator``, in ``dtype``
+    (so the same seed gives the same nets on every device).
     """
     if nets < 1:
         raise AdvdimError(f"nets must be positive, got {nets}")
     dev = torch.device(device)
     weights: list[torch.Tensor | None] = []
     biases: list[torch.Tensor | None] = []
-    for layer, shape in zip(spec.layers, spec.shapes()):
+    for layer, shape in _slots(spec.layers, spec.input_shape):
         if isinstance(layer, Conv):
             wshape: tuple[int, ...] = (layer.out_channels, shape[0], layer.kernel, layer.kernel)
             fan_in, fan_out = shape[0] * layer.kernel**2, layer.out_channels * layer.kernel**2
@@ -200,25 +274,53 @@ def _orthogonal(nets: int, rows: int, cols: int, generator: torch.Generator) -> 
 
 
 def stack_modules(nets: Sequence[nn.Module], spec: Spec) -> Stack:
-    """Stack the weights of modules built by :func:`advdim.build.build` from ``spec``."""
+    """Stack the weights of modules built by :func:`advdim.build.build` from ``spec``.
+
+    The ``Conv2d`` / ``Linear`` modules of each net, in module order, fill the weighted slots of
+    :func:`slots` (shapes checked).  The engine models batch and layer norms at initialisation
+    (weight 1, bias 0, running mean 0 and variance 1): other values are refused.
+    """
+    layout = slots(spec.layers, spec.input_shape)
+    inputs = [shape for _, shape in _slots(spec.layers, spec.input_shape)]
     per_net = []
     for net in nets:
+        _check_norms_at_init(net)
         params = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if len(params) != sum(x is not None for x in layout):
+            raise AdvdimError(f"the module has {len(params)} conv/linear layers; {spec.to_text()} has "
+                              f"{sum(x is not None for x in layout)} weighted slots")
         per_net.append(params)
     weights: list[torch.Tensor | None] = []
     biases: list[torch.Tensor | None] = []
     i = 0
-    for layer in spec.layers:
-        if isinstance(layer, (Conv, Dense)):
-            weights.append(torch.stack([p[i].weight.detach() for p in per_net]))
-            bs = [p[i].bias for p in per_net]
-            biases.append(None if any(b is None for b in bs)
-                          else torch.stack([b.detach() for b in bs if b is not None]))
-            i += 1
-        else:
+    for unit, shape in zip(layout, inputs):
+        if unit is None:
             weights.append(None)
             biases.append(None)
+            continue
+        want = ((unit.out_channels, shape[0], unit.kernel, unit.kernel) if isinstance(unit, Conv)
+                else (unit.out_features, shape[0]))
+        w = torch.stack([p[i].weight.detach() for p in per_net])
+        if tuple(w.shape[1:]) != want:
+            raise AdvdimError(f"weighted slot {i}: module weight {tuple(w.shape[1:])}, spec expects {want}")
+        weights.append(w)
+        bs = [p[i].bias for p in per_net]
+        biases.append(None if any(b is None for b in bs) else torch.stack([b.detach() for b in bs if b is not None]))
+        i += 1
     return Stack(spec, tuple(weights), tuple(biases))
+
+
+def _check_norms_at_init(net: nn.Module) -> None:
+    for m in net.modules():
+        if not isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm)):
+            continue
+        at_init = ((m.weight is None or bool((m.weight == 1).all())) and (m.bias is None or not m.bias.any()))
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+            assert m.running_var is not None
+            at_init = at_init and not m.running_mean.any() and bool((m.running_var == 1).all())
+        if not at_init:
+            raise AdvdimError(f"the engine models {type(m).__name__} at initialisation (weight 1, bias 0, "
+                              "running mean 0, variance 1); this module's differ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,9 +424,9 @@ def _conv_unfold(h: torch.Tensor, layer: Conv, w: torch.Tensor, b: torch.Tensor 
     return out.reshape(rb, o, ho, wo)
 
 
-def _map(h: torch.Tensor | list[torch.Tensor], fn: object) -> torch.Tensor | list[torch.Tensor]:
-    f = fn  # a callable on one tensor
-    return [f(x) for x in h] if isinstance(h, list) else f(h)  # type: ignore[operator]
+def _map(h: torch.Tensor | list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | list[
+        torch.Tensor]:
+    return [fn(x) for x in h] if isinstance(h, list) else fn(h)
 
 
 def _to_flat(h: torch.Tensor | list[torch.Tensor], r: int, how: str, scheme: Scheme) -> torch.Tensor:
@@ -342,11 +444,208 @@ def _to_flat(h: torch.Tensor | list[torch.Tensor], r: int, how: str, scheme: Sch
     return t.amax(dim=(3, 4))
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """How a forward pass holds its maps: ``r`` nets, ``b`` inputs each, under ``scheme``."""
+
+    r: int
+    b: int
+    scheme: Scheme
+
+
+Rep = torch.Tensor | list[torch.Tensor]
+
+
+def _nets5(h: torch.Tensor, at: _Batch) -> torch.Tensor:
+    """A map representation as a ``(B, R, C, H, W)`` view (GROUPED or UNFOLD)."""
+    if at.scheme is Scheme.UNFOLD:
+        return h.reshape(at.r, at.b, *h.shape[1:]).transpose(0, 1)
+    return h.reshape(at.b, at.r, -1, *h.shape[2:])
+
+
+def _from5(t: torch.Tensor, at: _Batch) -> torch.Tensor:
+    if at.scheme is Scheme.UNFOLD:
+        return t.transpose(0, 1).reshape(at.r * at.b, *t.shape[2:])
+    return t.reshape(at.b, -1, *t.shape[3:])
+
+
+def _per_net(h: Rep, at: _Batch, fn: Callable[..., torch.Tensor], *params: torch.Tensor | None) -> Rep:
+    """Apply ``fn(t, *params)`` with ``t`` the ``(B, R, C, H, W)`` maps and ``params`` ``(R, ...)``;
+    under SPLIT, once per net (``R = 1``, the net's slice of ``params``)."""
+    if isinstance(h, list):
+        return [_like(fn(x.unsqueeze(1), *(None if p is None else p[i:i + 1] for p in params)).squeeze(1), x)
+                for i, x in enumerate(h)]
+    return _like(_from5(fn(_nets5(h, at), *params), at), h)
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``ref``'s memory format (NHWC maps stay NHWC: convolutions on other layouts take slow paths)."""
+    return t.contiguous(memory_format=torch.channels_last if _is_channels_last(ref) else torch.contiguous_format)
+
+
+def _layer_norm5(t: torch.Tensor) -> torch.Tensor:
+    """Layer norm over the channels at each position of ``(B, R, C, H, W)`` maps (``nn.LayerNorm`` at
+    init: ``(t - mean) / sqrt(var + eps)``, biased variance).  Run on the ``(B, H, W, R, C)``
+    permutation, which is contiguous for NHWC maps of the GROUPED scheme (no copy)."""
+    return F.layer_norm(t.permute(0, 3, 4, 1, 2), t.shape[2:3], eps=_LN_EPS).permute(0, 3, 4, 1, 2)
+
+
+def _batch_norm5(t: torch.Tensor) -> torch.Tensor:
+    """Batch norm with batch statistics of ``(B, R, C, H, W)`` maps: per net and channel, the mean and
+    biased variance over the ``B`` inputs and the positions (``nn.BatchNorm2d`` in training mode at
+    init): one ``F.batch_norm`` call with the ``R*C`` net-channels as channels."""
+    out = F.batch_norm(t.flatten(1, 2), None, None, training=True, eps=_BN_EPS)
+    return out.unflatten(1, t.shape[1:3])
+
+
+def _attention(t: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor,
+               bq: torch.Tensor, bk: torch.Tensor, bv: torch.Tensor, bo: torch.Tensor, *, heads: int) -> torch.Tensor:
+    """Self-attention of every net over the positions of its maps: ``t`` ``(B, R, D, H, W)``, weights
+    ``(R, D, D)``, biases ``(R, D)`` -> ``(B, R, D, H, W)``.  The projections are batched matmuls
+    over the net axis; the attention itself one ``scaled_dot_product_attention`` call over
+    ``(B, R, heads, tokens, D/heads)`` (softmax of ``q k^T / sqrt(D/heads)``)."""
+    b, r, d, hh, ww = t.shape
+    x = t.reshape(b, r, d, hh * ww).transpose(2, 3)  # (B, R, N, D): token n = row-major position
+    w_qkv = torch.cat([wq, wk, wv], dim=1).transpose(1, 2)  # (R, D, 3D)
+    qkv = torch.matmul(x, w_qkv) + torch.cat([bq, bk, bv], dim=1).unsqueeze(1)  # (B, R, N, 3D)
+    q, k, v = (z.unflatten(-1, (heads, d // heads)).transpose(2, 3).flatten(0, 1) for z in qkv.split(d, dim=-1))
+    o = F.scaled_dot_product_attention(q, k, v)  # (B*R, heads, N, D/heads): 4-D, CPU's fused kernel
+    y = torch.matmul(o.transpose(1, 2).reshape(b, r, hh * ww, d), wo.transpose(1, 2)) + bo.unsqueeze(1)
+    return y.transpose(2, 3).reshape(b, r, d, hh, ww)
+
+
+def _linear(layer: Conv | Dense, h: Rep, flat: bool, w: torch.Tensor | None, bias: torch.Tensor | None,
+            at: _Batch) -> Rep:
+    assert w is not None
+    if isinstance(layer, Conv):
+        return _conv(h, layer, w, bias, at.scheme)
+    assert isinstance(h, torch.Tensor) and flat
+    out = torch.einsum("brn,rmn->brm", h, w)
+    return out if bias is None else out + bias
+
+
+def _add(a: Rep, b: Rep, scale: float) -> Rep:
+    """``a + scale * b`` in either representation."""
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return [x + y if scale == 1.0 else torch.add(x, y, alpha=scale) for x, y in zip(a, b)]
+    assert isinstance(b, torch.Tensor)
+    return a + b if scale == 1.0 else torch.add(a, b, alpha=scale)
+
+
+def _run(layers: Sequence[Layer], in_shape: Shape, h: Rep, flat: bool, params: Iterator[tuple[torch.Tensor | None,
+         torch.Tensor | None]], at: _Batch) -> tuple[Rep, bool]:
+    """``layers`` on ``h`` (input ``in_shape`` per net and sample), consuming their slots from ``params``."""
+    for layer, shape in zip(layers, _shapes(tuple(layers), in_shape)):
+        if isinstance(layer, (Conv, Dense)):
+            w, bias = next(params)
+            h = _linear(layer, h, flat, w, bias, at)
+        elif isinstance(layer, Residual):
+            out, out_flat = _run(layer.branch, shape, h, flat, params, at)
+            w, bias = next(params)
+            proj = _projection(layer, shape)
+            assert out_flat == flat
+            h = _add(h if proj is None else _linear(proj, h, flat, w, bias, at), out, layer.scale)
+        elif isinstance(layer, Attention):
+            ws, bs = zip(*(next(params) for _ in range(4)))
+            if flat:
+                raise SpecError("the engine runs attention over the positions of a map, not on flat features")
+            h = _per_net(h, at, functools.partial(_attention, heads=layer.heads), *ws, *bs)
+        elif isinstance(layer, LayerNorm):
+            next(params)
+            if flat:
+                assert isinstance(h, torch.Tensor)
+                h = F.layer_norm(h, h.shape[-1:], eps=_LN_EPS)
+            else:
+                h = _per_net(h, at, _layer_norm5)
+        elif isinstance(layer, BatchNorm):
+            next(params)
+            if layer.mode is BNMode.RUNNING:
+                h = _map(h, lambda t: t / math.sqrt(1.0 + _BN_EPS))
+            elif flat:  # (B, R, n): per net and feature, over the B inputs
+                assert isinstance(h, torch.Tensor)
+                h = F.batch_norm(h.flatten(1), None, None, training=True, eps=_BN_EPS).unflatten(1, h.shape[1:])
+            else:
+                h = _per_net(h, at, _batch_norm5)
+        else:
+            next(params)
+            h, flat = _pointwise(layer, h, flat, at)
+    return h, flat
+
+
+def _pointwise(layer: Layer, h: Rep, flat: bool, at: _Batch) -> tuple[Rep, bool]:
+    """Layers without weights or statistics: activations, pools, flatten."""
+    if isinstance(layer, ReLU):
+        return _map(h, F.relu), flat
+    if isinstance(layer, GELU):
+        return _map(h, F.gelu), flat  # the exact erf form, as nn.GELU()
+    if isinstance(layer, AvgPool):
+        return _map(h, functools.partial(F.avg_pool2d, kernel_size=layer.size)), flat
+    if isinstance(layer, MaxPool):
+        return _map(h, functools.partial(F.max_pool2d, kernel_size=layer.size)), flat
+    if isinstance(layer, (Flatten, GlobalAvgPool, GlobalMaxPool)):
+        if flat:
+            return h, flat
+        how = "flatten" if isinstance(layer, Flatten) else "avg" if isinstance(layer, GlobalAvgPool) else "max"
+        return _to_flat(h, at.r, how, at.scheme), True
+    raise SpecError(f"the engine has no rule for layer {layer!r}")
+
+
+def memory_entries(spec: Spec) -> tuple[int, int]:
+    """``(A, P)``: the activation entries one sample's forward pass keeps for the backward pass, and
+    the weight entries of one net (biases not counted), for the memory estimate of a cell.
+
+    ``A`` counts the input, every layer's output, every circularly or reflect padded copy, inside
+    residual branches too (each branch's layers, the projection's output and the sum), and for an
+    attention layer over ``N`` tokens of ``D`` features the projections and head views ``6 D N``,
+    the output and its projection ``3 D N`` and ``heads N`` row log-sum-exps: the fused
+    ``scaled_dot_product_attention`` kernels (CPU flash attention, float32 and float64) keep no
+    ``N x N`` score matrix for the backward pass.
+
+    >>> from advdim.arch import family
+    >>> memory_entries(family("strided", channels=4).spec(8, channels=1))
+    (1278, 820)
+    """
+    acts, weights = _memory(spec.layers, spec.input_shape)
+    return acts + math.prod(spec.input_shape), weights
+
+
+def _memory(layers: Sequence[Layer], shape: Shape) -> tuple[int, int]:
+    acts = weights = 0
+    for layer, s, out in zip(layers, _shapes(tuple(layers), shape), _shapes(tuple(layers), shape)[1:]):
+        acts += math.prod(out)
+        if isinstance(layer, Conv):
+            weights += layer.out_channels * s[0] * layer.kernel**2
+            if layer.pad and layer.padding in (Padding.CIRCULAR, Padding.REFLECT):
+                acts += s[0] * (s[1] + 2 * layer.pad) * (s[2] + 2 * layer.pad)
+        elif isinstance(layer, Dense):
+            weights += layer.out_features * s[0]
+        elif isinstance(layer, Attention):
+            d, n = s[0], math.prod(s[1:])
+            acts += 9 * d * n + layer.heads * n  # fused attention keeps no N x N scores, only row log-sum-exps
+            weights += 4 * d * d
+        elif isinstance(layer, Residual):
+            a, w = _memory(layer.branch, s)
+            proj = _projection(layer, s)
+            acts += a + (0 if proj is None else math.prod(out))
+            weights += w + (0 if proj is None else _memory((proj,), s)[1])
+    return acts, weights
+
+
+def batch_statistics(layers: Sequence[Layer]) -> bool:
+    """True when some layer (residual branches included) normalises with its batch's statistics."""
+    return any((isinstance(x, BatchNorm) and x.mode is BNMode.BATCH)
+               or (isinstance(x, Residual) and batch_statistics(x.branch)) for x in layers)
+
+
 def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED,
             channels_last: bool = False) -> torch.Tensor:
     """Logits of every net on its own inputs: ``x`` of shape ``(B, R, C, H, W)`` -> ``(B, R, K)``.
 
     ``channels_last`` runs the maps in NHWC layout (faster oneDNN convolutions on CPU; same numbers).
+    A batch norm in ``batch`` mode normalises each net's maps with the mean and (biased) variance
+    over that net's ``B`` inputs (and the map positions), as ``nn.BatchNorm2d`` in training mode:
+    the ``B`` inputs of a net are its batch, and ``B >= 2`` is required.
     """
     spec = stack.spec
     r = stack.nets
@@ -354,7 +653,13 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED,
         raise AdvdimError(f"x must have shape (B, {r}, {', '.join(map(str, spec.input_shape))}), "
                           f"got {tuple(x.shape)}")
     b = x.shape[0]
-    h: torch.Tensor | list[torch.Tensor]
+    if b < 2 and batch_statistics(spec.layers):
+        raise AdvdimError(f"batch norm in batch mode normalises over each net's batch of inputs: needs at least "
+                          f"2 inputs per net, got {b}")
+    if len(stack.weights) != len(_slots(spec.layers, spec.input_shape)):
+        raise AdvdimError(f"the stack holds {len(stack.weights)} slots, {spec.to_text()} has "
+                          f"{len(_slots(spec.layers, spec.input_shape))}")
+    h: Rep
     if scheme is Scheme.GROUPED:
         h = x.reshape(b, r * x.shape[2], *x.shape[3:])
     elif scheme is Scheme.UNFOLD:
@@ -364,33 +669,9 @@ def forward(stack: Stack, x: torch.Tensor, scheme: Scheme = Scheme.GROUPED,
         h = list(x.unbind(1))
     if channels_last:
         h = _map(h, lambda t: t.contiguous(memory_format=torch.channels_last))
-    flat = False
-    for layer, w, bias in zip(spec.layers, stack.weights, stack.biases):
-        if isinstance(layer, Conv):
-            assert w is not None
-            h = _conv(h, layer, w, bias, scheme)
-        elif isinstance(layer, Dense):
-            assert w is not None and isinstance(h, torch.Tensor) and flat
-            h = torch.einsum("brn,rmn->brm", h, w)
-            if bias is not None:
-                h = h + bias
-        elif isinstance(layer, ReLU):
-            h = _map(h, F.relu)
-        elif isinstance(layer, BatchNorm):
-            h = _map(h, lambda t: t / math.sqrt(1.0 + _BN_EPS))
-        elif isinstance(layer, AvgPool):
-            h = _map(h, functools.partial(F.avg_pool2d, kernel_size=layer.size))
-        elif isinstance(layer, MaxPool):
-            h = _map(h, functools.partial(F.max_pool2d, kernel_size=layer.size))
-        elif isinstance(layer, (Flatten, GlobalAvgPool, GlobalMaxPool)):
-            if not flat:
-                how = "flatten" if isinstance(layer, Flatten) else "avg" if isinstance(layer, GlobalAvgPool) else "max"
-                h = _to_flat(h, r, how, scheme)
-                flat = True
-        else:
-            raise SpecError(f"the engine has no rule for layer {layer!r}")
-    assert isinstance(h, torch.Tensor)
-    return h
+    out, _ = _run(spec.layers, spec.input_shape, h, False, zip(stack.weights, stack.biases), _Batch(r, b, scheme))
+    assert isinstance(out, torch.Tensor)
+    return out
 
 
 def input_gradients(stack: Stack, x: torch.Tensor, target: Target = Target.LOGIT, logit: int = 0,
@@ -574,7 +855,7 @@ def sample_norms(
     s_w, s_x, s_y, s_sc = (int(c.generate_state(1)[0]) for c in ss.spawn(4))
     gx = torch.Generator().manual_seed(s_x)
     n = nets * inputs
-    k = spec.n_classes
+    k = _shapes(spec.layers, spec.input_shape)[-1][0]  # spec.n_classes, without re-validating the spec
     labels = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(s_y)).to(dev)
     if images is None and exact_shortcuts and shortcut_applies(spec, init):
         gen = torch.Generator(device=dev).manual_seed(s_sc)

@@ -290,8 +290,12 @@ class TopologyLaw:
 
 
 def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
-                     init: Init = Init.HE) -> TopologyLaw | None:
-    """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available."""
+                     init: Init = Init.HE, target: GradTarget = GradTarget.LOGIT) -> TopologyLaw | None:
+    """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available.
+
+    ``target`` LOSS predicts ``E||d_x L||_q`` (the softmax term under the predicted logit law,
+    ``Prediction.expected_loss_norm``); LOGIT predicts ``E||d_x f_k||_q``.
+    """
     try:
         from advdim.theory import predict
     except ImportError:
@@ -302,14 +306,20 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
     norms: dict[str, tuple[float, ...] | None] = {}
     for key in Q_KEYS:
         q = math.inf if key == "inf" else float(key)
-        vals = [pred.expected_norm(q, s) for s in sizes]
+        vals = [pred.expected_loss_norm(q, s) if target is GradTarget.LOSS else pred.expected_norm(q, s)
+                for s in sizes]
         norms[key] = None if any(v is None for v in vals) else tuple(float(v) for v in vals if v is not None)
     try:
         sq: tuple[float, ...] | None = tuple(float(pred.grad_sq_norm(s)) for s in sizes)
     except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
         sq = None
     approx = None if pred.hypotheses.get("H1", True) else pred.reasons["H1"]
-    return TopologyLaw(norms, sq, {k: pred.predicted_slope.get(k) for k in Q_KEYS}, approx)
+    slopes = {k: pred.predicted_slope.get(k) for k in Q_KEYS}
+    if target is GradTarget.LOSS:  # the softmax factor may vary with d: the slope of the loss norms themselves
+        log_d = np.log([float(channels * s * s) for s in sizes])
+        slopes = {k: None if v is None or len(sizes) < 2 else float(ols_slope(log_d, np.log(np.array(v))))
+                  for k, v in norms.items()}
+    return TopologyLaw(norms, sq, slopes, approx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,10 +708,10 @@ def study(
                  with_theory)
     # the theory's predictions come first too: a refusal of the theory must not discard finished cells
     if with_theory and not arch.random:  # one network: one prediction
-        law = predict_topology(arch, sizes_t, channels, law_e)
+        law = predict_topology(arch, sizes_t, channels, law_e, tgt)
         laws: list[TopologyLaw | None] = [law] * nets
     else:
-        laws = [predict_topology(f, sizes_t, channels, law_e) for f in topos] if with_theory else [None] * nets
+        laws = [predict_topology(f, sizes_t, channels, law_e, tgt) for f in topos] if with_theory else [None] * nets
     configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev, data,
                            data_dir, init_e) for t, fam in enumerate(topos) for s in sizes_t]
     results = run_sweep(KIND, configs, run_cell, store, workers=workers, scheduler=scheduler, resume=resume,

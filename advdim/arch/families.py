@@ -12,7 +12,26 @@ from typing import Any
 import numpy as np
 
 from advdim.arch.grammar import _fmt_value, parse
-from advdim.arch.layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, Layer, MaxPool, Padding, ReLU, Shape, Spec
+from advdim.arch.layers import (
+    GELU,
+    Attention,
+    AvgPool,
+    BatchNorm,
+    BNMode,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    LayerNorm,
+    MaxPool,
+    Padding,
+    ReLU,
+    Residual,
+    Shape,
+    Spec,
+)
+from advdim.choice import Choice
 from advdim.errors import SpecError
 
 
@@ -89,7 +108,8 @@ class FamilyType:
         if unknown:
             raise SpecError(f"family {self.name}: unknown parameter(s) {sorted(unknown)}")
         merged = {**self.defaults, **params}
-        return Family(self.name, tuple(sorted((k, _normalise_param(k, v)) for k, v in merged.items())))
+        return Family(self.name, tuple(sorted((k, _normalise_param(self.name, k, v, self.defaults[k]))
+                                              for k, v in merged.items())))
 
     def sample(self, rng: np.random.Generator | int) -> Family:
         if not isinstance(rng, np.random.Generator):
@@ -97,9 +117,15 @@ class FamilyType:
         return self.make(**self.sampler(rng))
 
 
-def _normalise_param(key: str, value: Any) -> Any:
-    if key == "padding":
-        return value if isinstance(value, Padding) else Padding.parse(str(value))
+def _normalise_param(family: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` in the type of the parameter's default: an enum member (from its word), a float, a
+    tuple of ints or an int (so that equal families compare, print and key equal)."""
+    if isinstance(default, Choice):
+        return value if isinstance(value, type(default)) else type(default).parse(str(value))
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise SpecError(f"family {family}: {key} must be a number, got {value!r}")
+        return float(value)
     if isinstance(value, (list, tuple)):
         return tuple(int(v) for v in value)
     if isinstance(value, (np.integer,)):
@@ -181,6 +207,118 @@ def _gap_layers(size: int, channels: int, kernel: int, final: int, padding: Padd
     return [*trunk, GlobalAvgPool(), Dense(classes)]
 
 
+def _bn_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
+               head: tuple[int, ...], classes: int, mode: BNMode) -> list[Layer]:
+    trunk = _conv_trunk("bn", size, channels, kernel, final, padding, dilation,
+                        lambda: [Conv(channels, kernel, 2, dilation, padding), BatchNorm(mode), ReLU()])
+    trunk.insert(1, BatchNorm(mode))  # after the stride-1 conv too: conv > batchnorm > relu everywhere
+    return trunk + _head(head, classes, "bn")
+
+
+def _ln_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, dilation: int,
+               head: tuple[int, ...], classes: int) -> list[Layer]:
+    trunk = _conv_trunk("ln", size, channels, kernel, final, padding, dilation,
+                        lambda: [Conv(channels, kernel, 2, dilation, padding), LayerNorm(), ReLU()])
+    trunk.insert(1, LayerNorm())
+    return trunk + _head(head, classes, "ln")
+
+
+class Pool(Choice):
+    """How the ``resnet`` family reduces its last map before the logit layer."""
+
+    FLATTEN = "flatten"
+    GAP = "gap"  # global average pool
+
+    @classmethod
+    def noun(cls) -> str:
+        return "head pooling"
+
+    @classmethod
+    def error(cls) -> type[SpecError]:
+        return SpecError
+
+
+def _check_scale(family: str, scale: float) -> None:
+    if not isinstance(scale, float) or not math.isfinite(scale) or scale <= 0:
+        raise SpecError(f"family {family}: scale must be a positive finite number, got {scale!r}")
+
+
+def _resnet_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, blocks: int,
+                   scale: float, pool: Pool, classes: int) -> list[Layer]:
+    """Stem ``conv > relu``; per halving of the map one downsampling block (stride-2 branch, 1x1
+    stride-2 projection on the skip) and ``blocks`` identity blocks; ``flatten`` or ``gap`` > dense.
+
+    Every branch is ``conv > relu > conv`` and starts with a conv, and nothing follows an addition
+    but the next block's branch conv, its skip, or the head: no ReLU directly after an add (the
+    pre-activation layout, where each ReLU follows a conv and is a Bernoulli(1/2) gate at init).
+    """
+    _check_positive("resnet", channels=channels, kernel=kernel, classes=classes)
+    if not isinstance(blocks, int) or blocks < 0:
+        raise SpecError(f"family resnet: blocks must be a non-negative integer, got {blocks!r}")
+    _check_scale("resnet", scale)
+    m = _halvings("resnet", size, final)
+
+    def branch(stride: int) -> tuple[Layer, ...]:
+        return (Conv(channels, kernel, stride, 1, padding), ReLU(), Conv(channels, kernel, 1, 1, padding))
+
+    layers: list[Layer] = [Conv(channels, kernel, 1, 1, padding), ReLU()]
+    for _ in range(m):
+        layers.append(Residual(branch(2), scale))
+        layers += [Residual(branch(1), scale) for _ in range(blocks)]
+    return [*layers, Flatten() if pool is Pool.FLATTEN else GlobalAvgPool(), Dense(classes)]
+
+
+class Scaling(Choice):
+    """How a ``vit`` member grows with the input side ``s``."""
+
+    PATCH = "patch"  # fixed patch side p: (s/p)^2 tokens, more tokens as d grows
+    TOKENS = "tokens"  # fixed t x t token grid: patches of side s/t, wider patches as d grows
+
+    @classmethod
+    def noun(cls) -> str:
+        return "vit scaling"
+
+    @classmethod
+    def error(cls) -> type[SpecError]:
+        return SpecError
+
+
+class Activation(Choice):
+    """The activation of a ``vit`` member's MLP blocks."""
+
+    GELU = "gelu"
+    RELU = "relu"
+
+    @classmethod
+    def noun(cls) -> str:
+        return "activation"
+
+    @classmethod
+    def error(cls) -> type[SpecError]:
+        return SpecError
+
+
+def _vit_layers(size: int, scaling: Scaling, side: int, dim: int, depth: int, heads: int, mlp: int,
+                activation: Activation, classes: int) -> list[Layer]:
+    """Patch embedding ``conv(dim, k=p, s=p, pad=valid)`` (``p = side``, or ``p = size/side`` with
+    ``scaling=tokens``); ``depth`` blocks ``res(layernorm > attn(heads))`` then
+    ``res(layernorm > conv(mlp*dim, k=1) > act > conv(dim, k=1))``; ``layernorm > globalavgpool >
+    dense(classes)`` (the token mean-pool head).  Each map position is a token."""
+    _check_positive("vit", side=side, dim=dim, depth=depth, heads=heads, mlp=mlp, classes=classes)
+    if dim % heads:
+        raise SpecError(f"family vit: {heads} heads do not divide dim {dim}")
+    if size % side:
+        what = "patch side" if scaling is Scaling.PATCH else "token grid side"
+        raise SpecError(f"family vit: input size {size} is not a multiple of the {what} {side}")
+    patch = side if scaling is Scaling.PATCH else size // side
+    act: Layer = GELU() if activation is Activation.GELU else ReLU()
+    layers: list[Layer] = [Conv(dim, patch, patch, 1, Padding.VALID)]
+    for _ in range(depth):
+        layers.append(Residual((LayerNorm(), Attention(heads))))
+        layers.append(Residual((LayerNorm(), Conv(mlp * dim, 1), act, Conv(dim, 1))))
+    return [*layers, LayerNorm(), GlobalAvgPool(), Dense(classes)]
+
+
 _PADDINGS = (Padding.CIRCULAR, Padding.ZEROS, Padding.REFLECT)
 
 
@@ -199,6 +337,22 @@ def _sample_conv(rng: np.random.Generator, with_head: bool = True) -> dict[str, 
     if with_head:
         out["head"] = tuple(int(w) for w in rng.choice([32, 64], size=int(rng.integers(0, 2))))
     return out
+
+
+def _sample_resnet(rng: np.random.Generator) -> dict[str, Any]:
+    conv = _sample_conv(rng, with_head=False)
+    del conv["kernel"]  # 3x3 kernels, as in ResNets: kernel 5 would double the cost of the deep members
+    return {**conv, "blocks": int(rng.integers(0, 3)), "scale": float(rng.choice([0.5, 1.0])),
+            "pool": Pool.FLATTEN if rng.random() < 0.5 else Pool.GAP}
+
+
+def _sample_vit(rng: np.random.Generator) -> dict[str, Any]:
+    """Random members keep ``scaling=patch`` (the family default): a study's topologies then share one
+    law; ``vit(scaling=tokens)`` names the other scaling."""
+    dim = int(rng.choice([16, 32]))
+    return {"side": int(rng.choice([2, 4])), "dim": dim, "depth": int(rng.integers(1, 3)),
+            "heads": int(rng.choice([h for h in (1, 2, 4) if dim % h == 0])), "mlp": int(rng.choice([2, 4])),
+            "activation": Activation.GELU if rng.random() < 0.5 else Activation.RELU}
 
 
 _CONV_DEFAULTS: dict[str, Any] = {
@@ -227,6 +381,31 @@ FAMILIES: dict[str, FamilyType] = {
         "gap", _gap_layers, {k: v for k, v in _CONV_DEFAULTS.items() if k != "head"},
         lambda rng: _sample_conv(rng, with_head=False),
         "as strided, with a global-average-pool head instead of flatten",
+    ),
+    "resnet": FamilyType(
+        "resnet", _resnet_layers,
+        {"channels": 16, "kernel": 3, "final": 4, "padding": Padding.CIRCULAR, "blocks": 1, "scale": 1.0,
+         "pool": Pool.FLATTEN, "classes": 10},
+        _sample_resnet,
+        "stem conv > relu; per halving a stride-2 res(conv > relu > conv, scale) with a 1x1 projection, then "
+        "`blocks` identity blocks; flatten or gap > dense (no ReLU after an add)",
+    ),
+    "bn": FamilyType(
+        "bn", _bn_layers, {**_CONV_DEFAULTS, "mode": BNMode.BATCH},
+        _sample_conv,
+        "as strided, batchnorm after every conv (mode=batch: each net's batch of inputs; mode=running: eval)",
+    ),
+    "ln": FamilyType(
+        "ln", _ln_layers, dict(_CONV_DEFAULTS), _sample_conv,
+        "as strided, layernorm over the channels of each position after every conv",
+    ),
+    "vit": FamilyType(
+        "vit", _vit_layers,
+        {"scaling": Scaling.PATCH, "side": 4, "dim": 32, "depth": 2, "heads": 2, "mlp": 2,
+         "activation": Activation.GELU, "classes": 10},
+        _sample_vit,
+        "patch embedding conv(dim,k=p,s=p); depth x (res(layernorm > attn) > res(layernorm > 1x1 MLP)); "
+        "layernorm > token mean-pool > dense; scaling=patch: p = side, scaling=tokens: p = size/side",
     ),
 }
 
@@ -269,8 +448,13 @@ def parse_family(text: str) -> Family:
             if not eq or key not in defaults:
                 raise SpecError(f"family {name}: cannot read parameter {item.strip()!r}")
             default = defaults[key]
-            if isinstance(default, Padding):
-                params[key] = Padding.parse(raw)
+            if isinstance(default, Choice):
+                params[key] = type(default).parse(raw)
+            elif isinstance(default, float):
+                try:
+                    params[key] = float(raw)
+                except ValueError:
+                    raise SpecError(f"family {name}: {key} must be a number, got {raw!r}") from None
             elif isinstance(default, tuple):
                 try:
                     params[key] = tuple(int(x) for x in raw.split("/") if x.strip())
