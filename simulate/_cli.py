@@ -35,7 +35,9 @@ def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate(
         families: list[str] = typer.Option(None, "--family", "-f",
-                                           help="what to simulate (repeatable; default: every built-in family): a "
+                                           help="what to simulate (repeatable; default: the paper's families dense, "
+                                                "strided,"
+                                                " avgpool, maxpool, gap; beyond the paper: resnet, bn, ln, vit): a "
                                                 "family name (random topologies), a member family(key=value,...), "
                                                 "spec text 'CxHxW > layer > ...' (the same layers at each size), or "
                                                 "file.py:NAME / module:NAME (a user family)"),
@@ -75,14 +77,14 @@ def register(app: typer.Typer) -> None:
         from advdim.simulate._plot import plot_family
         from advdim.simulate._study import check_memory, study, topologies
 
-        from advdim.arch import FAMILIES, resolve_target
+        from advdim.arch import PAPER_FAMILIES, resolve_target
         from advdim.build import Init, resolve_device
         from advdim.cli import emit_json, out, table
         from advdim.cli_args import check_out_folder, make_out_folder, parse_sizes
         from advdim.errors import AdvdimError
         from advdim.store import RunStore
 
-        archs = [resolve_target(f) for f in (families or list(FAMILIES))]
+        archs = [resolve_target(f) for f in (families or list(PAPER_FAMILIES))]
         init_e = Init.parse(init)
         law_e = init_e if law_init is None else Init.parse(law_init)
         if resume and store is None:

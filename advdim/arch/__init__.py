@@ -18,7 +18,9 @@ Every inconsistency is a :class:`SpecError` whose one-line message names the lay
 """
 
 from advdim.arch.families import (
+    BEYOND_FAMILIES,
     FAMILIES,
+    PAPER_FAMILIES,
     Family,
     FamilyType,
     family,
@@ -62,4 +64,5 @@ __all__ = [
     "GlobalMaxPool", "Layer", "MaxPool", "Padding", "ReLU", "Shape", "Spec", "family", "format_layer", "format_spec",
     "parse", "parse_family", "resolve", "sample_family", "shapes_of", "Target", "TargetKind", "load_object",
     "register_family", "resolve_target", "unregister_family", "GELU", "Attention", "BNMode", "LayerNorm", "Residual",
+    "BEYOND_FAMILIES", "PAPER_FAMILIES",
 ]

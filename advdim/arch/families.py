@@ -409,6 +409,10 @@ FAMILIES: dict[str, FamilyType] = {
     ),
 }
 
+#: the families of the paper's theorems (the default of ``advdim simulate``), and those beyond it
+PAPER_FAMILIES: tuple[str, ...] = ("dense", "strided", "avgpool", "maxpool", "gap")
+BEYOND_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES if name not in PAPER_FAMILIES)
+
 
 def family(name: str, **params: Any) -> Family:
     """A family by name with parameters overriding its defaults.
