@@ -122,3 +122,36 @@ def check_maxpool(budget: Budget) -> list[Verdict]:
     """Max pooling: measured slopes and intervals only (the theory gives no law)."""
     res = _run(budget, "maxpool")
     return _with_plots(budget, res, res.verdicts())
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond the paper (issue 14): residual, normalised and attention networks
+# --------------------------------------------------------------------------------------------
+
+#: the targets of the "beyond the paper" section: a fixed residual member (its law is derived:
+#: judged), and random or fixed members of the families the theory gives no law for (reported,
+#: with whether the measured exponent is consistent with d^(1/q - 1/2))
+BEYOND_TARGETS = ("resnet(blocks=1,scale=0.5)", "bn", "ln", "vit", "vit(scaling=tokens)")
+
+
+def beyond_plan(scale: Scale) -> _Plan:
+    """TINY: seconds; DEFAULT: about a minute on 2 cores for all five targets; PAPER: a GPU."""
+    if scale is Scale.TINY:
+        return _Plan((8, 16), 6, 2, 2)
+    if scale is Scale.PAPER:
+        return _Plan((8, 16, 32, 64), 400, 4, 4)
+    return _Plan((8, 16, 32), 48, 2, 4)
+
+
+@register("simulate-beyond", Part.SIMULATE)
+def check_beyond(budget: Budget) -> list[Verdict]:
+    """Residual nets (judged against the residual path-sum law), batch norm in batch mode, layer
+    norm and vision transformers with a fixed patch or a fixed token count (measured exponents)."""
+    p = beyond_plan(budget.scale)
+    out: list[Verdict] = []
+    for target in BEYOND_TARGETS:
+        res = study(target, p.sizes, 3, p.nets, p.inputs, budget.seed, budget.device, "logit", True,
+                    budget.plant_exponent, draws=p.draws, workers=budget.workers, scheduler=budget.scheduler,
+                    progress=False)
+        out += _with_plots(budget, res, res.verdicts())
+    return out
