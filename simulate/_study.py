@@ -313,7 +313,7 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
         sq: tuple[float, ...] | None = tuple(float(pred.grad_sq_norm(s)) for s in sizes)
     except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
         sq = None
-    approx = None if pred.hypotheses.get("H1", True) else pred.reasons["H1"]
+    approx = pred.approximate  # why the path sum is only approximate (None: exact given its hypotheses)
     slopes = {k: pred.predicted_slope.get(k) for k in Q_KEYS}
     if target is GradTarget.LOSS:  # the softmax factor may vary with d: the slope of the loss norms themselves
         log_d = np.log([float(channels * s * s) for s in sizes])

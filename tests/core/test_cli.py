@@ -41,7 +41,7 @@ def test_arch_show_table_for_a_spec_text(capsys: pytest.CaptureFixture[str]) -> 
         (["arch", "show", "3x8x8 > conv(4,s=3) > flatten > dense(2)"], "stride 3 does not divide the map"),
         (["arch", "show", "strided", "--size", "12"], "not final size 4 times a power of 2"),
         (["arch", "show", "strided"], "needs an input size"),
-        (["arch", "show", "resnet", "--size", "8"], "unknown family 'resnet'"),
+        (["arch", "show", "alexnet", "--size", "8"], "unknown family 'alexnet'"),
         (["arch", "show", "dense", "--size", "abc"], "Invalid value"),
         (["verify", "--scale", "huge"], "unknown scale 'huge'"),
     ],

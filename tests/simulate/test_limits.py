@@ -109,5 +109,5 @@ def test_an_out_that_is_a_file_is_refused_before_any_cell(tmp_path: Path, monkey
 def test_out_is_created_once_the_study_is_done(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "new" / "folder"
     rc, err = simulate(capsys, "--family", "dense", "--sizes", "4,8", "--out", str(out))
-    assert rc == 0, err
+    assert rc in (0, 3), err  # pass, or inconclusive at this small budget: not a fault
     assert (out / "results.json").is_file() and list(out.glob("*.png"))
