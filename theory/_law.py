@@ -13,19 +13,23 @@ from typing import Any
 
 import numpy as np
 import sympy as sp
-from advdim.theory import _gauss, _graph
+from advdim.theory import _gauss, _graph, _maxnorm
 from advdim.theory._graph import BN_EPS, Sign, Step
 
 from advdim.arch import (
     AvgPool,
     BatchNorm,
+    BNMode,
     Conv,
     Dense,
     Family,
     GlobalAvgPool,
+    Layer,
     MaxPool,
     Padding,
     ReLU,
+    Residual,
+    Shape,
     Spec,
     Target,
     TargetKind,
@@ -63,8 +67,15 @@ def _profile(spec: Spec, init: str, logit: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @functools.lru_cache(maxsize=256)
-def _classes(spec: Spec, logit: int) -> _graph.Classes:
-    return _graph.path_degree_classes(spec, logit)
+def _classes(spec: Spec, logit: int) -> _graph.Classes | str:
+    """The path-degree classes, or why S is not decided (layers without a path graph, too many monomials)."""
+    undecided = _graph.s_undecided(spec)
+    if undecided is not None:
+        return undecided
+    try:
+        return _graph.path_degree_classes(spec, logit)
+    except HypothesisError as err:
+        return str(err)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,22 +125,40 @@ def path_sum_cost(spec: Spec, symmetry: bool = True) -> tuple[int, int]:
     >>> nodes, round(n_bytes / 1e9, 1)
     (47885066, 3.3)
     """
-    shapes = spec.shapes()
-    nodes = sum(math.prod(s) for s in shapes)
-    var_peak = cls_peak = 0
-    for layer, a, b in zip(spec.layers, shapes[:-1], shapes[1:]):
-        var = cls = math.prod(a) + math.prod(b)
-        if isinstance(layer, (Conv, AvgPool, MaxPool)):
-            (_, h, w), (c_out, ho, wo) = a, b
-            axes = ho * h + wo * w
-            var += 2 * axes + ho * wo + h * wo + 2 * h * w
-            taps = _axis_taps(h, ho, layer) * _axis_taps(w, wo, layer)
-            cls += axes + 3 * ho * wo * (c_out + 1) + 4 * ho * wo + 5 * h * w * taps + 5 * h * w
-        var_peak, cls_peak = max(var_peak, var), max(cls_peak, cls)
+    nodes, var_peak, cls_peak = _cost(spec.layers, spec.input_shape)
     n_bytes = VARIANCE_SAFETY * 8 * (var_peak + 2 * spec.d)  # + the cached variances and their profile
     if symmetry:
         n_bytes = max(n_bytes, VARIANCE_SAFETY * 16 * spec.d + CLASSES_SAFETY * 8 * (cls_peak + spec.d))
     return nodes, int(n_bytes)
+
+
+def _cost(layers: Sequence[Layer], shape: Shape) -> tuple[int, int, int]:
+    """``(nodes, variance peak, classes peak)`` of a layer sequence, in 8-byte values (see :func:`path_sum_cost`).
+
+    A residual block holds its output's values while its branch and projection run, then the two
+    input-shaped results and their sum (the classes: the two id maps, their stacked keys and
+    ``np.unique``'s temporaries, ``8 in`` in all)."""
+    nodes, var_peak, cls_peak = math.prod(shape), 0, 0
+    for layer in layers:
+        out = layer.out_shape(shape)
+        a, b = math.prod(shape), math.prod(out)
+        var = cls = a + b
+        if isinstance(layer, (Conv, AvgPool, MaxPool)):
+            (_, h, w), (c_out, ho, wo) = shape, out
+            axes = ho * h + wo * w
+            var += 2 * axes + ho * wo + h * wo + 2 * h * w
+            taps = _axis_taps(h, ho, layer) * _axis_taps(w, wo, layer)
+            cls += axes + 3 * ho * wo * (c_out + 1) + 4 * ho * wo + 5 * h * w * taps + 5 * h * w
+        elif isinstance(layer, Residual):
+            proj = layer.projection(shape)
+            parts = [_cost(layer.branch, shape)] + ([] if proj is None else [_cost((proj,), shape)])
+            nodes += sum(n - a for n, _, _ in parts)  # the branch's and projection's own nodes
+            var = b + 3 * a + max(v for _, v, _ in parts)
+            cls = b + 8 * a + max(c for _, _, c in parts)
+        nodes += b
+        var_peak, cls_peak = max(var_peak, var), max(cls_peak, cls)
+        shape = out
+    return nodes, var_peak, cls_peak
 
 
 def check_cost(members: Sequence[Spec], sizes: Sequence[int], symmetry: bool = True) -> None:
@@ -168,18 +197,26 @@ def hypotheses(spec: Spec, init: str = "he", logit: int = 0,
     """
     init = _graph.init_name(init)
     _graph.check_logit(spec, logit)
-    st = _graph.steps(spec)
+    st = _graph.all_steps(spec)
     held: dict[str, bool] = {}
     why: dict[str, str] = {}
 
+    residual = any(isinstance(s.layer, Residual) for s in st)
     held["H1"], why["H1"] = _h1(st)
-    held["H2"], why["H2"] = True, "sequential spec: every path crosses each layer at most once"
+    held["H2"], why["H2"] = True, ("every path crosses each layer at most once (paths through a residual skip "
+                                   "bypass its branch: paths differ in length)" if residual else
+                                   "sequential spec: every path crosses each layer at most once")
     held["H3"], why["H3"] = _h3(st, init)
     held["H4"], why["H4"] = True, "each layer's weights are drawn independently of the other layers'"
     held["H5"], why["H5"] = _h5(st, init)
+    for _, key, reason in reversed(_graph.no_law_layers(spec)):  # the first such layer's reason is kept
+        held[key], why[key] = False, reason
     if not symmetry:
         return held, why
     cls = _classes(spec, logit)
+    if isinstance(cls, str):
+        held["S"], why["S"] = False, cls
+        return held, why
     held["S"] = cls.symmetric
     why["S"] = ("every input node has the same multiset of path-degrees" if cls.symmetric else
                 f"{len(cls.polys)} path-degree classes; {100 * cls.breaking_share:.1f}% of the input nodes "
@@ -192,59 +229,105 @@ def _s_cause(st: list[Step]) -> str:
         layer = s.layer
         if isinstance(layer, Conv):
             if layer.padding in (Padding.ZEROS, Padding.REFLECT) and layer.pad > 0:
-                return f" (layer {s.index}: {layer.padding.value} padding at the borders)"
+                return f" (layer {s.label}: {layer.padding.value} padding at the borders)"
             if layer.padding is Padding.VALID and layer.kernel > 1:
-                return f" (layer {s.index}: valid convolution, border inputs feed fewer outputs)"
+                return f" (layer {s.label}: valid convolution, border inputs feed fewer outputs)"
             if layer.stride > 1 and layer.kernel % layer.stride:
-                return (f" (layer {s.index}: kernel {layer.kernel} not a multiple of stride {layer.stride}: "
+                return (f" (layer {s.label}: kernel {layer.kernel} not a multiple of stride {layer.stride}: "
                         "inputs are covered by different numbers of taps)")
     return ""
 
 
 def _h1(st: list[Step]) -> tuple[bool, str]:
-    weighted = [s for s in st if isinstance(s.layer, (Conv, Dense))]
+    """H1 on the steps in execution order (:func:`_graph.all_steps`); a residual's addition is the step
+    after its branch and projection, so a branch's last weight layer is followed by what follows the block."""
+    weighted = [i for i, s in enumerate(st) if isinstance(s.layer, (Conv, Dense))]
     for s in st:
         if isinstance(s.layer, (MaxPool,)) or s.layer.kind == "globalmaxpool":
-            return False, (f"layer {s.index} {s.layer.kind} passes only the arg-max of each window: the unit "
+            return False, (f"layer {s.label} {s.layer.kind} passes only the arg-max of each window: the unit "
                            "kept is active with probability other than 1/2")
         if isinstance(s.layer, ReLU) and s.sign is Sign.INPUT:
-            return False, f"layer {s.index} relu acts on the raw input: its pattern is set by the data"
-    for w in weighted[:-1]:
-        relu = None
-        for s in st[w.index + 1:]:
+            return False, f"layer {s.label} relu acts on the raw input: its pattern is set by the data"
+        if isinstance(s.layer, ReLU) and s.sign is Sign.APPROX:
+            return False, f"layer {s.label} relu {_graph.APPROX_REASON}"
+    for wi in weighted[:-1]:
+        w = st[wi]
+        ri = None
+        for j in range(wi + 1, len(st)):
+            if isinstance(st[j].layer, (Conv, Dense)):
+                break
+            if isinstance(st[j].layer, ReLU):
+                ri = j
+                break
+        if ri is None:
+            return False, f"layer {w.label} {w.layer.kind} is not followed by a ReLU (its factor is 1, not 1/2)"
+    pooled = _pooled_before_relu(st)
+    if pooled is not None:
+        return False, pooled
+    return True, "every hidden conv / dense unit is followed by a ReLU active with probability 1/2"
+
+
+def _pooled_before_relu(st: list[Step]) -> str | None:
+    """A conv's outputs average-pooled before the ReLU that follows it (no weight layer between)."""
+    for wi, w in enumerate(st):
+        if not isinstance(w.layer, Conv):
+            continue
+        pool = None
+        for s in st[wi + 1:]:
             if isinstance(s.layer, (Conv, Dense)):
                 break
+            if isinstance(s.layer, (AvgPool, GlobalAvgPool)) and pool is None:
+                pool = s
             if isinstance(s.layer, ReLU):
-                relu = s
+                if pool is not None:
+                    return (f"layer {pool.label} {pool.layer.kind} pools conv outputs before the ReLU: the pooled "
+                            "pre-activation and the input gradient load on overlapping sums of the same kernel "
+                            "weights, so the ReLU pattern is not independent of the weights (the path sum holds "
+                            "only approximately: measured E||d_x f||_2^2 a few % above it, about 20% where the "
+                            "kernel covers the whole map)")
                 break
-        if relu is None:
-            return False, f"layer {w.index} {w.layer.kind} is not followed by a ReLU (its factor is 1, not 1/2)"
-        pool = next((s for s in st[w.index + 1:relu.index] if isinstance(s.layer, (AvgPool, GlobalAvgPool))), None)
-        if pool is not None and isinstance(w.layer, Conv):
-            return False, (f"layer {pool.index} {pool.layer.kind} pools conv outputs before the ReLU: the pooled "
-                           "pre-activation and the input gradient load on overlapping sums of the same kernel "
-                           "weights, so the ReLU pattern is not independent of the weights (the path sum holds "
-                           "only approximately: measured E||d_x f||_2^2 a few % above it, about 20% where the "
-                           "kernel covers the whole map)")
-    return True, "every hidden conv / dense unit is followed by a ReLU active with probability 1/2"
+    return None
+
+
+def approximation(spec: Spec) -> str | None:
+    """Why the path sum of ``spec`` is only approximate (None: exact given the hypotheses it needs).
+
+    A ReLU on a pre-activation residual sum (:data:`advdim.theory._graph.APPROX_REASON`) or on average
+    pooled conv outputs is treated as a Bernoulli(1/2) gate independent of the weights, which it is
+    only approximately.  Every other spec with a law has an exact path sum: missing ReLUs (factor 1),
+    He-breaking layers and residual blocks (cross terms exactly zero) included.
+    """
+    st = _graph.all_steps(spec)
+    for s in st:
+        if isinstance(s.layer, ReLU) and s.sign is Sign.APPROX:
+            return f"layer {s.label} relu {_graph.APPROX_REASON}"
+    return _pooled_before_relu(st)
 
 
 def _h3(st: list[Step], init: str) -> tuple[bool, str]:
     for s in st:
         layer = s.layer
         if isinstance(layer, AvgPool):
-            return False, (f"layer {s.index} avgpool({layer.size}) has deterministic weights 1/{layer.size**2} "
+            return False, (f"layer {s.label} avgpool({layer.size}) has deterministic weights 1/{layer.size**2} "
                            "(not zero-mean with variance 2/in-degree)")
         if isinstance(layer, GlobalAvgPool):
-            return False, f"layer {s.index} globalavgpool has deterministic weights 1/{s.in_shape[1] * s.in_shape[2]}"
+            return False, f"layer {s.label} globalavgpool has deterministic weights 1/{s.in_shape[1] * s.in_shape[2]}"
         if isinstance(layer, BatchNorm):
-            return False, f"layer {s.index} batchnorm rescales deterministically (eval mode at init)"
+            return False, (f"layer {s.label} batchnorm rescales deterministically (eval mode at init)"
+                           if layer.mode is BNMode.RUNNING else
+                           f"layer {s.label} batchnorm(mode=batch) rescales by the batch's statistics")
+        if isinstance(layer, Residual):
+            return False, (f"layer {s.label} res: " + (
+                "the identity skip edge has the deterministic weight 1" if s.skip is None else
+                "a sum node's in-degree is the projection's plus the branch's, above the fan-in of each")
+                + f" (not zero-mean with variance 2/in-degree); the block multiplies E||g||^2 by "
+                f"{'1' if s.skip is None else 'the projection factor'} + {layer.scale:g}^2 x the branch's factor")
     if init != "he":
         return False, f"{init} initialisation: Var w != 2/fan_in, each layer multiplies E||g||^2 by fan_in*Var(w)/2"
     for s in st:
         layer = s.layer
         if isinstance(layer, Conv) and layer.padding is Padding.ZEROS and layer.pad > 0:
-            return False, (f"layer {s.index} zero padding: border units have in-degree < fan_in, so their "
+            return False, (f"layer {s.label} zero padding: border units have in-degree < fan_in, so their "
                            "weights' variance 2/fan_in is below 2/in-degree")
     return True, "He initialisation: zero-mean weights with variance 2/in-degree"
 
@@ -253,7 +336,7 @@ def _h5(st: list[Step], init: str) -> tuple[bool, str]:
     for s in st:
         layer = s.layer
         if isinstance(layer, Conv) and layer.padding is Padding.REFLECT and layer.pad > 0:
-            return False, (f"layer {s.index} reflect padding: a mirrored border unit reaches two outputs through "
+            return False, (f"layer {s.label} reflect padding: a mirrored border unit reaches two outputs through "
                            "the same weight (cross terms appear if a later average merges them)")
     tail = " (orthogonal: uncorrelated by sign symmetry)" if init == "orthogonal" else ""
     return True, ("distinct weights leaving a node are distinct zero-mean draws; conv weight sharing never "
@@ -282,19 +365,40 @@ def layer_factors(spec: Spec, init: str, scaled: frozenset[int] = frozenset()) -
 
     A weight layer multiplies by ``fan_in * Var(w)`` (2 for He), a ReLU by 1/2 (1 on a
     non-negative input), a ``k x k`` average pool by ``k^2 / k^4 = 1/k^2``, a global average pool by
-    ``1/(H W)``.  ``scaled`` lists the layers whose fan-in / area is proportional to d (family
-    members): they are written with the symbol ``d``.
+    ``1/(H W)``, a residual block ``skip(x) + a branch(x)`` by ``1 + a^2 B`` (identity skip) or
+    ``P + a^2 B`` (projection factor ``P``), ``B`` the product of the branch's factors.  ``scaled``
+    lists the layers whose fan-in / area is proportional to d (family members): they are written with
+    the symbol ``d``.  Raises :class:`HypothesisError` on a layer without a path-sum law.
+
+    >>> from advdim.arch import parse
+    >>> spec = parse("3x8x8 > conv(16) > relu > res(conv(16) > relu > conv(16), scale=0.5) > flatten > dense(10)")
+    >>> [(label, f) for _, label, f in layer_factors(spec, "he")]
+    [('0:conv', 2), ('1:relu', 1/2), ('2:res', 3/2), ('4:dense', 2)]
     """
+    return _factors(_graph.steps(spec), init, scaled, spec.d)
+
+
+def _factors(st: Sequence[Step], init: str, scaled: frozenset[int], dd: int,
+             flat_in: Shape | None = None) -> list[tuple[int, str, sp.Expr]]:
+    """:func:`layer_factors` of a step sequence.  Inside a residual block whose flat input grows with d
+    (``flat_in``: its shape), the dense layers reading that input have fan-ins proportional to d."""
     out: list[tuple[int, str, sp.Expr]] = []
-    dd = spec.d
-    for s in _graph.steps(spec):
+    for s in st:
         layer = s.layer
-        label = f"{s.index}:{layer.kind}"
+        label = f"{s.label}:{layer.kind}"
+        if no_law := _graph.no_law_reason(s):
+            raise HypothesisError(f"no path-sum law ({no_law[0]}): {no_law[1]}")
         if isinstance(layer, (Conv, Dense)):
             fi, fo, rows = s.fans
-            fan_in: sp.Expr = sp.Rational(fi, dd) * d if s.index in scaled else sp.Integer(fi)
+            grows = s.index in scaled and (not s.name or "." not in s.name or s.in_shape == flat_in)
+            fan_in: sp.Expr = sp.Rational(fi, dd) * d if grows else sp.Integer(fi)
             out.append((s.index, label, sp.simplify(fan_in * _sym_variance(init, fan_in, sp.Integer(fo),
                                                                             sp.Integer(rows)))))
+        elif isinstance(layer, Residual):  # skip + a^2 branch: the cross terms vanish (_graph.branch_is_odd)
+            inner = s.in_shape if s.index in scaled and len(s.in_shape) == 1 else None
+            skip = sp.Integer(1) if s.skip is None else _product(_factors([s.skip], init, scaled, dd, inner))
+            branch = _product(_factors(s.branch, init, scaled, dd, inner))
+            out.append((s.index, label, sp.simplify(skip + sp.nsimplify(layer.scale, rational=True) ** 2 * branch)))
         elif isinstance(layer, ReLU):
             out.append((s.index, label, sp.Integer(1) if s.sign is Sign.NONNEG else sp.Rational(1, 2)))
         elif isinstance(layer, AvgPool):
@@ -318,6 +422,8 @@ def _scaled_layers(small: Spec, large: Spec) -> frozenset[int]:
             out.add(a.index)
         if isinstance(a.layer, GlobalAvgPool) and b.in_shape[1:] != a.in_shape[1:]:
             out.add(a.index)
+        if isinstance(a.layer, Residual) and len(a.in_shape) == 1 and b.in_shape != a.in_shape:
+            out.add(a.index)  # a block on a flat input that grows with d: its dense layers reading it
     return frozenset(out)
 
 
@@ -399,6 +505,9 @@ class Prediction:
         expr_exact: True when ``grad_sq_norm_expr`` equals the exact path sum at every size.
         beta: growth exponent of ``E||d_x f_k||_2^2`` in d (0 under H).
         breaking_share: per size, the share of input nodes outside the largest S class.
+        approximate: why the path sum is only approximate (:func:`approximation`), None when it is
+            exact given H4-H5 and the ReLU gates; a failed H1 or H3 alone does not make it approximate
+            (a missing ReLU, average pools and residual blocks are counted exactly).
     """
 
     target: Family | Spec | Target
@@ -415,6 +524,9 @@ class Prediction:
     expr_exact: bool
     beta: float | None
     breaking_share: dict[int, float] = field(default_factory=dict)
+    approximate: str | None = None
+    #: relative standard error of the q = inf Monte Carlo of conv nets (``_maxnorm.expected_max_norm``)
+    inf_rel_se: float = _maxnorm.REL_SE
 
     # ---- members ---------------------------------------------------------------------------
     def spec_at(self, size: int) -> Spec:
@@ -427,6 +539,29 @@ class Prediction:
 
     def dim(self, size: int) -> int:
         return self.spec_at(size).d
+
+    # ---- the wide limit beyond the path sum (average pooling; theory/_meanfield.py) ---------------
+    def pooling_correction_applies(self, size: int) -> bool:
+        """Does an average pool or global average pool after the first conv make the wide limit of
+        ``E||d_x f_k||_2^2`` differ from the path sum?  (:func:`advdim.theory._meanfield.pooling_correction_applies`)"""
+        from advdim.theory._meanfield import pooling_correction_applies
+
+        return self.has_law and pooling_correction_applies(self.spec_at(size))
+
+    def wide_grad_sq_norm(self, size: int) -> float:
+        """``E||d_x f_k||_2^2`` in the limit of infinitely many channels: the covariance recursion of
+        :func:`advdim.theory._meanfield.wide_law` where :meth:`pooling_correction_applies`, the path sum
+        (:meth:`grad_sq_norm`, exact there in that limit) otherwise.  The recursion's expectation over
+        the input is a seeded sample mean (relative standard error about 1e-3); results are cached.
+
+        Raises :class:`HypothesisError` when no law follows (max pooling) or the recursion does not
+        cover the net (see :func:`~advdim.theory._meanfield.wide_law`).
+        """
+        if not self.pooling_correction_applies(size):
+            return self.grad_sq_norm(size)
+        from advdim.theory._meanfield import cached_wide_law
+
+        return cached_wide_law(self.spec_at(size), self.init, self.logit).value
 
     # ---- exact second moments ----------------------------------------------------------------
     def input_variances(self, size: int) -> np.ndarray | None:
@@ -441,20 +576,30 @@ class Prediction:
         Raises :class:`HypothesisError` when no law follows (max pooling).
         """
         if not self.has_law:
-            raise HypothesisError(f"no path-sum law: {self.reasons['H1']}")
+            raise HypothesisError(self.reasons.get("law", "no path-sum law"))
         return float(np.sum(_variances(self.spec_at(size), self.init, self.logit)))
 
     # ---- the law of ||d_x f_k||_q ---------------------------------------------------------------
     def expected_norm(self, q: float | str, size: int) -> float | None:
-        """Finite-d prediction of ``E||d_x f_k||_q``: independent ``N(0, sigma_i^2)`` coordinates.
+        """Finite-d prediction of ``E||d_x f_k||_q``.
 
-        ``sigma_i^2`` are the exact path-sum variances of the input nodes (so zero padding and
-        stride artefacts are included); see :func:`advdim.theory._gauss.expected_q_norm`.
+        Independent ``N(0, sigma_i^2)`` coordinates, ``sigma_i^2`` the exact path-sum variances of
+        the input nodes (so zero padding and stride artefacts are included; see
+        :func:`advdim.theory._gauss.expected_q_norm`), except for ``q = inf`` on the conv nets of
+        :func:`advdim.theory._maxnorm.covers`: there the coordinates are correlated and a Gaussian
+        scale mixture, and the prediction is the path-sum model's own law with channel gates, by Monte
+        Carlo to 0.5% (:func:`advdim.theory._maxnorm.expected_max_norm`; docs/theory.md, "The q = inf
+        prediction for conv nets").
         """
         q = check_q(q)
         if not self.has_law:
             return None
-        values, counts = _profile(self.spec_at(size), self.init, self.logit)
+        spec = self.spec_at(size)
+        if math.isinf(q) and _maxnorm.model_applies(spec, self.init):
+            est = _maxnorm.expected_max_norm(spec, self.init, self.logit, rel_se=self.inf_rel_se)
+            if est is not None:
+                return est.mean
+        values, counts = _profile(spec, self.init, self.logit)
         return _gauss.expected_q_norm(values, counts, q)
 
     def exponent_q(self, q: float | str) -> float | None:
@@ -476,11 +621,27 @@ class Prediction:
 
     # ---- the loss --------------------------------------------------------------------------
     def expected_loss_norm(self, q: float | str, size: int, softmax_weight: float | None = None) -> float | None:
-        """``E||d_x L||_q`` for the cross-entropy: ``E||softmax - y||_2 * E||d_x f_k||_q`` (see :func:`loss_law`)."""
+        """``E||d_x L||_q = E||softmax(f) - e_y||_2 * E||d_x f_k||_q`` for the cross-entropy (wide limit).
+
+        The logits are the predicted ``N(0, diag(v))`` with ``v`` from the forward recursion
+        (:func:`advdim.theory._loss.logit_law`; approximate where average pools need correlations,
+        see ``logit_law`` in :meth:`to_json`), the label uniform and independent of the net;
+        ``softmax_weight`` overrides the first factor (e.g. ``sqrt(1 - 1/K)``, a uniform softmax).
+        None without a law (max pooling) or without a logit law (batch statistics).
+        """
+        from advdim.theory import _loss
+
         base = self.expected_norm(q, size)
         if base is None:
             return None
-        return loss_weight(self.spec_at(size).n_classes, softmax_weight) * base
+        spec = self.spec_at(size)
+        if softmax_weight is not None:
+            return loss_weight(spec.n_classes, softmax_weight) * base
+        try:
+            law = _loss.logit_law(spec, self.init)
+        except HypothesisError:
+            return None
+        return _loss.residual_moment(law.variances).value * base
 
     # ---- serialisation ---------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -503,23 +664,60 @@ class Prediction:
             "beta": self.beta,
             "grad_sq_norm_at": {str(s): (self.grad_sq_norm(s) if self.has_law else None) for s in sizes},
             "expected_norm": {norm_key(q): {str(s): self.expected_norm(q, s) for s in sizes} for q in NORMS.values()},
+            # how the q = inf entry was computed, per size (advdim.theory._maxnorm.inf_law_json)
+            "expected_norm_inf": {str(s): _maxnorm.inf_law_json(self.spec_at(s), self.init, self.logit, self.has_law)
+                                  for s in sizes},
             "s_breaking_share": {str(s): v for s, v in self.breaking_share.items()},
+            # the loss gradient (docs/theory.md, "The loss gradient"): the logit law and E||d_x L||_q
+            "expected_loss_norm": {norm_key(q): {str(s): self.expected_loss_norm(q, s) for s in sizes}
+                                   for q in NORMS.values()},
+            "logit_law": self._logit_law_json(),
         }
 
+    def _logit_law_json(self) -> dict[str, Any] | None:
+        """``{"variance": {size: E f_k^2}, "exact": bool, "note": str}`` (None without a law)."""
+        from advdim.theory import _loss
+
+        if not self.has_law:
+            return None
+        try:
+            laws = {str(s): _loss.logit_law(self.spec_at(s), self.init) for s in self.sizes}
+        except HypothesisError as err:
+            return {"variance": None, "exact": False, "note": str(err)}
+        inexact = [law for law in laws.values() if not law.exact]
+        return {"variance": {s: law.variance for s, law in laws.items()}, "exact": not inexact,
+                "note": (inexact or list(laws.values()))[0].note}
 
 
 
-def loss_weight(n_classes: int, softmax_weight: float | None = None) -> float:
-    """``E||softmax(f) - y||_2``: ``sqrt(1 - 1/K)`` for a uniform softmax, or the given value."""
-    if softmax_weight is None:
+
+def loss_weight(n_classes: int, softmax_weight: float | None = None, logit_variance: float = 0.0) -> float:
+    """``E||softmax(f) - e_y||_2`` for ``f ~ N(0, logit_variance I_K)`` and a uniform label, or the given value.
+
+    ``logit_variance = 0`` (a uniform softmax) gives ``sqrt(1 - 1/K)`` exactly; otherwise the
+    randomised quasi-Monte Carlo value of :func:`advdim.theory._loss.residual_moment` (standard
+    error about 1e-4).
+
+    >>> round(loss_weight(10), 6), round(loss_weight(10, logit_variance=2.0), 3)
+    (0.948683, 1.024)
+    """
+    from advdim.theory import _loss
+
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise AdvdimError(f"the softmax needs a positive integer number of classes, got {n_classes!r}")
+    if softmax_weight is not None:
+        if not math.isfinite(softmax_weight) or not 0 <= softmax_weight <= math.sqrt(2):
+            raise AdvdimError(f"E||softmax - y||_2 lies in [0, sqrt(2)], got {softmax_weight!r}")
+        return float(softmax_weight)
+    if not math.isfinite(logit_variance) or logit_variance < 0:
+        raise AdvdimError(f"the logit variance must be finite and >= 0, got {logit_variance!r}")
+    if logit_variance == 0:
         return math.sqrt(1.0 - 1.0 / n_classes)
-    if not math.isfinite(softmax_weight) or not 0 <= softmax_weight <= math.sqrt(2):
-        raise AdvdimError(f"E||softmax - y||_2 lies in [0, sqrt(2)], got {softmax_weight!r}")
-    return float(softmax_weight)
+    return _loss.residual_moment([float(logit_variance)] * n_classes).value
 
 
 def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = None, channels: int | None = None,
-            init: object = "he", logit: int = 0, symmetry: bool = True) -> Prediction:
+            init: object = "he", logit: int = 0, symmetry: bool = True, inf_rel_se: float | None = None) -> Prediction:
     """Predict ``E||d_x f_k||_q`` for any target over ``sizes`` (Theorems 4-5, Corollary 6).
 
     Args:
@@ -531,6 +729,8 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
         channels: input channels C (default 3; a spec keeps its own).
         init: ``"he"`` (H3), ``"torch"``, ``"glorot"``, ``"lecun"``, ``"orthogonal"`` or an ``Init``.
         logit: index k of the logit.
+        inf_rel_se: relative standard error of the q = inf Monte Carlo on conv nets (default
+            ``_maxnorm.REL_SE`` = 0.005); a study averaging many random topologies may ask for less.
         symmetry: decide S (default).  ``False`` skips it (no ``"S"`` in ``hypotheses``, no
             ``breaking_share``): the Monte Carlo engine, which predicts thousands of topologies,
             needs only the law.
@@ -575,13 +775,15 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
     share: dict[int, float] = {}
     for s, m in zip(sizes_t, members):
         h, r = hypotheses(m, init, logit, symmetry)
-        if symmetry:
-            share[s] = _classes(m, logit).breaking_share
+        cls = _classes(m, logit) if symmetry else None
+        if isinstance(cls, _graph.Classes):
+            share[s] = cls.breaking_share
         for key in keys:
             if not h[key] and held[key]:
                 held[key], why[key] = False, (r[key] if len(members) == 1 else f"s={s}: {r[key]}")
             why.setdefault(key, r[key])
-    has_law = not _graph.routing_layers(members[0])
+    bad = next((b for m in members for b in _graph.no_law_layers(m)), None)
+    has_law = bad is None
 
     expr: sp.Expr | None = None
     exact = False
@@ -598,7 +800,7 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
         else:
             expr = _product(layer_factors(target, init))
             dimension_free = init == "he" and not any(
-                isinstance(layer, (AvgPool, GlobalAvgPool, BatchNorm)) for layer in target.layers)
+                isinstance(s.layer, (AvgPool, GlobalAvgPool, BatchNorm)) for s in _graph.all_steps(target))
             beta = 0.0 if dimension_free else None
             if not dimension_free:
                 why["law"] = ("a spec at one size does not say how its layers scale with d: give several sizes "
@@ -606,9 +808,12 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
         exact = all(abs(float(expr.subs(d, m.d)) - float(np.sum(_variances(m, init, logit))))
                     <= 1e-9 * float(np.sum(_variances(m, init, logit))) for m in members)
     else:
-        why["law"] = f"no law: {why['H1']}; the simulation measures this case"
+        assert bad is not None
+        why["law"] = f"no law: {bad[2]} ({bad[1]}); the simulation measures this case"
 
-    pred = Prediction(target, init, channels, logit, sizes_t, held, why, has_law, {}, {}, expr, exact, beta, share)
+    approx = next((a for a in (approximation(m) for m in members) if a is not None), None) if has_law else None
+    pred = Prediction(target, init, channels, logit, sizes_t, held, why, has_law, {}, {}, expr, exact, beta, share,
+                      approx, _maxnorm.REL_SE if inf_rel_se is None else float(inf_rel_se))
     for key, q in NORMS.items():
         pred.exponent[key] = pred.exponent_q(q)
         pred.predicted_slope[key] = pred.slope_q(q)
