@@ -291,11 +291,14 @@ class TopologyLaw:
 
 def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
                      init: Init = Init.HE, target: GradTarget = GradTarget.LOGIT,
-                     inf_rel_se: float | None = None) -> TopologyLaw | None:
+                     inf_rel_se: float | None = None, wide: bool = False) -> TopologyLaw | None:
     """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available.
 
     ``target`` LOSS predicts ``E||d_x L||_q`` (the softmax term under the predicted logit law,
-    ``Prediction.expected_loss_norm``); LOGIT predicts ``E||d_x f_k||_q``.
+    ``Prediction.expected_loss_norm``); LOGIT predicts ``E||d_x f_k||_q``.  ``wide``: where average
+    pooling makes the path sum of ``E||d_x f_k||_2^2`` approximate, predict it by the exact wide-limit
+    law instead (``Prediction.wide_grad_sq_norm``, docs/theory.md "Average pooling beyond the path
+    sum"; seconds per size, so a fixed network gets it, not each of hundreds of random topologies).
     """
     try:
         from advdim.theory import predict
@@ -316,6 +319,12 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
     except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
         sq = None
     approx = pred.approximate  # why the path sum is only approximate (None: exact given its hypotheses)
+    if wide and sq is not None and approx is not None and target is GradTarget.LOGIT:
+        try:
+            if all(pred.pooling_correction_applies(s) for s in sizes):
+                sq, approx = tuple(float(pred.wide_grad_sq_norm(s)) for s in sizes), None
+        except Exception:  # noqa: BLE001 - the wide law refuses (memory, a layer it has no law for): keep the path sum
+            pass
     slopes = {k: pred.predicted_slope.get(k) for k in Q_KEYS}
     if target is GradTarget.LOSS:  # the softmax factor may vary with d: the slope of the loss norms themselves
         log_d = np.log([float(channels * s * s) for s in sizes])
@@ -733,7 +742,7 @@ def study(
                  with_theory)
     # the theory's predictions come first too: a refusal of the theory must not discard finished cells
     if with_theory and not arch.random:  # one network: one prediction
-        law = predict_topology(arch, sizes_t, channels, law_e, tgt)
+        law = predict_topology(arch, sizes_t, channels, law_e, tgt, wide=True)
         laws: list[TopologyLaw | None] = [law] * nets
     else:
         laws = [predict_topology(f, sizes_t, channels, law_e, tgt, RANDOM_INF_REL_SE) for f in topos] \

@@ -32,7 +32,7 @@ def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: igno
     verdicts = check(TINY)
     slopes = [v for v in verdicts if "slope of" in v.claim and "(sampled widths)" not in v.claim]
     assert len(slopes) == 3 and all(v.predicted is not None for v in slopes)
-    judged = [v for v in verdicts if not ("_inf" in v.claim and "dense" not in v.claim)
+    judged = [v for v in verdicts if not ("_inf" in v.claim and "avgpool" in v.claim)
               and "(sampled widths)" not in v.claim and "2^2 measured / theory" not in v.claim]
     assert all(v.passed for v in judged), [v.claim for v in judged if not v.passed]
     for v in verdicts:
@@ -43,8 +43,9 @@ def test_slopes_match_the_theory_on_a_small_budget(check) -> None:  # type: igno
     prefactor = [v for v in verdicts if "2^2 measured / theory" in v.claim]
     assert all((v.outcome is Outcome.REPORTED) == ("avgpool" in v.claim) for v in prefactor)
     assert all(v.resolution == "prefactor +-10%" for v in prefactor if v.outcome.judged)
-    # conv nets: the q = inf slope is reported, not judged (coordinates are not independent Gaussians)
-    assert all(v.outcome is Outcome.REPORTED for v in verdicts if "_inf" in v.claim and "dense" not in v.claim)
+    # q = inf: judged where the prediction was checked to 3% (dense, strided); avgpool's is 4-6% low: reported
+    inf_rows = [v for v in verdicts if "_inf" in v.claim and "(sampled widths)" not in v.claim]
+    assert inf_rows and all((v.outcome is Outcome.REPORTED) == ("avgpool" in v.claim) for v in inf_rows)
     for v in slopes:
         if "dense" in v.claim or "strided" in v.claim:
             q = v.claim.split("||_")[1].split(" ")[0]
@@ -198,3 +199,15 @@ def test_gap_draws_more_weights_by_default(capsys) -> None:  # type: ignore[no-u
     assert rc in (0, 1, 3) and f"x {DEFAULT_DRAWS} (gap: {FAMILY_DRAWS['gap']}) draws" in text
     rc = main([*args, "--draws", "1"])
     assert "x 1 draws" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_fixed_avgpool_member_has_its_prefactor_judged_against_the_wide_limit_law() -> None:
+    """The path sum of avgpool is approximate (pooling merges positions after wide ReLUs); a fixed
+    member's prefactor row is judged against the exact wide-limit law instead (docs/theory.md)."""
+    res = study("avgpool(channels=16)", (8, 16), 3, 40, 2, 0, "cpu", "logit", True, draws=2, progress=False)
+    pred = predict("avgpool(channels=16)", sizes=(8, 16), symmetry=False)
+    assert res.sq_predicted is not None and res.prefactor_approximate is None
+    assert res.sq_predicted == pytest.approx([pred.wide_grad_sq_norm(s) for s in (8, 16)], rel=1e-12)
+    assert res.sq_predicted[1] > 1.03 * pred.grad_sq_norm(16)  # the law differs from the path sum here
+    row = res.prefactor_verdict()
+    assert row is not None and row.outcome.judged
