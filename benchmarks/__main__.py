@@ -1,9 +1,10 @@
 """``python -m benchmarks``: run every benchmark module with its defaults (figures as JSON on stdout)."""
 
-from benchmarks import bench_simulate, bench_startup, bench_targets, bench_training
+from benchmarks import bench_blocks, bench_simulate, bench_startup, bench_targets, bench_training
 
 if __name__ == "__main__":
     bench_startup.main([])
     bench_simulate.main([])
     bench_targets.main([])
+    bench_blocks.main([])
     bench_training.main([])
