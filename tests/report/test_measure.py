@@ -91,7 +91,7 @@ def dense_first(input_shape: tuple[int, int, int]) -> nn.Module:
 
 
 class Residual(nn.Module):
-    """A skip connection: outside the theory's chain of layers."""
+    """A skip connection followed by a ReLU on the sum: traced, but the ReLU's law is unknown."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -246,7 +246,7 @@ def test_the_first_dense_layer_makes_q_inf_judged(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize(("factory", "words"), [
-    ("residual", ["outside the theory's specs", "a skip connection"]),
+    ("residual", ["no law", "residual sum", "H1"]),  # traced into res(...); ReLU on the sum: no law
     ("maxpool_net", ["no law", "maxpool"]),
     ("seeded_net", ["the same weights for every draw", "seed its own generator"]),
 ])

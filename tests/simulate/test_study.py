@@ -131,7 +131,8 @@ def test_depth_growing_family_is_judged_at_infinite_width() -> None:
     assert limit.resolution == "slope +-0.05" and limit.power == pytest.approx(res.q["1"].power)
     assert limit.outcome is (Outcome.PASS if limit.power >= MIN_POWER else Outcome.INCONCLUSIVE)
     planted = study("strided", plant_exponent=0.5, **kwargs)  # type: ignore[arg-type]
-    assert [v.outcome for v in planted.verdicts() if "infinite-width limit" in v.claim] == [Outcome.FAIL] * 2
+    limits = [v.outcome for v in planted.verdicts() if "infinite-width limit" in v.claim]
+    assert len(limits) >= 2 and set(limits) == {Outcome.FAIL}  # q = 1, 2 (and inf, now judged)
 
 
 def test_image_inputs_dense_law_holds_and_planted_error_fails() -> None:
