@@ -113,7 +113,7 @@ def test_ctrl_c_on_the_command_line_is_one_line_and_resume_completes(tmp_path: P
 
     resumed = subprocess.run([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode in (0, 3), resumed.stderr  # pass, or inconclusive at this small budget
     with RunStore(store) as s:
         assert s.count(KIND) == 80
 
