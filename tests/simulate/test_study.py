@@ -212,3 +212,14 @@ def test_a_fixed_avgpool_member_has_its_prefactor_judged_against_the_wide_limit_
     assert res.sq_predicted[1] > 1.03 * pred.grad_sq_norm(16)  # the law differs from the path sum here
     row = res.prefactor_verdict()
     assert row is not None and row.outcome.judged
+
+
+def test_a_planted_error_fails_the_wide_limit_prefactor_row_and_a_tiny_budget_is_inconclusive() -> None:
+    # norms multiplied by d^0.1: E||g||^2 by d^0.2, i.e. 1.93x at s=8 and 2.64x at s=16
+    planted = study("avgpool(channels=16)", (8, 16), 3, 40, 2, 0, "cpu", "logit", True, 0.1, draws=2,
+                    progress=False).prefactor_verdict()
+    assert planted is not None and planted.outcome is Outcome.FAIL
+    tiny = study("avgpool(channels=16)", (8, 16), 3, 3, 1, 0, "cpu", "logit", True, draws=1,
+                 progress=False).prefactor_verdict()
+    assert tiny is not None and tiny.outcome in (Outcome.INCONCLUSIVE, Outcome.FAIL)
+    assert tiny.power is not None and (tiny.outcome is Outcome.FAIL or tiny.power < MIN_POWER)

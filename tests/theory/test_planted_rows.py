@@ -165,3 +165,17 @@ def test_he_init_rows_pass_with_power_and_a_wrong_variance_fails() -> None:
     assert bad.outcome is Outcome.FAIL
     n = bad.extra["weights"]
     assert variance_power(n, *bad.interval, rel_error=1 - 1 / PLANTED) > 0.999  # caught with certainty
+
+
+def test_the_wide_limit_row_of_average_pooling_catches_a_planted_error_and_the_path_sum() -> None:
+    """avgpool's Monte Carlo row is judged against the wide-limit law: the real nets pass it and a 25%
+    variance error in the nets fails it."""
+    size = 16
+    pred = predict(family("avgpool"), sizes=(size,))
+    row = closed_form_mc_verdict(pred, "avgpool, he", size, DEFAULT, seed=3)
+    assert "wide-limit law" in row.claim and row.predicted == pytest.approx(pred.wide_grad_sq_norm(size))
+    assert row.outcome is not Outcome.FAIL, row.detail
+    bad = closed_form_mc_verdict(pred, "avgpool, he", size, DEFAULT, seed=3, variance_factor=PLANTED)
+    assert bad.outcome is Outcome.FAIL, bad.detail
+    # it judges the wide law, not the path sum (5% apart at s = 16: less than this row's 10% resolution)
+    assert row.predicted > 1.04 * pred.grad_sq_norm(size)

@@ -1,0 +1,27 @@
+"""verify's "beyond the paper" section: the residual member is judged (and a planted error fails
+it), the families without a law are reported with a consistency word, never judged."""
+
+from advdim.simulate._checks import BEYOND_TARGETS, check_beyond
+from advdim.simulate._study import CANNOT_TELL, CONSISTENT, INCONSISTENT
+
+from advdim.checks import Budget, Scale
+from advdim.verdict import MIN_POWER, Outcome
+
+
+def test_beyond_section_judges_the_residual_member_and_reports_the_rest() -> None:
+    rows = check_beyond(Budget(Scale.TINY, seed=0, device="cpu"))
+    resnet = [v for v in rows if v.claim.startswith("resnet")]
+    others = [v for v in rows if not v.claim.startswith("resnet")]
+    assert len(resnet) == 4 and len(others) == 3 * (len(BEYOND_TARGETS) - 1)
+    judged = [v for v in resnet if v.outcome.judged]
+    assert judged and not [v for v in judged if v.outcome is Outcome.FAIL]
+    for v in judged:  # never a pass without the power to see the error
+        assert v.outcome is not Outcome.PASS or (v.power is not None and v.power >= MIN_POWER)
+    assert all(v.outcome is Outcome.REPORTED and v.extra["consistency"] in (CONSISTENT, INCONSISTENT, CANNOT_TELL)
+               for v in others)
+
+
+def test_a_planted_exponent_fails_the_residual_rows() -> None:
+    rows = check_beyond(Budget(Scale.TINY, seed=0, device="cpu", plant_exponent=0.5))
+    slopes = [v for v in rows if v.claim.startswith("resnet") and "slope" in v.claim and v.outcome.judged]
+    assert slopes and all(v.outcome is Outcome.FAIL for v in slopes), [(v.claim, v.outcome) for v in slopes]
