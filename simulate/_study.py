@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from advdim.simulate._engine import Q_KEYS, memory_entries, sample_norms, shortcut_applies
+from advdim.simulate._engine import Q_KEYS, batch_statistics, memory_entries, sample_norms, shortcut_applies
 from advdim.simulate._fit import (
     ALPHA,
     DELTA,
@@ -415,7 +415,7 @@ class FamilyResult:
     values: dict[str, list[list[float]]] = field(repr=False)  # q -> per topology, per size
     topologies: tuple[str, ...] = field(repr=False, default=())
     data: str | None = None  # the dataset of real-image inputs; None: Gaussian inputs
-    iid_inf: bool = True  # the q = inf prediction is exact in distribution (see iid_gaussian_coordinates)
+    iid_inf: bool = True  # the q = inf prediction is judged (see inf_prediction_exact)
     fixed: bool = False  # a fixed target: the units are weight draws of one network, not topologies
     init: str = "he"  # the init of the networks drawn
     law_init: str = "he"  # the init the predicted law assumes
@@ -738,6 +738,9 @@ def study(
         if pools[0].shape[1] != channels:
             raise AdvdimError(f"{data} images have {pools[0].shape[1]} channel(s), but channels is {channels}")
     topos = topologies(arch, nets, seed, sizes_t, channels)
+    if inputs < 2 and any(batch_statistics(f.spec(sizes_t[0], channels).layers) for f in topos):
+        raise AdvdimError("batch norm in batch mode normalises over each net's batch of inputs: --inputs must be "
+                          f"at least 2, got {inputs}")
     check_memory(topos, sizes_t, channels, draws, inputs, exact_shortcuts, dtype, dev, data, workers, scheduler,
                  with_theory)
     # the theory's predictions come first too: a refusal of the theory must not discard finished cells

@@ -25,3 +25,17 @@ def test_a_planted_exponent_fails_the_residual_rows() -> None:
     rows = check_beyond(Budget(Scale.TINY, seed=0, device="cpu", plant_exponent=0.5))
     slopes = [v for v in rows if v.claim.startswith("resnet") and "slope" in v.claim and v.outcome.judged]
     assert slopes and all(v.outcome is Outcome.FAIL for v in slopes), [(v.claim, v.outcome) for v in slopes]
+
+
+def test_batch_statistics_with_one_input_per_net_is_refused_before_any_work() -> None:
+    import pytest
+    from advdim.simulate._study import KIND, study
+
+    from advdim.errors import AdvdimError
+    from advdim.store import RunStore
+
+    for target in ("bn", "3x8x8 > conv(4) > batchnorm(mode=batch) > relu > flatten > dense(10)"):
+        with RunStore(":memory:") as store:
+            with pytest.raises(AdvdimError, match="--inputs must be at least 2"):
+                study(target, (8, 16), 3, 2, 1, 0, "cpu", store=store, draws=1, progress=False)
+            assert store.count(KIND) == 0
