@@ -54,8 +54,12 @@ def register(app: typer.Typer) -> None:
         if pred.beta is not None:
             out.print(f"E||d_x f_k||_q ~ d^(1/q - 1/2 + beta/2), beta = {pred.beta:.4g};  q = inf: d^(-1/2 + beta/2)"
                       " sqrt(2 log 2d)", highlight=False)
+        from advdim.theory._maxnorm import model_applies
+
+        inf_how = ("q = inf by the path-sum model's own law with channel gates (Monte Carlo, docs/theory.md)"
+                   if model_applies(pred.spec_at(pred.sizes[0]), pred.init) else "q = inf by extreme values")
         out.print("coordinates ~ N(0, sigma_i^2) with sigma_i^2 the exact path sums; "
-                  "E||g||_q = (sum sigma_i^q E|Z|^q)^(1/q) (delta-method Jensen term), q = inf by extreme values",
+                  f"E||g||_q = (sum sigma_i^q E|Z|^q)^(1/q) (delta-method Jensen term), {inf_how}",
                   highlight=False)
         if "law" in pred.reasons:
             out.print(f"note: {pred.reasons['law']}", highlight=False)
