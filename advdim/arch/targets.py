@@ -33,12 +33,14 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from advdim.arch.families import FAMILIES, Family, parse_family
 from advdim.arch.grammar import parse
 from advdim.arch.layers import Spec
 from advdim.errors import SpecError
+from advdim.usercode import user_code
 
 #: sizes searched when an error lists the valid ones
 SIZE_SEARCH = range(1, 257)
@@ -169,12 +171,8 @@ class Target:
 
 
 def _user_spec(text: str, builder: Callable[[int, int], Any], size: int, channels: int) -> Spec:
-    try:
+    with user_code(f"{text}({size}, {channels})", builder):
         out = builder(size, channels)
-    except SpecError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's code: one line naming it
-        raise SpecError(f"{text}({size}, {channels}) raised {type(e).__name__}: {e}") from None
     if isinstance(out, Family):
         out = out.spec(size, channels)
     elif isinstance(out, str):
@@ -192,42 +190,68 @@ _SOURCE_RE = re.compile(r"^(?P<module>[^:]+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def load_object(text: str) -> Any:
-    """Import ``MODULE:NAME`` where ``MODULE`` is a dotted module name (the current folder is
-    importable, as with ``python -m``) or a path to a ``.py`` file.  The one loader of user code:
-    ``--family file.py:NAME`` and ``advdim measure MODULE:FACTORY`` both use it."""
+    """Import ``MODULE:NAME`` where ``MODULE`` is a dotted module name or a path to a ``.py`` file.
+    The one loader of user code: ``--family file.py:NAME`` and ``advdim measure MODULE:FACTORY`` both
+    use it.
+
+    Installed packages are never shadowed by the user's folders: a file is imported by its path, its
+    folder *appended* to ``sys.path`` (its sibling modules import, a ``sympy.py`` beside it does not
+    replace SymPy); for a dotted name, the current folder is appended too (as with ``python -m``, but
+    last).  Whatever the user's module does while imported (raises, ``sys.exit``) is one
+    :class:`SpecError` naming its file and line (:func:`advdim.usercode.user_code`).
+    """
     m = _SOURCE_RE.match(text.strip())
     if m is None:
         raise SpecError(f"a Python object is named MODULE:NAME or path/to/file.py:NAME, got {text!r}")
     module, name = m.group("module"), m.group("name")
     path = Path(module)
-    try:
-        if module.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise SpecError(f"no such Python file: {module!r}")
-            mod_name = f"_advdim_user_{path.stem}"
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise SpecError(f"cannot import {module!r}")
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = mod
+    if module.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise SpecError(f"no such Python file: {module!r}")
+        mod = _import_file(module, path)
+    else:
+        _append_path(str(Path.cwd()), also="")
+        with user_code(f"importing {module!r}"):  # find_spec imports the parent packages
             try:
-                spec.loader.exec_module(mod)
-            except BaseException:
-                sys.modules.pop(mod_name, None)
-                raise
-        else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
+                found = importlib.util.find_spec(module)
+            except (ImportError, ValueError) as e:
+                raise SpecError(f"cannot import module {module!r}: {e}") from None
+        if found is None:
+            raise SpecError(f"cannot import module {module!r}: no module named {module!r}")
+        origin = found.origin if found.has_location else None
+        if origin is not None and found.submodule_search_locations is not None:  # a package: its folder
+            origin = os.path.dirname(origin)
+        with user_code(f"importing {module!r}", origin):
             mod = importlib.import_module(module)
-    except SpecError:
+    with user_code(f"{module}:{name}", mod):
+        if not hasattr(mod, name):
+            raise SpecError(f"module {module!r} has no attribute {name!r}")
+        return getattr(mod, name)
+
+
+def _append_path(folder: str, also: str | None = None) -> None:
+    """Make ``folder`` importable after everything already on ``sys.path`` (never before it)."""
+    if folder not in sys.path and (also is None or also not in sys.path):
+        sys.path.append(folder)
+
+
+def _import_file(module: str, path: Path) -> ModuleType:
+    """Import the ``.py`` file ``path`` as the module ``_advdim_user_<its name>``."""
+    real = os.path.realpath(path)
+    mod_name = f"_advdim_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"cannot import {module!r}")
+    mod = importlib.util.module_from_spec(spec)
+    _append_path(os.path.dirname(real))
+    sys.modules[mod_name] = mod
+    try:
+        with user_code(f"importing {module!r}", real):
+            spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(mod_name, None)
         raise
-    except ModuleNotFoundError as e:
-        raise SpecError(f"cannot import module {module!r}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - the user's code: one line naming it
-        raise SpecError(f"importing {module!r} raised {type(e).__name__}: {e}") from None
-    if not hasattr(mod, name):
-        raise SpecError(f"module {module!r} has no attribute {name!r}")
-    return getattr(mod, name)
+    return mod
 
 
 def resolve_target(obj: str | Target | Family | Spec | Callable[[int, int], Any]) -> Target:
