@@ -21,6 +21,8 @@ DEFAULT_INPUTS = 2
 #: between topologies (30 topologies x 8 draws: se 0.052, i.e. 0.020 at 200), so 8 draws give about
 #: 0.022 (power ~0.97) for about 1.6 times gap's time (docs/simulate.md)
 FAMILY_DRAWS = {"gap": 8}
+#: the records of a run, in ``--out``
+RESULTS = "results.json"
 
 
 def default_draws(family: str) -> int:
@@ -67,21 +69,23 @@ def register(app: typer.Typer) -> None:
         scheduler: str = typer.Option(None, help="Dask distributed scheduler address, e.g. tcp://host:8786"),
         store: Path = typer.Option(None, help="run store (SQLite) receiving every finished cell"),
         resume: bool = typer.Option(False, "--resume", help="reuse the cells already in --store"),
-        out_dir: Path = typer.Option(None, "--out", help="write plots (PNG+SVG) and results.json here"),
+        out_dir: Path = typer.Option(None, "--out", help="write plots (PNG+SVG) and results.json in this folder "
+                                                         "(files of an earlier run are replaced, others never)"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output on stdout"),
     ) -> int:
         """Monte Carlo check of E||d_x f||_q ~ d^(1/q - 1/2) over random He-initialised topologies.
 
         Exit 0 when every judged row passes, 1 when one fails, 3 when none fails but some are
         inconclusive (too few --nets to tell the law from a slope off by 0.05)."""
-        from advdim.simulate._plot import plot_family
+        from advdim.simulate._plot import plot_family, plot_names
         from advdim.simulate._study import check_memory, study, topologies
 
         from advdim.arch import PAPER_FAMILIES, resolve_target
         from advdim.build import Init, resolve_device
         from advdim.cli import emit_json, out, table
-        from advdim.cli_args import check_out_folder, make_out_folder, parse_sizes
+        from advdim.cli_args import parse_sizes
         from advdim.errors import AdvdimError
+        from advdim.paths import OutputFolder, unique_stems
         from advdim.store import RunStore
 
         archs = [resolve_target(f) for f in (families or list(PAPER_FAMILIES))]
@@ -92,8 +96,10 @@ def register(app: typer.Typer) -> None:
         size_list = parse_sizes(sizes)
         if len(size_list) < 2:
             raise AdvdimError(f"--sizes needs at least 2 sizes to fit a slope, got {sizes!r}")
-        if out_dir is not None:
-            check_out_folder(out_dir)
+        stems = unique_stems([a.text for a in archs])  # distinct plot names, even for one target named twice
+        outputs = None if out_dir is None else OutputFolder(out_dir)
+        if outputs is not None:
+            outputs.check([RESULTS, *(n for stem in stems for n in plot_names(stem))])
         if data is not None:
             from advdim.empirical._data import DatasetName
 
@@ -136,11 +142,10 @@ def register(app: typer.Typer) -> None:
         finally:
             if run_store is not None:
                 run_store.close()
-        if out_dir is not None:
-            make_out_folder(out_dir)
-            for r in results:
-                plot_family(r, out_dir)
-            (out_dir / "results.json").write_text(json.dumps([r.to_record() for r in results], indent=1))
+        if outputs is not None:
+            for r, stem in zip(results, stems):
+                plot_family(r, outputs, stem)
+            outputs.file(RESULTS).write_text(json.dumps([r.to_record() for r in results], indent=1))
         from advdim._report_cli import STYLES
         from advdim.report import exit_status, fmt, fmt_interval, status, summary_line
         from advdim.verdict import Outcome, count

@@ -1,6 +1,8 @@
 """Plots of a family study: log-log ``E||d_x f||_q`` against ``d`` and per-topology slope histograms.
 
-Reads only the :class:`~advdim.simulate._study.FamilyResult` record; writes PNG and SVG.
+Reads only the :class:`~advdim.simulate._study.FamilyResult` record; writes PNG and SVG, named
+``<stem>_loglog.png`` etc. with ``stem`` a file-name-safe slug of the target's text
+(:func:`advdim.paths.slug`): whatever the text holds (``/``, ``.``, ``:``), the files lie in the folder given.
 """
 
 from __future__ import annotations
@@ -11,11 +13,29 @@ from typing import Any
 import numpy as np
 from advdim.simulate._study import FamilyResult
 
+from advdim.paths import OutputFolder, slug
 from advdim.report import status
 
+#: the plots of one target, ``<stem>_<kind>.<ext>``
+PLOT_KINDS = ("loglog", "hist")
+PLOT_FORMATS = ("png", "svg")
 
-def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
-    """Write ``<family>_loglog.{png,svg}`` and ``<family>_hist.{png,svg}`` into ``out_dir``.
+
+def plot_names(stem: str) -> list[str]:
+    """The file names :func:`plot_family` writes for ``stem``.
+
+    >>> plot_names("dense")
+    ['dense_loglog.png', 'dense_loglog.svg', 'dense_hist.png', 'dense_hist.svg']
+    """
+    return [f"{stem}_{kind}.{ext}" for kind in PLOT_KINDS for ext in PLOT_FORMATS]
+
+
+def plot_family(result: FamilyResult, out_dir: str | Path | OutputFolder, stem: str | None = None) -> list[Path]:
+    """Write ``<stem>_loglog.{png,svg}`` and ``<stem>_hist.{png,svg}`` into ``out_dir``
+    (:func:`plot_names`; ``stem`` defaults to :func:`advdim.paths.slug` of the target's text).
+
+    ``out_dir`` is an :class:`~advdim.paths.OutputFolder` (a user's ``--out``: an existing file is
+    replaced only when advdim wrote it), or a folder the caller owns (a report's plots folder).
 
     Log-log panel per q (1, 2, inf): measured means with their 95% bootstrap interval, the
     fitted line, and the predicted finite-d line (when the theory gives one).  Histogram panel
@@ -29,8 +49,10 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    stem = slug(result.family) if stem is None else stem
+    folder = out_dir if isinstance(out_dir, OutputFolder) else Path(out_dir)
+    if isinstance(folder, Path):
+        folder.mkdir(parents=True, exist_ok=True)
     d = np.array(result.d, dtype=np.float64)
     keys = list(result.q)
     written: list[Path] = []
@@ -59,7 +81,7 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.suptitle(f"{result.family}: {result.nets} topologies x {result.draws} draws x {result.inputs} inputs "
                  f"(seed {result.seed})", fontsize=9)
-    written += _save(fig, out / f"{result.family}_loglog")
+    written += _save(fig, folder, f"{stem}_loglog")
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -72,14 +94,15 @@ def plot_family(result: FamilyResult, out_dir: str | Path) -> list[Path]:
         ax.set_xlabel(f"slope of log ||d_x f||_{key} vs log d")
         ax.set_title(f"{result.family}, q={key}")
         ax.legend(fontsize=7)
-    written += _save(fig, out / f"{result.family}_hist")
+    written += _save(fig, folder, f"{stem}_hist")
     return written
 
 
-def _save(fig: Any, stem: Path) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.svg``, close it, return the paths."""
+def _save(fig: Any, folder: Path | OutputFolder, stem: str) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` in ``folder``, close it, return the paths."""
     fig.tight_layout()
-    paths = [stem.with_suffix(f".{ext}") for ext in ("png", "svg")]
+    names = [f"{stem}.{ext}" for ext in PLOT_FORMATS]
+    paths = [folder.file(n) if isinstance(folder, OutputFolder) else folder / n for n in names]
     for path in paths:
         fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
