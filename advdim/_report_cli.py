@@ -1,6 +1,6 @@
 """The command-line side shared by the two report commands, ``advdim verify`` (``advdim._verify_cli``)
 and ``advdim measure`` (``advdim.measure``): the reproducing command line, the verdict table on the
-terminal, the report folder and the device in words; and the options of ``advdim measure``.
+terminal, the report folder and the device in words.
 
 Nothing heavy is imported at module level (``advdim --help`` must not import torch): the helpers
 import what they need when called.
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import shlex
 from typing import Any
-
-import typer
 
 from advdim.errors import AdvdimError
 
@@ -82,28 +80,3 @@ def device_text(dev: Any) -> str:
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def register_measure(app: typer.Typer) -> None:
-    """Add ``advdim measure`` to ``app`` (its work is :func:`advdim.measure.main`)."""
-
-    @app.command("measure")
-    def measure(
-        target: str = typer.Argument(..., help="MODULE:FACTORY (module or .py file; FACTORY returns an nn.Module)"),
-        input_shape: str = typer.Option(..., "--input-shape", help="base input shape C,H,W, e.g. 3,32,32"),
-        sizes: str = typer.Option("1,2,4", help="size factors k of the base shape: inputs C x kH x kW"),
-        q: str = typer.Option("1,2,inf", "--q", help="gradient norm orders (>= 1 or inf)"),
-        inputs: int = typer.Option(64, help="Gaussian inputs per size (per draw when the factory takes input_shape)"),
-        draws: int = typer.Option(16, help="independent models per size (factories taking input_shape)"),
-        eps: float = typer.Option(0.004, help="l_inf attack size for the vulnerability, in input units"),
-        steps: int = typer.Option(10, help="PGD steps"),
-        seed: int = typer.Option(0, help="seed of the weights (seed + draw), inputs, labels and bootstrap"),
-        device: str = typer.Option("auto", help="auto | cpu | cuda"),
-        out_dir: str = typer.Option("report-measure", "--out", help="report folder"),
-        as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
-    ) -> int:
-        """Measure how YOUR model's input gradients and vulnerability scale with the input dimension."""
-        from advdim.measure import main
-
-        return main(target, input_shape, sizes=sizes, q=q, inputs=inputs, draws=draws, eps=eps, steps=steps,
-                    seed=seed, device=device, out_dir=out_dir, as_json=as_json)

@@ -12,7 +12,8 @@ from typing import Any
 
 import typer
 
-from advdim._report_cli import command_line, device_text, print_verdicts, register_measure, report_dir
+from advdim._measure_cli import register_measure
+from advdim._report_cli import command_line, device_text, print_verdicts, report_dir
 from advdim.checks import Budget, Check, Part, Scale, all_checks
 from advdim.errors import AdvdimError
 from advdim.verdict import Verdict

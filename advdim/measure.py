@@ -5,24 +5,24 @@ The model comes from a factory (``MODULE:FACTORY``, where ``MODULE`` is an impor
 ``.py`` file): a callable returning an ``nn.Module`` that maps ``(B, C, H, W)`` images to
 ``(B, K)`` logits.  There are two settings, chosen by the factory's signature:
 
-- **per-size draws** (the factory takes ``input_shape``; the paper's setting): for every size
-  factor ``k`` the factory builds a new model for ``(C, kH, kW)``, ``--draws`` times, each after
-  ``torch.manual_seed(seed + draw)`` (so the factory's own initialisation is reproducible), and
-  each model meets its own i.i.d. ``N(0, 1)`` inputs.  ``E||d_x f_0||_q`` is the mean over draws
-  and inputs; the slope of its log against ``log d`` has a bootstrap interval over draws (paired
-  across sizes by draw index) with the small-sample critical value of
-  :func:`advdim.simulate._fit.critical`.  When the model is traced into a spec at every size
-  (:mod:`advdim.trace`) and its initialisation is recognised, the rows are **judged** against
-  ``advdim.theory.predict`` on those specs: the false-failure rate of a correct model is
-  ``ALPHA = 0.01`` per row (when the bootstrap standard error is right); a row that does not fail
-  says pass only with power >= 0.8 against a slope off by 0.05, else inconclusive (more
-  ``--draws``; exit status 3 when no row fails but one is inconclusive).  Otherwise the rows are
-  **reported** (no prediction) and say which part is outside the theory.
+- **per-size draws** (the factory takes ``input_shape``; the paper's setting): the factory is a
+  target of the same study as ``advdim simulate``.  Its units are seeded weight draws
+  (``factory(input_shape=(C, kH, kW))`` after ``torch.manual_seed(seed + draw)``), each on its own
+  i.i.d. ``N(0, 1)`` inputs; the cells run through :func:`advdim.sweep.run_sweep` (progress bar,
+  run store, ``--resume``, local workers), keyed by the factory's canonical text and the hash of
+  its source file; the per-draw records go to the same analysis (:func:`advdim.simulate.analyse`)
+  and statistics (:mod:`advdim.stats`): slopes over draws with ``t`` critical values on the
+  effective number of draws, power, the prefactor ratio, q = inf judged where the theory's law is
+  checked.  When the model is traced into a spec at every size (:mod:`advdim.trace`) and its
+  initialisation recognised, the rows are **judged** against ``advdim.theory.predict`` on those
+  specs; otherwise each row says whether the measured exponent is consistent with the paper's
+  ``d^(1/q - 1/2)`` (a user's model is held to the paper's claim for almost any network: an
+  inconsistent row fails, exit 1), or that the budget cannot tell.
 - **up-sampled inputs** (the factory takes no argument, e.g. a trained model): one model, fed
   Gaussian images of the base shape up-sampled by pixel copy (each pixel a ``k x k`` block, as the
-  paper's Section 4.2 up-samples CIFAR-10), with a bootstrap interval over inputs.  Pixel copies
-  are perfectly correlated inputs, not the i.i.d. inputs of the per-size law: no prediction is
-  shown, every row is reported.
+  paper's Section 4.2 up-samples CIFAR-10); the units are the inputs (the question is about this
+  one model).  Pixel copies are perfectly correlated inputs, not the i.i.d. inputs of the per-size
+  law: no prediction is shown, every row is reported.
 
 Both settings also estimate the adversarial vulnerability (Definition 1): the share of inputs
 whose predicted label changes under an ``l_inf`` PGD attack of size ``eps`` (reported).  A model
@@ -35,18 +35,15 @@ that accepts only one input size is measured at that size only (no slope).
             [0., 0., 1., 1.],
             [2., 2., 3., 3.],
             [2., 2., 3., 3.]])
-    >>> round(fit_slope([10.0, 40.0], [[1.0, 2.0], [2.0, 4.0]]), 12)  # norms double when d quadruples
-    0.5
 """
 
 from __future__ import annotations
 
 import enum
-import inspect
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,19 +52,32 @@ from torch import nn
 
 from advdim.arch import Target as ArchTarget
 from advdim.arch import TargetKind
-from advdim.cli_args import check_fits, check_out_folder, parse_sizes
+from advdim.cli_args import check_fits, parse_sizes
 from advdim.errors import AdvdimError, SpecError
-from advdim.gradients import Target, check_finite_params, check_q, input_gradient, lp_norm, mode
+from advdim.gradients import Target, check_q, input_gradient, lp_norm, mode
+from advdim.models import (
+    FactoryFailed,
+    binomial_interval,
+    check_batch,
+    check_gradient,
+    first_line,
+    make_model,
+    takes_input_shape,
+    vulnerability,
+)
+from advdim.stats import ALPHA, critical, fit_slope
 from advdim.trace import InitGuess, InitStats, Traced, Untraceable, trace_module
-from advdim.verdict import MIN_POWER, Outcome, Verdict, power_note
+from advdim.verdict import Verdict
 
 if TYPE_CHECKING:
+    from advdim.simulate import FamilyResult
+    from advdim.store import RunStore
     from advdim.theory import Prediction
 
-#: two-sided level of every interval, and the false-failure rate of a judged slope row
-ALPHA = 0.01
-#: bootstrap resamples (of the inputs, or of the draws)
+#: bootstrap resamples (the vulnerability intervals and the one-size means)
 N_BOOT = 2000
+#: weight draws per size from which the initialisation is recognised (and repeated weights detected)
+INIT_DRAWS = 4
 #: why the up-sampled setting carries no prediction
 UPSAMPLED_REASON = ("no prediction for up-sampled inputs to a fixed model (pixel copies are perfectly correlated "
                     "inputs, not the i.i.d. inputs of the per-size law); give the factory an input_shape parameter "
@@ -113,73 +123,9 @@ def q_text(q: float) -> str:
     return "inf" if math.isinf(q) else f"{q:g}"
 
 
-def load_factory(target: str) -> Callable[..., Any]:
-    """Import ``MODULE:FACTORY`` (``MODULE`` a dotted module name or a path to a ``.py`` file)."""
-    from advdim.arch import load_object
-
-    mod_name, sep, attr = str(target).rpartition(":")
-    if not sep or not mod_name or not attr:
-        raise AdvdimError(f"the model must be given as MODULE:FACTORY, got {target!r}")
-    factory = load_object(str(target))
-    if not callable(factory):
-        raise AdvdimError(f"{target!r} is not callable (a factory returning an nn.Module is expected)")
-    return factory  # type: ignore[no-any-return,unused-ignore]
-
-
-def takes_input_shape(factory: Callable[..., Any]) -> bool:
-    """Whether the factory accepts an ``input_shape`` keyword (then it is called at every size)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-class FactoryFailed(AdvdimError):
-    """The user's factory raised (the message names the shape it was called with, if any)."""
-
-
-def make_model(factory: Callable[..., Any], input_shape: tuple[int, int, int] | None = None) -> nn.Module:
-    """Call the factory (``factory(input_shape=...)`` when a shape is given, else ``factory()``) and check the model."""
-    try:
-        model = factory() if input_shape is None else factory(input_shape=input_shape)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed
-        at = "" if input_shape is None else f" at input_shape={input_shape}"
-        raise FactoryFailed(f"the factory failed{at}: {type(e).__name__}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise AdvdimError(f"the factory returned {type(model).__name__}, not a torch.nn.Module")
-    check_finite_params(model)
-    return model
-
-
 # ---------------------------------------------------------------------------------------------
-# Measurement
+# Probing a model (does it take this size? does the size fit in memory?)
 # ---------------------------------------------------------------------------------------------
-def upsample(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Pixel-copy up-sampling: ``(B, C, H, W)`` -> ``(B, C, kH, kW)``, each pixel a ``k x k`` block."""
-    return x if k == 1 else x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
-
-
-def fit_slope(d: Sequence[float], norms: Any) -> float:
-    """Least-squares slope of ``log mean_i norms[i, j]`` against ``log d[j]`` (norms: ``(n_inputs, n_sizes)``)."""
-    y = np.log(np.asarray(norms, dtype=np.float64).mean(axis=0))
-    x = np.log(np.asarray(d, dtype=np.float64))
-    xc = x - x.mean()
-    return float((xc * (y - y.mean())).sum() / (xc**2).sum())
-
-
-def bootstrap_slopes(d: Sequence[float], norms: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT
-                     ) -> np.ndarray:
-    """Slopes of ``n_boot`` resamples of the inputs (rows), paired across sizes (columns)."""
-    n = norms.shape[0]
-    idx = rng.integers(0, n, size=(n_boot, n))
-    means = norms[idx].mean(axis=1)  # (n_boot, n_sizes)
-    x = np.log(np.asarray(d, dtype=np.float64))
-    xc = x - x.mean()
-    y = np.log(means)
-    return ((y - y.mean(axis=1, keepdims=True)) * xc).sum(axis=1) / (xc**2).sum()  # type: ignore[no-any-return,unused-ignore]
-
-
 @dataclass(frozen=True)
 class Probe:
     """The model run once, with autograd, on one zero input up-sampled by ``factor``."""
@@ -187,11 +133,6 @@ class Probe:
     factor: int
     logits: int  # K of the (1, K) output
     saved_bytes: int  # what autograd keeps of that input for the backward pass, parameters excluded
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def probe(model: nn.Module, shape: tuple[int, int, int], k: int, device: torch.device, dtype: torch.dtype
@@ -222,7 +163,7 @@ def probe(model: nn.Module, shape: tuple[int, int, int], k: int, device: torch.d
         with mode(model, False), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x)
     except Exception as e:  # noqa: BLE001 - a size the model does not accept
-        return _first_line(e)
+        return first_line(e)
     if not isinstance(out, torch.Tensor):
         raise AdvdimError(f"the model returned a {type(out).__name__} at d = {d}, not a tensor of (B, K) logits: "
                           "make forward return the logits only")
@@ -307,58 +248,6 @@ def probe_factors(model: nn.Module, cfg: MeasureConfig, device: torch.device, dt
     return probes, errors
 
 
-def _pgd_builtin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-                 step_size: float) -> torch.Tensor:
-    """Untargeted l_inf PGD without random start: ascend the cross-entropy by signed gradient steps,
-    projecting onto the eps-ball after each step (the inputs are unbounded Gaussians: no box)."""
-    adv = x.detach().clone()
-    for _ in range(steps):
-        g = input_gradient(model, adv, Target.LOSS, labels=y)
-        adv = torch.minimum(torch.maximum(adv + step_size * g.sign(), x - eps), x + eps).detach()
-    rounding = 4 * torch.finfo(x.dtype).eps * float(x.abs().max())  # x +- eps is rounded in x's dtype
-    assert float((adv - x).abs().max()) <= eps + rounding
-    return adv
-
-
-def _attack() -> tuple[Callable[..., torch.Tensor] | None, str]:
-    try:
-        from advdim.empirical.attacks import pgd  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None, "built-in l_inf PGD of advdim.measure (advdim.empirical.attacks is not available)"
-    return pgd, "advdim.empirical.attacks.pgd (l_inf)"
-
-
-def vulnerability(model: nn.Module, x: torch.Tensor, eps: float, steps: int, y: torch.Tensor | None = None
-                  ) -> tuple[int, str]:
-    """Number of inputs whose predicted label changes under an eps-sized l_inf PGD attack
-    (Definition 1), and the attack's name; ``y``: the predicted labels of ``x`` when known."""
-    if y is None:
-        with torch.no_grad(), mode(model, False):
-            y = model(x).argmax(dim=1)
-    step = eps / 7.5  # the reference implementation's test-time step size
-    pgd, name = _attack()
-    adv = None
-    if pgd is not None:
-        try:
-            adv = pgd(model, x, y, eps, math.inf, steps, step, random_start=False)
-        except (TypeError, AdvdimError):
-            adv, name = None, "built-in l_inf PGD of advdim.measure (the empirical pgd did not accept these inputs)"
-    if adv is None:
-        adv = _pgd_builtin(model, x, y, eps, steps, step)
-    with torch.no_grad(), mode(model, False):
-        y_adv = model(adv).argmax(dim=1)
-    return int((y_adv != y).sum()), name
-
-
-def binomial_interval(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
-    """Clopper-Pearson interval of a share ``k / n`` at level ``1 - alpha``."""
-    from scipy import stats
-
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
-
-
 @dataclass(frozen=True)
 class MeasureConfig:
     """Settings of one measurement (see the module docstring)."""
@@ -399,24 +288,21 @@ class Sample:
     """What was measured, per unit and size.
 
     Attributes:
-        values: ``(target, q) -> (units, sizes)``: per draw the mean of ``||.||_q`` over its inputs
-            (per-size draws), or per input its ``||.||_q`` (up-sampled inputs).
-        changed: ``(draws, sizes)``: labels the attack changed per draw (one row when up-sampled).
+        values: ``(target, q key) -> (units, sizes)``: per unit the mean of ``||.||_q`` over its inputs.
+        sq: ``target -> (units, sizes)``: per unit the mean of ``||.||_2^2``.
+        changed: ``(units, sizes)``: labels the attack changed per unit (one row when up-sampled).
         per_draw: inputs behind each entry of ``changed``.
     """
 
     setting: Setting
     factors: list[int]
     ds: list[int]
-    values: dict[tuple[str, float], np.ndarray]
+    values: dict[tuple[str, str], np.ndarray]
+    sq: dict[str, np.ndarray]
     changed: np.ndarray
     per_draw: int
     attack: str
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def units(self) -> int:
-        return int(next(iter(self.values.values())).shape[0])
 
 
 @dataclass(frozen=True)
@@ -428,7 +314,7 @@ class Theory:
         init: the initialisation recognised at the base size (None: not examined).
         prediction: ``advdim.theory.predict`` on the traced specs (None: no prediction).
         reason: why the slope rows are reported, not judged (None: judged against ``prediction``).
-        iid_inf: the q = inf prediction is exact in distribution (the first weighted layer is dense).
+        law_target: the traced specs as one target (side -> spec), the one the law is predicted for.
         notes: what else the reader should know (e.g. the weights look different at other sizes).
     """
 
@@ -436,14 +322,8 @@ class Theory:
     init: InitGuess | None
     prediction: Prediction | None
     reason: str | None
-    iid_inf: bool = False
+    law_target: ArchTarget | None = None
     notes: tuple[str, ...] = ()
-
-    def slope(self, q: float) -> float | None:
-        """The predicted slope of ``log E||d_x f_0||_q`` against ``log d``, when the rows are judged."""
-        if self.reason is not None or self.prediction is None:
-            return None
-        return self.prediction.slope_q(q)
 
     def to_json(self) -> dict[str, Any]:
         bad = next((t.reason for t in self.traces.values() if isinstance(t, Untraceable)), None)
@@ -469,30 +349,7 @@ class Measured:
     notes: list[str]
     sample: Sample
     theory: Theory
-
-
-# ---------------------------------------------------------------------------------------------
-# One batch of inputs through one model
-# ---------------------------------------------------------------------------------------------
-def _measure_batch(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: MeasureConfig, k_out: int,
-                   where: str) -> tuple[dict[tuple[str, float], np.ndarray], int, str]:
-    """Per input ``||d_x f_0||_q`` and ``||d_x L||_q`` for every q, and the labels the attack changed."""
-    try:
-        with torch.no_grad(), mode(model, False):
-            logits = model(x)
-        _check_logits(logits, x.shape[0], k_out, where)
-        norms = {}
-        for target in (Target.LOGIT, Target.LOSS):
-            g = input_gradient(model, x, target, 0, labels if target is Target.LOSS else None)
-            _check_gradient(g, target, where)
-            for q in cfg.qs:
-                norms[(target.value, q)] = lp_norm(g.double(), q).cpu().numpy()
-        n_vul, attack = vulnerability(model, x, cfg.eps, cfg.steps, logits.argmax(dim=1))
-    except AdvdimError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's model failed on the measurement's inputs
-        raise AdvdimError(f"the model failed at {where}: {_first_line(e)}") from None
-    return norms, n_vul, attack
+    results: dict[str, FamilyResult] = field(default_factory=dict)  # per target: the study's analysis
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
@@ -503,6 +360,32 @@ def _dtype(model: nn.Module) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------
 # Up-sampled inputs to one fixed model
 # ---------------------------------------------------------------------------------------------
+def upsample(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Pixel-copy up-sampling: ``(B, C, H, W)`` -> ``(B, C, kH, kW)``, each pixel a ``k x k`` block."""
+    return x if k == 1 else x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+
+
+def _measure_batch(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: MeasureConfig, k_out: int,
+                   where: str) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, np.ndarray], int, str]:
+    """Per input ``||d_x f_0||_q``, ``||d_x L||_q`` and ``||.||_2^2``, and the labels the attack changed."""
+    logits = check_batch(model, x, where, k_out)
+    norms, sq = {}, {}
+    try:
+        for target in (Target.LOGIT, Target.LOSS):
+            g = input_gradient(model, x, target, 0, labels if target is Target.LOSS else None)
+            check_gradient(g, target, where)
+            g = g.double()
+            for q in cfg.qs:
+                norms[(target.value, q_text(q))] = lp_norm(g, q).cpu().numpy()
+            sq[target.value] = g.reshape(g.shape[0], -1).square().sum(dim=1).cpu().numpy()
+        n_vul, attack = vulnerability(model, x, cfg.eps, cfg.steps, logits.argmax(dim=1))
+    except AdvdimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model failed on the measurement's inputs
+        raise AdvdimError(f"the model failed at {where}: {first_line(e)}") from None
+    return norms, sq, n_vul, attack
+
+
 def sample_upsampled(model: nn.Module, cfg: MeasureConfig, device: torch.device) -> Sample:
     """One model, Gaussian inputs of the base shape up-sampled by each factor (per-input norms)."""
     model = model.to(device)
@@ -523,18 +406,22 @@ def sample_upsampled(model: nn.Module, cfg: MeasureConfig, device: torch.device)
     x0 = torch.randn(cfg.inputs, C, H, W, generator=gen, dtype=torch.float64)
     k_out = probes[0].logits
     labels = torch.randint(0, k_out, (cfg.inputs,), generator=gen).to(device)
-    cols: dict[tuple[str, float], list[np.ndarray]] = {}
+    cols: dict[tuple[str, str], list[np.ndarray]] = {}
+    sqs: dict[str, list[np.ndarray]] = {}
     changed = []
     attack = ""
     for k in factors:
-        norms, n_vul, attack = _measure_batch(model, upsample(x0, k).to(device, dtype), labels, cfg, k_out,
-                                              f"d = {cfg.d_at(k)} (factor {k})")
+        norms, sq, n_vul, attack = _measure_batch(model, upsample(x0, k).to(device, dtype), labels, cfg, k_out,
+                                                  f"d = {cfg.d_at(k)} (factor {k})")
         for key, v in norms.items():
             cols.setdefault(key, []).append(v)
+        for t, v in sq.items():
+            sqs.setdefault(t, []).append(v)
         changed.append(n_vul)
     values = {key: np.stack(v, axis=1) for key, v in cols.items()}
     return Sample(Setting.UPSAMPLED, factors, [cfg.d_at(k) for k in factors], values,
-                  np.array([changed], dtype=np.int64), cfg.inputs, attack, notes)
+                  {t: np.stack(v, axis=1) for t, v in sqs.items()}, np.array([changed], dtype=np.int64), cfg.inputs,
+                  attack, notes)
 
 
 def theory_upsampled(model: nn.Module, cfg: MeasureConfig) -> Theory:
@@ -548,70 +435,82 @@ def theory_upsampled(model: nn.Module, cfg: MeasureConfig) -> Theory:
     return Theory({1: traced}, init, None, UPSAMPLED_REASON)
 
 
+def upsampled_verdicts(sample: Sample, cfg: MeasureConfig) -> list[Verdict]:
+    """Reported rows of the up-sampled setting: per (target, q) the slope over the inputs of one model."""
+    ds, out = sample.ds, []
+    C, H, W = cfg.input_shape
+    for (tgt, key), mat in sample.values.items():
+        name = _NAMES[tgt]
+        claim = f"slope of E||d_x {name}||_{key} in d"
+        series, extra = _series(tgt, key, ds, mat, sample)
+        if len(ds) < 2:
+            out.append(_one_size_row(tgt, key, ds[0], mat[:, 0], "inputs", extra))
+            continue
+        fit = fit_slope(np.asarray(ds, dtype=np.float64), mat, seed=cfg.seed)
+        tol = critical(ALPHA, fit.units) * fit.se
+        lx = np.log(ds)
+        series["fit"] = np.exp(fit.intercept + fit.slope * lx).tolist()
+        out.append(Verdict(claim, "Thm 4-5, Cor 6", None, fit.slope, (fit.slope - tol, fit.slope + tol), None,
+                           f"reported, not judged: {UPSAMPLED_REASON}; {fit.n} Gaussian inputs of {C}x{H}x{W} "
+                           f"up-sampled x{sample.factors}: {1 - ALPHA:.0%} interval over the inputs of this one model "
+                           f"(c*se, {fit.units:.1f} effective inputs)", extra))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
-# A new model per size and draw (the paper's setting)
+# A new model per size and draw (the paper's setting): a factory target of the study
 # ---------------------------------------------------------------------------------------------
-def _draw(factory: Callable[..., Any], cfg: MeasureConfig, k: int, draw: int, device: torch.device) -> nn.Module:
-    torch.manual_seed(cfg.seed + draw)  # the factory's own init draws from the global generator
-    return make_model(factory, cfg.shape_at(k)).to(device)
-
-
-def _fingerprint(model: nn.Module) -> tuple[tuple[float, float], ...]:
-    return tuple((float(p.detach().double().sum()), float(p.detach().double().square().sum()))
-                 for p in model.parameters())
-
-
 @dataclass
 class _PerSize:
-    """What :func:`sample_per_size` learns about the models besides the norms."""
+    """What the pre-pass learns about the factory's models before the cells run."""
 
+    factors: list[int] = field(default_factory=list)  # the size factors the factory and its models accept
+    rejected: dict[int, str] = field(default_factory=dict)
     traces: dict[int, Traced | Untraceable] = field(default_factory=dict)
     #: per size factor: the weights' moments; a string: why they could not be pooled; None: not traced
     stats: dict[int, InitStats | str | None] = field(default_factory=dict)
     same_weights: list[int] = field(default_factory=list)  # factors at which every draw had the same weights
 
 
-def sample_per_size(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device
-                    ) -> tuple[Sample, _PerSize]:
-    """``--draws`` models per size, each on its own i.i.d. Gaussian inputs (per-draw mean norms).
+def _fingerprint(model: nn.Module) -> tuple[float, ...]:
+    from advdim.simulate import _factory
 
-    Draw 0 of each size is probed first (does it accept its input? does the size fit in memory,
-    activations extrapolated from the size before?) and traced; a size the factory or its model
-    refuses is dropped with a note, unless it is the base size (an :class:`AdvdimError`).
-    """
+    return tuple(_factory.fingerprint(model))
+
+
+def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device) -> _PerSize:
+    """Draw 0 at each size (ascending): built, probed (does it accept its input? does the size fit in
+    memory, activations extrapolated from the size before?) and traced; the initialisation
+    recognised from the first :data:`INIT_DRAWS` draws.  A size the factory or its model refuses is
+    dropped with a note, unless it is the base size (an :class:`AdvdimError`)."""
+    from advdim.simulate._factory import draw_model
+
     info = _PerSize()
-    cols: dict[tuple[str, float], list[np.ndarray]] = {}
-    changed: list[np.ndarray] = []
-    factors: list[int] = []
-    rejected: dict[int, str] = {}
-    gen = torch.Generator().manual_seed(cfg.seed)
     last: Probe | None = None
     k_out = 0
-    attack = ""
     for k in sorted(cfg.factors):
         shape, d = cfg.shape_at(k), cfg.d_at(k)
         what = f"size factor {k} (d = {d}, {cfg.inputs} inputs)"
         try:
-            model = _draw(factory, cfg, k, 0, device)
+            model = draw_model(factory, shape, cfg.seed, 0, device)
         except FactoryFailed as e:
-            if not factors:
+            if not info.factors:
                 raise
-            rejected[k] = str(e)
+            info.rejected[k] = str(e)
             continue
-        dtype = _dtype(model)
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = torch.empty((), dtype=_dtype(model)).element_size()
         if last is None:  # the inputs alone, before the model runs at any size
             for kk in cfg.factors:
                 _check_size_fits(cfg.inputs, cfg.d_at(kk), 1, itemsize, None, device,
                                  f"size factor {kk} (d = {cfg.d_at(kk)}, {cfg.inputs} inputs)")
         else:
             _check_size_fits(cfg.inputs, d, 1, itemsize, last.saved_bytes * k * k // last.factor**2, device, what)
-        got = probe(model, shape, 1, device, dtype)
+        got = probe(model, shape, 1, device, _dtype(model))
         if isinstance(got, str):
-            if not factors:
+            if not info.factors:
                 raise AdvdimError(f"the model built for input_shape={shape} does not accept inputs of that shape: "
                                   f"it raised {got}")
-            rejected[k] = got
+            info.rejected[k] = got
             continue
         _check_size_fits(cfg.inputs, d, 1, itemsize, got.saved_bytes, device, what)
         if last is not None and got.logits != k_out:
@@ -621,41 +520,21 @@ def sample_per_size(factory: Callable[..., Any], cfg: MeasureConfig, device: tor
         traced = info.traces[k] = trace_module(model, shape)
         stats: InitStats | str | None = InitStats(traced.spec) if isinstance(traced, Traced) else None
         prints = []
-        norms_k = {(t.value, q): np.empty(cfg.draws) for t in (Target.LOGIT, Target.LOSS) for q in cfg.qs}
-        changed_k = np.empty(cfg.draws, dtype=np.int64)
-        for draw in range(cfg.draws):
+        for draw in range(min(cfg.draws, INIT_DRAWS)):
             if draw:
-                model = _draw(factory, cfg, k, draw, device)
-            fingerprint = _fingerprint(model)
-            if isinstance(stats, InitStats) and isinstance(traced, Traced) and fingerprint not in prints:
-                # a repeated draw is not an independent sample of the init: pooled once
-                try:
+                model = draw_model(factory, shape, cfg.seed, draw, device)
+            fp = _fingerprint(model)
+            if isinstance(stats, InitStats) and isinstance(traced, Traced) and fp not in prints:
+                try:  # a repeated draw is not an independent sample of the init: pooled once
                     stats.add(traced.weights(model))
                 except (AttributeError, ValueError, TypeError) as e:
-                    stats = f"draw {draw}'s model differs from draw 0's ({_first_line(e)})"
-            prints.append(fingerprint)
-            x = torch.randn(cfg.inputs, *shape, generator=gen, dtype=torch.float64).to(device, dtype)
-            labels = torch.randint(0, k_out, (cfg.inputs,), generator=gen).to(device)
-            norms, changed_k[draw], attack = _measure_batch(model, x, labels, cfg, k_out,
-                                                            f"d = {d} (factor {k}, draw {draw})")
-            for key, v in norms.items():
-                norms_k[key][draw] = v.mean()
-            del model
+                    stats = f"draw {draw}'s model differs from draw 0's ({first_line(e)})"
+            prints.append(fp)
         info.stats[k] = stats
-        if all(p == prints[0] for p in prints):
+        if len(prints) > 1 and all(p == prints[0] for p in prints):
             info.same_weights.append(k)
-        factors.append(k)
-        for key, v in norms_k.items():
-            cols.setdefault(key, []).append(v)
-        changed.append(changed_k)
-    notes = []
-    if rejected:
-        first = next(iter(rejected.values()))
-        notes.append(f"the factory's models do not accept the size factors {sorted(rejected)} ({first}): measured at "
-                     f"factors {factors} only" + ("; no slope can be fitted" if len(factors) < 2 else ""))
-    values = {key: np.stack(v, axis=1) for key, v in cols.items()}
-    return Sample(Setting.PER_SIZE, factors, [cfg.d_at(k) for k in factors], values, np.stack(changed, axis=1),
-                  cfg.inputs, attack, notes), info
+        info.factors.append(k)
+    return info
 
 
 def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info: _PerSize) -> Theory:
@@ -672,7 +551,7 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
                              f"{inits[k].reason}; the prediction assumes {init.scheme} at every size")
 
     def without(reason: str, pred: Prediction | None = None) -> Theory:
-        return Theory(dict(info.traces), init, pred, reason, False, tuple(notes))
+        return Theory(dict(info.traces), init, pred, reason, None, tuple(notes))
 
     bad = next(((k, t) for k, t in info.traces.items() if isinstance(t, Untraceable)), None)
     if len(factors) < 2:
@@ -703,9 +582,81 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
         return without(f"no prediction: {e}")
     if not pred.has_law:
         return without(pred.reasons.get("law", "the theory gives no law for this network"), pred)
-    from advdim.simulate._study import iid_gaussian_coordinates
+    return Theory(dict(info.traces), init, pred, None, target, tuple(notes))
 
-    return Theory(dict(info.traces), init, pred, None, iid_gaussian_coordinates(target, min(specs), C), tuple(notes))
+
+def _law_init(theory: Theory) -> Any:
+    from advdim.build import Init
+
+    assert theory.init is not None and theory.init.scheme is not None
+    return Init.parse(theory.init.scheme)
+
+
+def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig, device: torch.device,
+                    info: _PerSize, store: RunStore | None = None, workers: int = 0, resume: bool = True,
+                    progress: bool = True) -> Sample:
+    """The factory's units (``--draws`` weight draws) at every accepted size, through the sweep."""
+    from advdim.simulate import FactoryPlan, run_factory_cell, source_hash
+    from advdim.simulate._factory import KIND
+    from advdim.sweep import run_sweep
+
+    plan = FactoryPlan(canonical_factory(target), source_hash(factory), cfg.input_shape, cfg.qs, cfg.inputs,
+                       cfg.seed, cfg.eps, cfg.steps, device.type)
+    configs = [plan.config(u, k) for u in range(cfg.draws) for k in info.factors]
+    results = run_sweep(KIND, configs, run_factory_cell, store, workers=workers, resume=resume, progress=progress,
+                        description=f"measure {target}")
+    n_u, n_s = cfg.draws, len(info.factors)
+    keys = [q_text(q) for q in cfg.qs]
+    values = {(t, key): np.array([r[t][key] for r in results], dtype=np.float64).reshape(n_u, n_s)
+              for t in _NAMES for key in keys}
+    sq = {t: np.array([r[t]["sq2"] for r in results], dtype=np.float64).reshape(n_u, n_s) for t in _NAMES}
+    changed = np.array([r["changed"] for r in results], dtype=np.int64).reshape(n_u, n_s)
+    notes = []
+    if info.rejected:
+        first = next(iter(info.rejected.values()))
+        notes.append(f"the factory's models do not accept the size factors {sorted(info.rejected)} ({first}): "
+                     f"measured at factors {info.factors} only" + ("; no slope can be fitted" if n_s < 2 else ""))
+    from advdim.models import _attack
+
+    return Sample(Setting.PER_SIZE, list(info.factors), [cfg.d_at(k) for k in info.factors], values, sq, changed,
+                  cfg.inputs, _attack()[1], notes)
+
+
+def canonical_factory(target: str) -> str:
+    """``path.py:NAME`` with the path made absolute (the store key); ``module:NAME`` as given."""
+    module, _, name = str(target).strip().rpartition(":")
+    path = Path(module)
+    if module.endswith(".py") or path.is_file():
+        return f"{path.resolve()}:{name}"
+    return f"{module}:{name}"
+
+
+def analyse_per_size(name: str, sample: Sample, theory: Theory, cfg: MeasureConfig) -> dict[str, FamilyResult]:
+    """Per target (``logit``, ``loss``) the study's analysis of the draws: judged against the traced
+    law where there is one, else the consistency rows against ``d^(1/q - 1/2)``."""
+    from advdim.gradients import Target as GradTarget
+    from advdim.simulate import TopologyLaw, Units, analyse, inf_prediction_exact, predict_topology
+
+    C, H, _ = cfg.input_shape
+    sides = [H * k for k in sample.factors]
+    keys = [q_text(q) for q in cfg.qs]
+    d = np.asarray(sample.ds, dtype=np.float64)
+    units = Units(cfg.draws, 1, cfg.inputs, C, cfg.seed)
+    law_target = theory.law_target
+    out = {}
+    for tgt in _NAMES:
+        gt = GradTarget(tgt)
+        law: TopologyLaw | None = TopologyLaw(dict.fromkeys(keys), None, dict.fromkeys(keys))
+        iid_inf, init = True, "he"
+        if theory.reason is None and law_target is not None:
+            law = predict_topology(law_target, sides, C, _law_init(theory), gt, wide=True, keys=keys,
+                                   prediction=theory.prediction if gt is GradTarget.LOGIT else None)
+            iid_inf = inf_prediction_exact(law_target, sides, C, _law_init(theory).value)
+            init = _law_init(theory).value
+        values = {key: sample.values[(tgt, key)] for key in keys}
+        out[tgt] = analyse(name, sides, d, values, sample.sq[tgt], [law] * cfg.draws, units, gt, iid_inf=iid_inf,
+                           fixed=True, init=init, law_init=init, no_law_reason=theory.reason)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -714,77 +665,49 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
 _NAMES = {"logit": "f_0", "loss": "L"}
 
 
-def slope_verdicts(sample: Sample, theory: Theory, cfg: MeasureConfig) -> list[Verdict]:
-    """One row per (target, q): the slope of ``log E||.||_q`` against ``log d`` (or the mean at one size)."""
-    from advdim.simulate._fit import DELTA, SLOPE_RESOLUTION, critical, power, slope_test
-    from advdim.simulate._fit import fit_slope as fit_over_draws
+def _series(tgt: str, key: str, ds: Sequence[int], mat: np.ndarray, sample: Sample) -> tuple[dict[str, Any],
+                                                                                                  dict[str, Any]]:
+    name = _NAMES[tgt]
+    rng = np.random.default_rng(0)
+    boot = mat[rng.integers(0, mat.shape[0], size=(N_BOOT, mat.shape[0]))].mean(axis=1)
+    lo, hi = np.quantile(boot, [ALPHA / 2, 1 - ALPHA / 2], axis=0)
+    series: dict[str, Any] = {
+        "figure": f"E||d_x {name}||_q against d ({'logit 0' if tgt == 'logit' else 'loss, random labels'})",
+        "label": f"q = {key}", "x": list(ds), "y": mat.mean(axis=0).tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
+        "xlabel": "input dimension d", "ylabel": f"E||d_x {name}||_q", "loglog": True}
+    extra: dict[str, Any] = {"target": tgt, "q": key, "d": list(ds), "factors": sample.factors,
+                             "units": int(mat.shape[0]), "setting": sample.setting.value,
+                             "norms_mean": series["y"], "series": series}
+    return series, extra
 
-    rng = np.random.default_rng(cfg.seed)
-    ds, n = sample.ds, sample.units
-    per_size = sample.setting is Setting.PER_SIZE
-    unit = "draws" if per_size else "inputs"
+
+def _one_size_row(tgt: str, key: str, d: int, v: np.ndarray, unit: str, extra: dict[str, Any]) -> Verdict:
+    rng = np.random.default_rng(0)
+    means = v[rng.integers(0, len(v), size=(N_BOOT, len(v)))].mean(axis=1)
+    lo, hi = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
+    return Verdict(f"E||d_x {_NAMES[tgt]}||_{key} at d = {d}", "Thm 4-5, Cor 6", None, float(v.mean()),
+                   (float(lo), float(hi)), None,
+                   f"one input size only: no slope; {1 - ALPHA:.0%} bootstrap interval of the mean over "
+                   f"{len(v)} {unit}",
+                   extra)
+
+
+def per_size_verdicts(sample: Sample, results: dict[str, FamilyResult]) -> list[Verdict]:
+    """The study's rows of both targets (slopes, prefactor), or the means when there is one size."""
+    if len(sample.ds) < 2:
+        return [_one_size_row(tgt, key, sample.ds[0], mat[:, 0], "draws", _series(tgt, key, sample.ds, mat, sample)[1])
+                for (tgt, key), mat in sample.values.items()]
     out = []
-    for (tgt, q), mat in sample.values.items():
-        name = _NAMES[tgt]
-        per = [_mean_ci(mat[:, j], rng) for j in range(mat.shape[1])]
-        series: dict[str, Any] = {
-            "figure": f"E||d_x {name}||_q against d ({'logit 0' if tgt == 'logit' else 'loss, random labels'})",
-            "label": f"q = {q_text(q)}", "x": ds, "y": [m for m, _, _ in per], "lo": [lo for _, lo, _ in per],
-            "hi": [hi for _, _, hi in per], "xlabel": "input dimension d", "ylabel": f"E||d_x {name}||_q",
-            "loglog": True}
-        extra: dict[str, Any] = {"target": tgt, "q": q_text(q), "d": ds, "factors": sample.factors, "units": n,
-                                 "unit": unit, "setting": sample.setting.value, "norms_mean": series["y"],
-                                 "series": series}
-        if len(ds) < 2:
-            m, lo, hi = per[0]
-            out.append(Verdict(f"E||d_x {name}||_{q_text(q)} at d = {ds[0]}", "Thm 4-5, Cor 6", None, m, (lo, hi), None,
-                               f"one input size only: no slope; {1 - ALPHA:.0%} bootstrap interval of the mean over "
-                               f"{n} {unit}", extra))
-            continue
-        if per_size:
-            fit = fit_over_draws(np.asarray(ds, dtype=np.float64), mat, seed=cfg.seed, n_boot=N_BOOT)
-            slope, se, c = fit.slope, fit.se, critical(ALPHA, n)
-            interval = (slope - c * se, slope + c * se)
-            extra["se"] = se
-            how = (f"{n} draws x {cfg.inputs} i.i.d. N(0,1) inputs per size, a new model per size and draw; interval "
-                   f"slope +- c*se with c = {c:.3f} (t_(1-alpha/2, n-1) sqrt(n/(n-1)), n = {n} draws) and se {se:.4f} "
-                   f"(bootstrap over draws paired across sizes, {N_BOOT} resamples)")
-        else:
-            slope, se = fit_slope(ds, mat), None
-            boots = bootstrap_slopes(ds, mat, rng)
-            lo, hi = (float(v) for v in np.quantile(boots, [ALPHA / 2, 1 - ALPHA / 2]))
-            interval = (lo, hi)
-            C, H, W = cfg.input_shape
-            how = (f"{n} Gaussian inputs of {C}x{H}x{W} up-sampled x{sample.factors}; {1 - ALPHA:.0%} bootstrap "
-                   f"interval over inputs ({N_BOOT} resamples) for these weights")
-        lx, ly = np.log(ds), np.log(series["y"])
-        series["fit"] = np.exp(ly.mean() + slope * (lx - lx.mean())).tolist()
-        claim = f"slope of E||d_x {name}||_{q_text(q)} in d"
-        pred, why = theory.slope(q), theory.reason
-        if pred is not None and math.isinf(q) and not theory.iid_inf:
-            why = (f"the finite-d q = inf prediction ({pred:.4g}) is the maximum of independent Gaussians, which the "
-                   "coordinates of a conv net's input gradient are not at finite width (shared weights)")
-            pred = None
-        if pred is None or se is None:
-            out.append(Verdict(claim, "Thm 4-5, Cor 6", None, slope, interval, None,
-                               f"reported, not judged: {why}; {how}", extra))
-            continue
-        passed, _ = slope_test(slope, pred, se, ALPHA, n)
-        pw = power(se, DELTA, ALPHA, n)
-        extra["power"] = pw
-        series["predicted"] = np.exp(ly.mean() + pred * (lx - lx.mean())).tolist()
-        assert theory.init is not None and theory.prediction is not None
-        failing = [k for k, held in theory.prediction.hypotheses.items() if not held]
-        approx = (f"; on the trace {', '.join(failing)} do not hold ({theory.prediction.reasons[failing[0]]}): the "
-                  "law is the path sum's, approximate there" if failing else "")
-        loss = ("; the loss has the logit's slope (E||d_x L||_q = E||softmax - y||_2 E||d_x f_k||_q)"
-                if tgt == "loss" else "")
-        out.append(Verdict(
-            claim, f"Thm 4-5, Cor 6: predict on the trace, {theory.init.scheme} init", pred, slope, interval, passed,
-            f"FAIL iff |measured - predicted| > c*se (false failure rate {ALPHA:g} for a model that follows the "
-            f"law); pass needs power >= {MIN_POWER:g} against a slope off by {DELTA} (else inconclusive: more "
-            f"--draws): {power_note(pw, SLOPE_RESOLUTION)}; {how}{loss}{approx}", extra, power=pw,
-            resolution=SLOPE_RESOLUTION))
+    for tgt, res in results.items():
+        for v in res.verdicts(consistency_fails=True):
+            key = next((k for k in res.q if f"||_{k} vs d" in v.claim), None)
+            if key is not None:  # the table and the JSON read the target and q from the row
+                extra = {**_series(tgt, key, sample.ds, sample.values[(tgt, key)], sample)[1], **v.extra}
+                extra["series"] = {**extra["series"], "label": f"q = {key}", "figure": _series(
+                    tgt, key, sample.ds, sample.values[(tgt, key)], sample)[0]["figure"]}
+                v = Verdict(v.claim, v.reference, v.predicted, v.measured, v.interval, v.passed, v.detail,
+                            {**extra, "target": tgt, "q": key}, v.power, v.resolution, v.status, v.test)
+            out.append(v)
     return out
 
 
@@ -823,157 +746,52 @@ def vulnerability_verdicts(sample: Sample, cfg: MeasureConfig) -> list[Verdict]:
     return out
 
 
-def measure(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device, name: str = "model") -> Measured:
+def measure(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device, name: str = "model",
+            store: RunStore | None = None, workers: int = 0, resume: bool = True, progress: bool = False
+            ) -> Measured:
     """Measure the model(s) of ``factory`` in the setting its signature calls for (module docstring).
 
     Args:
         factory: ``() -> nn.Module`` (up-sampled inputs) or ``(input_shape=(C, H, W)) -> nn.Module``
-            (a new model per size and draw).
+            (a new model per size and draw: the units of a study).
         cfg: sizes, norms, inputs, draws, attack, seed.
         device: where the models run.
-        name: the model's name in the trace's target text.
+        name: the model's name (``MODULE:FACTORY``): the rows' claims and the cells' store key.
+        store, workers, resume, progress: the sweep of the per-size cells (:func:`advdim.sweep.run_sweep`).
     Returns:
-        The verdict rows (slopes, then vulnerability), notes, the sample and the theory's side.
+        The verdict rows (slopes and prefactor, then vulnerability), notes, the sample and the theory's side.
     """
     setting = Setting.PER_SIZE if takes_input_shape(factory) else Setting.UPSAMPLED
     cfg.check(setting)
+    results: dict[str, FamilyResult] = {}
     if setting is Setting.PER_SIZE:
-        sample, info = sample_per_size(factory, cfg, device)
-        theory = theory_per_size(name, cfg, sample.factors, info)
+        info = prepass(factory, cfg, device)
+        theory = theory_per_size(name, cfg, info.factors, info)
+        sample = sample_per_size(factory, name, cfg, device, info, store, workers, resume, progress)
+        if len(sample.ds) >= 2:
+            results = analyse_per_size(name, sample, theory, cfg)
+        verdicts = per_size_verdicts(sample, results)
         head = (f"setting: per-size draws: a new model for every size and draw (factory(input_shape=(C, kH, kW)) "
-                f"after torch.manual_seed({cfg.seed} + draw)), each on its own i.i.d. N(0, 1) inputs")
+                f"after torch.manual_seed({cfg.seed} + draw)), each on its own i.i.d. N(0, 1) inputs; the draws are "
+                "the independent units of the study")
     else:
         model = make_model(factory)
         sample = sample_upsampled(model, cfg, device)
         theory = theory_upsampled(model, cfg)
+        verdicts = upsampled_verdicts(sample, cfg)
         head = ("setting: up-sampled inputs: one model (the factory takes no input_shape), Gaussian inputs up-sampled "
-                "by pixel copy (--draws applies only to factories that take input_shape)")
+                "by pixel copy; the inputs are the units (--draws applies only to factories that take input_shape)")
     base = next(iter(theory.traces.values()), None)  # the smallest size's trace
+    judged = theory.reason is None
     notes = [head,
              f"trace: {base.spec.to_text()}" if isinstance(base, Traced) else
              f"trace: none ({base.reason if base is not None else 'not attempted'})",
              f"initialisation: {theory.init.reason if theory.init is not None else 'not examined (no trace)'}",
-             "slope rows judged against the theory's prediction for this model" if theory.reason is None
-             else f"slope rows reported, not judged: {theory.reason}",
+             "slope rows judged against the theory's prediction for this model" if judged
+             else f"no prediction: {theory.reason}" + ("; each slope row says whether it is consistent with the "
+                                                       "paper's d^(1/q - 1/2) (inconsistent: FAIL)"
+                                                       if setting is Setting.PER_SIZE else ""),
              *theory.notes, *sample.notes,
              f"vulnerability attack: {sample.attack}, eps = {cfg.eps:g} (input units), {cfg.steps} steps"]
-    verdicts = slope_verdicts(sample, theory, cfg) + vulnerability_verdicts(sample, cfg)
-    return Measured(setting, verdicts, notes, sample, theory)
-
-
-def _check_logits(out: Any, n: int, k_out: int, where: str) -> None:
-    """The logits of a batch: a finite ``(n, k_out)`` tensor, else an :class:`AdvdimError`."""
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, k_out):
-        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise AdvdimError(f"the model returned {got} for {n} inputs at {where}: it must return ({n}, {k_out}) logits")
-    finite = torch.isfinite(out)
-    if not finite.all():
-        what = "NaN" if torch.isnan(out).any() else "infinite"
-        rows = int((~finite).any(dim=1).sum())
-        raise AdvdimError(f"the model's logits are {what} for {rows} of {n} inputs at {where}: check its weights "
-                          "and forward pass")
-
-
-def _check_gradient(g: torch.Tensor, target: Target, where: str) -> None:
-    """An input gradient the slopes can be fitted on: finite, and not zero for every input."""
-    name = "input gradient of logit 0" if target is Target.LOGIT else "input gradient of the loss"
-    if not torch.isfinite(g).all():
-        what = "NaN" if torch.isnan(g).any() else "infinite"
-        raise AdvdimError(f"the model's {name} is {what} at {where}: check its weights and forward pass")
-    if not g.any():
-        raise AdvdimError(f"the model's {name} is zero for every input at {where}: a model constant in its input "
-                          "has no slope to measure")
-
-
-def _mean_ci(v: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    means = v[rng.integers(0, len(v), size=(N_BOOT, len(v)))].mean(axis=1)
-    lo, hi = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
-    return float(v.mean()), float(lo), float(hi)
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-def main(target: str, input_shape: str, sizes: str = "1,2,4", q: str = "1,2,inf", inputs: int = 64, draws: int = 16,
-         eps: float = 0.004, steps: int = 10, seed: int = 0, device: str = "auto", out_dir: str = "report-measure",
-         as_json: bool = False) -> int:
-    """The ``advdim measure`` command (arguments as on the command line); returns the exit status:
-    0 when every judged row passed (or none is judged), 1 when one failed, 3 when none failed but some
-    are inconclusive (too few --draws for power 0.8 against a slope off by 0.05)."""
-    from advdim._report_cli import command_line, device_text, print_verdicts, report_dir
-    from advdim.build import resolve_device
-    from advdim.cli import emit_json, err, out
-    from advdim.report import RunInfo, counts, exit_status, summary_line, verdict_rows, write_report
-
-    cfg = MeasureConfig(parse_shape(input_shape), parse_ints(sizes, "--sizes"), parse_qs(q), inputs, seed, eps, steps,
-                        draws)
-    dev = resolve_device(device)
-    check_out_folder(out_dir)  # nothing is written before the measurement succeeded
-    factory = load_factory(target)
-    t0 = time.perf_counter()
-    result = measure(factory, cfg, dev, target)
-    seconds = time.perf_counter() - t0
-    folder = report_dir(out_dir)
-    rows = verdict_rows(target, "measure", seconds, result.verdicts)
-    per_size = result.setting is Setting.PER_SIZE
-    theory = result.theory.to_json()
-    init, trace = theory["init"], theory["trace"]
-    info = RunInfo(title=f"advdim measure {target}", command=command_line(
-        "measure", target, input_shape=input_shape, sizes=sizes, q=q, inputs=inputs, draws=draws, eps=eps, steps=steps,
-        seed=seed, device=device, out=out_dir), seed=seed, device=device_text(dev),
-                   seconds=seconds, notes=tuple(result.notes),
-                   settings={"model": target, "setting": result.setting.value, "input shape": input_shape,
-                             "size factors": sizes, "q": q,
-                             "inputs per size": f"{inputs} per draw" if per_size else str(inputs),
-                             "draws per size": str(draws) if per_size else "1 (one fixed model)",
-                             "eps (l_inf)": f"{eps:g}", "PGD steps": str(steps),
-                             "trace": "traced" if trace["traced"] else f"not traced: {trace['reason']}",
-                             "initialisation": init["reason"] if init else "not examined",
-                             "judged": "yes" if theory["prediction"]["judged"] else
-                             f"no: {theory['prediction']['reason']}"})
-    files = write_report(folder, rows, info)
-    if as_json:
-        emit_json(_json(target, cfg, result, rows, str(files.html)))
-    else:
-        print_verdicts(f"advdim measure {target} ({result.setting.value})", rows)
-        for note in result.notes:
-            err.print(note, soft_wrap=True)
-        out.print(f"{summary_line(counts(rows))}; report: {files.html}", soft_wrap=True)
-    return exit_status(counts(rows))
-
-
-#: the verdict of a row in words (JSON): n/a rows are "reported"
-VERDICT_WORDS = {Outcome.PASS: "pass", Outcome.FAIL: "fail", Outcome.INCONCLUSIVE: "inconclusive",
-                 Outcome.REPORTED: "reported"}
-
-
-def _json(target: str, cfg: MeasureConfig, result: Measured, rows: list[dict[str, Any]], report: str
-          ) -> dict[str, Any]:
-    from advdim.report import counts, exit_status, overall, row_outcome
-
-    n = counts(rows)
-    sample = result.sample
-    res: dict[str, Any] = {
-        "model": target, "setting": result.setting.value, "input_shape": list(cfg.input_shape), "seed": cfg.seed,
-        "inputs": cfg.inputs, "draws": cfg.draws if result.setting is Setting.PER_SIZE else 1,
-        "d": sample.ds, "factors": sample.factors, "fixed_size": len(sample.ds) < 2,
-        **result.theory.to_json(),
-        "rows": [{"claim": r["claim"], "reference": r["reference"], "predicted": r["predicted"],
-                  "measured": r["measured"], "interval": r["interval"], "verdict": VERDICT_WORDS[row_outcome(r)],
-                  "outcome": r["outcome"], "power": r["power"], "detail": r["detail"]} for r in rows],
-        "passed": exit_status(n) == 0, "outcome": overall(n).value, "counts": {o.value: k for o, k in n.items()},
-        "notes": result.notes, "report": report, "q": {}, "vulnerability": []}
-    for r in rows:
-        ex = r["extra"]
-        if "target" in ex:
-            slope = len(ex["d"]) >= 2
-            res["q"].setdefault(ex["q"], {})[ex["target"]] = {
-                "predicted_slope": r["predicted"], "measured_slope": r["measured"] if slope else None,
-                "interval": r["interval"] if slope else None, "verdict": VERDICT_WORDS[row_outcome(r)],
-                "pass": r["passed"], "outcome": r["outcome"], "power": r["power"], "norms": ex["norms_mean"]}
-        else:
-            res["vulnerability"].append({"d": ex["d"], "eps": ex["eps"], "share": r["measured"],
-                                         "interval": r["interval"], "attack": ex["attack"]})
-    return res
+    verdicts += vulnerability_verdicts(sample, cfg)
+    return Measured(setting, verdicts, notes, sample, theory, results)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from advdim.stats import TwoSided
 
 #: the least power against the claim's stated error (``Verdict.resolution``) at which a passed
 #: test says "pass" rather than "inconclusive"
@@ -74,6 +77,9 @@ class Verdict:
     power: float | None = None
     resolution: str = ""
     status: Outcome | None = None
+    #: the two-sided test behind a judged row (``advdim.stats.TwoSided``): what :func:`advdim.stats.holm`
+    #: re-judges at a family-wise rate; None for rows that are not such a test
+    test: TwoSided | None = None
 
     @property
     def outcome(self) -> Outcome:
@@ -93,6 +99,7 @@ class Verdict:
         out["status"] = None if self.status is None else self.status.value
         out["outcome"] = self.outcome.value
         out["interval"] = None if self.interval is None else list(self.interval)
+        out["test"] = None if self.test is None else self.test.to_json()
         for key in ("predicted", "measured"):
             v = out[key]
             if isinstance(v, float) and not math.isfinite(v):

@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from advdim.simulate import _study
-from advdim.simulate._fit import critical, fit_width_limit
 from advdim.theory import _gauss, _graph, _law
 
 from advdim.arch import Family, Target
 from advdim.build import Init
+from advdim.stats import critical, fit_width_limit
 from advdim.store import RunStore
 
 QS = ("1", "2")

@@ -6,7 +6,7 @@
   than the strided family's;
 - ``maxpool``: measured slopes and intervals, no prediction (the theory gives no law).
 
-Every slope verdict has false-rejection rate ``ALPHA`` (``advdim.simulate._fit``); with
+Every slope verdict has false-rejection rate ``ALPHA`` (``advdim.stats``); with
 ``Budget.plant_exponent != 0`` the measured norms are multiplied by ``d**plant_exponent`` and
 the slope verdicts must fail (the planted-false-claim test).  A slope verdict that does not fail
 says "pass" only with power >= 0.8 against a slope off by 0.05 at its own standard error, else
@@ -22,11 +22,11 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from advdim.simulate._fit import ALPHA, critical
 from advdim.simulate._study import FamilyResult, study
 from scipy import stats
 
 from advdim.checks import Budget, Part, Scale, register
+from advdim.stats import ALPHA, critical
 from advdim.verdict import Outcome, Verdict, power_note
 
 
@@ -41,7 +41,7 @@ class _Plan:
 def plan(scale: Scale, family: str) -> _Plan:
     """Budget per scale: TINY is seconds (the test suite), DEFAULT under a minute per family."""
     if scale is Scale.TINY:
-        return _Plan((8, 16), 16 if family == "dense" else 8, 2, 2)
+        return _Plan((8, 16), 16 if family in ("dense", "avgpool") else 8, 2, 2)
     if scale is Scale.PAPER:
         return _Plan((8, 16, 32, 64, 128), 1000, 4, 4)
     return _Plan((8, 16, 32, 64), 200, 2, 2)  # the default of `advdim simulate` (power: docs/simulate-power.md)

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 from advdim.simulate._engine import Q_KEYS
-from advdim.simulate._fit import ALPHA, DELTA, SE_FOR_POWER, slope_test
 from advdim.simulate._study import predict_topology, study, topologies, width_index
+
+from advdim.stats import ALPHA, DELTA, SE_FOR_POWER, slope_test
 
 
 @dataclass(frozen=True)

@@ -23,34 +23,36 @@ from typing import Any
 
 import numpy as np
 from advdim.simulate._engine import Q_KEYS, batch_statistics, memory_entries, sample_norms, shortcut_applies
-from advdim.simulate._fit import (
-    ALPHA,
-    DELTA,
-    PREFACTOR_REL,
-    PREFACTOR_RESOLUTION,
-    SE_FOR_POWER,
-    SLOPE_RESOLUTION,
-    WidthLimit,
-    critical,
-    fit_slope,
-    fit_width_limit,
-    ols_slope,
-    power,
-    ratio_fit,
-    ratio_power,
-    slope_test,
-)
 
 from advdim.arch import Conv, Dense, Family, Spec, Target, family, resolve_target, sample_family
 from advdim.build import Init
 from advdim.errors import AdvdimError, SpecError
 from advdim.gradients import Target as GradTarget
+from advdim.stats import (
+    ALPHA,
+    CRITICAL_NOTE,
+    DELTA,
+    INCONSISTENT,
+    PREFACTOR_REL,
+    PREFACTOR_RESOLUTION,
+    SE_FOR_POWER,
+    SLOPE_RESOLUTION,
+    TwoSided,
+    WidthLimit,
+    critical,
+    fit_slope,
+    fit_width_limit,
+    ols_slope,
+    paper_law_consistency,
+    power,
+    ratio_fit,
+    ratio_units,
+    slope_test,
+)
 from advdim.store import RunStore
 from advdim.verdict import MIN_POWER, Outcome, Verdict, count, power_note
 
 KIND = "simulate.cell"
-#: how the verdicts' critical value c is made (see advdim.simulate._fit.critical)
-CRITICAL_NOTE = "c = t_(1-alpha/2, n-1) sqrt(n/(n-1)), n topologies"
 REFERENCES = {"dense": "Theorem 4", "strided": "Theorem 5 / Corollary 6", "gap": "Theorem 5 / Corollary 6",
               "avgpool": "Appendix B", "maxpool": "Section 3.2 (no law: max pooling breaks H1-H3)"}
 
@@ -291,7 +293,8 @@ class TopologyLaw:
 
 def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
                      init: Init = Init.HE, target: GradTarget = GradTarget.LOGIT,
-                     inf_rel_se: float | None = None, wide: bool = False) -> TopologyLaw | None:
+                     inf_rel_se: float | None = None, wide: bool = False, keys: Sequence[str] = Q_KEYS,
+                     prediction: Any = None) -> TopologyLaw | None:
     """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available.
 
     ``target`` LOSS predicts ``E||d_x L||_q`` (the softmax term under the predicted logit law,
@@ -304,12 +307,12 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
         from advdim.theory import predict
     except ImportError:
         return None
-    pred = predict(fam, sizes=tuple(sizes), channels=channels, init=init.value, symmetry=False,  # the law only
-                   inf_rel_se=inf_rel_se)
+    pred = prediction if prediction is not None else predict(
+        fam, sizes=tuple(sizes), channels=channels, init=init.value, symmetry=False, inf_rel_se=inf_rel_se)
     if not pred.has_law:
-        return TopologyLaw({q: None for q in Q_KEYS}, None, {q: None for q in Q_KEYS})
+        return TopologyLaw({q: None for q in keys}, None, {q: None for q in keys})
     norms: dict[str, tuple[float, ...] | None] = {}
-    for key in Q_KEYS:
+    for key in keys:
         q = math.inf if key == "inf" else float(key)
         vals = [pred.expected_loss_norm(q, s) if target is GradTarget.LOSS else pred.expected_norm(q, s)
                 for s in sizes]
@@ -325,7 +328,7 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
                 sq, approx = tuple(float(pred.wide_grad_sq_norm(s)) for s in sizes), None
         except Exception:  # noqa: BLE001 - the wide law refuses (memory, a layer it has no law for): keep the path sum
             pass
-    slopes = {k: pred.predicted_slope.get(k) for k in Q_KEYS}
+    slopes = {k: pred.predicted_slope[k] if k in pred.predicted_slope else pred.slope_q(k) for k in keys}
     if target is GradTarget.LOSS:  # the softmax factor may vary with d: the slope of the loss norms themselves
         log_d = np.log([float(channels * s * s) for s in sizes])
         slopes = {k: None if v is None or len(sizes) < 2 else float(ols_slope(log_d, np.log(np.array(v))))
@@ -357,6 +360,12 @@ class QResult:
     per_topology: tuple[float, ...]
     topologies_used: int
     limit: WidthLimit | None = None
+    units: float = 0.0  # effective independent units of the fit (advdim.stats.effective_units)
+
+    @property
+    def test_units(self) -> float:
+        """The units of this row's test: the effective units of the fit (topologies for a width limit)."""
+        return float(self.topologies_used) if self.limit is not None else self.units
 
     @property
     def outcome(self) -> Outcome:
@@ -419,6 +428,8 @@ class FamilyResult:
     fixed: bool = False  # a fixed target: the units are weight draws of one network, not topologies
     init: str = "he"  # the init of the networks drawn
     law_init: str = "he"  # the init the predicted law assumes
+    prefactor_units: float | None = None  # effective units of the prefactor ratio
+    no_law_reason: str | None = None  # why there is no prediction (None: the theory's own words)
 
     @property
     def reference(self) -> str:
@@ -468,7 +479,7 @@ class FamilyResult:
             series["predicted"] = list(r.predicted_means)
         return series
 
-    def verdicts(self, alpha: float = ALPHA) -> list[Verdict]:
+    def verdicts(self, alpha: float = ALPHA, consistency_fails: bool = False) -> list[Verdict]:
         """One verdict per q (slope) plus one for the prefactor E||d_x f||_2^2.
 
         Three-valued (:class:`advdim.verdict.Outcome`): a slope row fails when its acceptance
@@ -482,19 +493,20 @@ class FamilyResult:
         for key, r in self.q.items():
             claim = f"{self.family}: slope of E||{what}||_{key} vs d"
             if r.predicted_slope is None:
-                reason = ("theory layer not available" if self.has_law is None
-                          else "the theory gives no law for this family")
-                word, ref, tol_ref = paper_law_consistency(self.d, key, r.measured_slope, r.se, alpha,
-                                                           r.topologies_used)
+                reason = self.no_law_reason or ("theory layer not available" if self.has_law is None
+                                                else "the theory gives no law for this family")
+                word, ref, tol_ref = paper_law_consistency(self.d, key, r.measured_slope, r.se, alpha, r.units)
                 out.append(Verdict(claim, self.reference, None, r.measured_slope, r.ci, None,
                                    f"no prediction ({reason}): measured exponent {r.measured_slope:.3f} +- "
                                    f"{tol_ref:.3f} (c*se, alpha {alpha:g}); against the paper's d^(1/q-1/2) "
-                                   f"(finite-d slope {ref:.3f} over these sizes): {word}; 95% bootstrap CI over "
-                                   f"{r.topologies_used} units",
+                                   f"(finite-d slope {ref:.3f} over these sizes): {word}; 95% CI over "
+                                   f"{r.topologies_used} units ({r.units:.1f} effective)",
                                    {"se": r.se, "series": self._series(key), "consistency": word,
-                                    "paper_law_slope": ref}))
+                                    "paper_law_slope": ref, "units": r.units},
+                                   status=Outcome.FAIL if consistency_fails and word == INCONSISTENT else None,
+                                   test=TwoSided(r.measured_slope, ref, r.se, r.units) if consistency_fails else None))
                 continue
-            n = r.topologies_used
+            n = r.units
             passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha, n)
             if key == "inf" and not self.iid_inf:
                 out.append(Verdict(
@@ -515,11 +527,13 @@ class FamilyResult:
                 claim, self.reference, r.predicted_slope, r.measured_slope,
                 (r.measured_slope - tol, r.measured_slope + tol), passed,
                 f"{self._approximate_note()}"
-                f"|measured - predicted| <= c*se = {critical(alpha, n):.3f}*{r.se:.4f} ({CRITICAL_NOTE}): false "
+                f"|measured - predicted| <= c*se = {tol / r.se if r.se > 0 else 0.0:.3f}*{r.se:.4f} ({CRITICAL_NOTE}, "
+                f"n_eff = {n:.1f}): false "
                 f"rejection {alpha:g}, {power_note(pw, SLOPE_RESOLUTION)} (pass needs {MIN_POWER:g}; alpha 0.01 "
                 f"needs se <= {SE_FOR_POWER:.4f} for 0.99 at large n); {budget}",
                 {"se": r.se, "ci95": list(r.ci), "power": pw, "plant_exponent": self.plant_exponent,
-                 "series": self._series(key)}, power=pw, resolution=SLOPE_RESOLUTION))
+                 "series": self._series(key), "units": n}, power=pw, resolution=SLOPE_RESOLUTION,
+                test=TwoSided(r.measured_slope, r.predicted_slope, r.se, n)))
         prefactor = self.prefactor_verdict(alpha)
         if prefactor is not None:
             out.append(prefactor)
@@ -536,11 +550,13 @@ class FamilyResult:
             return None
         what = "d_x L" if self.target == "loss" else "d_x f_k"
         ratio, se = self.prefactor_ratio, self.prefactor_se
-        tol = critical(alpha, self.nets) * se
+        units = float(self.nets) if self.prefactor_units is None else self.prefactor_units
+        test = TwoSided(ratio, 1.0, se, units, PREFACTOR_REL)
+        tol = test.tolerance(alpha) if test.ready else math.inf
         judged = self.prefactor_approximate is None
-        pw = ratio_power(se, PREFACTOR_REL, alpha, self.nets) if judged else None
-        how = (f"ratio of sums over topologies and sizes; bootstrap se {se:.4f}, two-sided alpha {alpha:g}, "
-               f"|ratio - 1| <= c*se = {critical(alpha, self.nets):.3f}*{se:.4f}")
+        pw = test.power(alpha) if judged else None
+        how = (f"ratio of sums over units and sizes; se {se:.4f} over {self.nets} units "
+               f"({units:.1f} effective), two-sided alpha {alpha:g}, |ratio - 1| <= c*se = {tol:.4f}")
         detail = (f"{how}; {power_note(pw, PREFACTOR_RESOLUTION)} (pass needs {MIN_POWER:g})" if judged else
                   "reported, not judged: the path sum is exact only under H1, which fails here: "
                   f"{self.prefactor_approximate}; {how}")
@@ -548,7 +564,8 @@ class FamilyResult:
             f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, ratio, (ratio - tol, ratio + tol),
             abs(ratio - 1.0) <= tol if judged else None, detail,
             {"measured": list(self.sq_measured), "predicted": list(self.sq_predicted or []), "se": se,
-             "power": pw}, power=pw, resolution=PREFACTOR_RESOLUTION if judged else "")
+             "power": pw}, power=pw, resolution=PREFACTOR_RESOLUTION if judged else "",
+            test=test if judged else None)
 
     def _approximate_note(self) -> str:
         """A warning for slope verdicts whose prediction rests on a failing hypothesis (empty when exact)."""
@@ -561,7 +578,7 @@ class FamilyResult:
         """The judged infinite-width row and the reported sampled-width row of one q."""
         lim, pred, slope = r.limit, r.predicted_slope, r.limit_slope
         assert lim is not None and pred is not None and slope is not None
-        n = r.topologies_used
+        n = r.test_units
         passed, tol = slope_test(slope, pred, lim.se, alpha, n)  # the one test, as for the plain fit
         pw = power(lim.se, DELTA, alpha, n)
         groups = "; ".join(f"x={x:.4f}: {m} nets, {dev:+.4f}+-{se:.4f}" for x, m, dev, se in lim.groups)
@@ -569,48 +586,21 @@ class FamilyResult:
             f"{claim} (infinite-width limit)", self.reference, pred, slope, (slope - tol, slope + tol), passed,
             f"{self._approximate_note()}"
             f"deviation from the law extrapolated to infinite width: |{lim.deviation:+.4f}| <= c*se = "
-            f"{critical(alpha, n):.3f}*{lim.se:.4f} ({CRITICAL_NOTE}): false rejection {alpha:g}, "
+            f"{critical(alpha, n):.3f}*{lim.se:.4f} (c = t_(1-alpha/2, n-1), n = {n:.0f} topologies): false "
+            f"rejection {alpha:g}, "
             f"{power_note(pw, SLOPE_RESOLUTION)} (pass needs {MIN_POWER:g}); finite-width term "
             f"{lim.coefficient:+.3f}+-{lim.coefficient_se:.3f} per unit of the "
             f"width index x (weighted fit over groups: {groups}); {budget}",
             {"se": lim.se, "ci95": [pred + lim.ci[0], pred + lim.ci[1]], "power": pw,
              "plant_exponent": self.plant_exponent, "groups": [list(g) for g in lim.groups],
-             "coefficient": lim.coefficient}, power=pw, resolution=SLOPE_RESOLUTION)
+             "coefficient": lim.coefficient}, power=pw, resolution=SLOPE_RESOLUTION,
+            test=TwoSided(slope, pred, lim.se, n))
         sampled = Verdict(
             f"{claim} (sampled widths)", self.reference, pred, r.measured_slope, r.ci, None,
             f"reported, not judged: at finite width the law bends by the finite-width term (judged in the "
-            f"infinite-width row); 95% bootstrap CI over topologies, se {r.se:.4f}",
+            f"infinite-width row); 95% CI over topologies, se {r.se:.4f}",
             {"se": r.se, "ci95": list(r.ci), "series": self._series(r.q)})
         return [judged, sampled]
-
-
-#: what a row without a law says about the paper's d^(1/q - 1/2) (reported, never judged)
-CONSISTENT, INCONSISTENT, CANNOT_TELL = "consistent", "inconsistent", "cannot tell at this budget"
-
-
-def paper_law_slope(d: Sequence[int], key: str) -> float:
-    """Least-squares slope over ``d`` of the paper's law for i.i.d. coordinates: ``d^(1/q - 1/2)``
-    (q = inf: ``sqrt(2 log d) / sqrt(d)``, the maximum of ``d`` equal Gaussians at leading order)."""
-    log_d = np.log(np.asarray(d, dtype=np.float64))
-    if key == "inf":
-        law = -0.5 * log_d + 0.5 * np.log(2 * log_d)
-    else:
-        law = (1.0 / float(key) - 0.5) * log_d
-    return float(ols_slope(log_d, law))
-
-
-def paper_law_consistency(d: Sequence[int], key: str, slope: float, se: float, alpha: float = ALPHA,
-                          n: int | None = None) -> tuple[str, float, float]:
-    """``(word, reference slope, c*se)``: is a measured exponent consistent with ``d^(1/q - 1/2)``?
-
-    The same test as a judged row: inconsistent when ``|slope - reference| > c*se``; consistent
-    when inside and the test has power >= ``MIN_POWER`` against +-``DELTA``; else cannot tell.
-    """
-    ref = paper_law_slope(d, key)
-    ok, tol = slope_test(slope, ref, se, alpha, n)
-    if not ok:
-        return INCONSISTENT, ref, tol
-    return (CONSISTENT if power(se, DELTA, alpha, n) >= MIN_POWER else CANNOT_TELL), ref, tol
 
 
 #: the q = inf Monte Carlo's relative standard error per random topology: the study averages the
@@ -757,18 +747,62 @@ def study(
     iid_inf = inf_prediction_exact(arch, sizes_t, channels, law_e.value)
     n_s = len(sizes_t)
     d = np.array([channels * s * s for s in sizes_t], dtype=np.float64)
-    plant = d**plant_exponent
-    values = {k: np.array([r[k] for r in results], dtype=np.float64).reshape(nets, n_s) * plant
-              for k in Q_KEYS}
-    sq = np.array([r["sq2"] for r in results], dtype=np.float64).reshape(nets, n_s) * plant**2
-
-    theory_available = all(law is not None for law in laws)
-    has_law: bool | None = None
-    if theory_available:
-        has_law = any(law is not None and any(v is not None for v in law.norms.values()) for law in laws)
+    values = {k: np.array([r[k] for r in results], dtype=np.float64).reshape(nets, n_s) for k in Q_KEYS}
+    sq = np.array([r["sq2"] for r in results], dtype=np.float64).reshape(nets, n_s)
+    has_law = _has_law(laws)
     index = np.array([width_index(f, sizes_t, channels) for f in topos]) if has_law else np.zeros(nets)
+    return analyse(arch.text, sizes_t, d, values, sq, laws, Units(nets, draws, inputs, channels, seed), tgt,
+                   index=index, iid_inf=iid_inf, plant_exponent=plant_exponent, exact_shortcuts=exact_shortcuts,
+                   topologies=tuple(f.to_text() for f in topos), data=data, fixed=not arch.random,
+                   init=init_e.value, law_init=law_e.value)
+
+
+def _has_law(laws: Sequence[TopologyLaw | None]) -> bool | None:
+    """None when the theory layer is not available; else whether any unit has a law."""
+    if not all(law is not None for law in laws):
+        return None
+    return any(law is not None and any(v is not None for v in law.norms.values()) for law in laws)
+
+
+@dataclass(frozen=True)
+class Units:
+    """How the independent units of a study were drawn (the budget line of its verdicts)."""
+
+    nets: int
+    draws: int
+    inputs: int
+    channels: int
+    seed: int
+
+
+def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np.ndarray], sq: np.ndarray,
+            laws: Sequence[TopologyLaw | None], units: Units, target: GradTarget, *, index: np.ndarray | None = None,
+            iid_inf: bool = True, plant_exponent: float = 0.0, exact_shortcuts: bool = True,
+            topologies: tuple[str, ...] = (), data: str | None = None, fixed: bool = True, init: str = "he",
+            law_init: str = "he", no_law_reason: str | None = None) -> FamilyResult:
+    """Per-unit records -> slope fits, width limits, prefactor ratio: one :class:`FamilyResult`.
+
+    The one analysis of ``simulate`` and ``measure`` (``advdim.stats`` does the statistics).
+
+    Args:
+        d: input dimensions ``(S,)``; ``values``: q key -> ``(U, S)`` per-unit means of ``||g||_q``;
+            ``sq``: ``(U, S)`` per-unit means of ``||g||_2^2``.
+        laws: one :class:`TopologyLaw` per unit (``None`` entries: the theory layer is not available).
+        index: the finite-width index of each unit (:func:`width_index`; ``None``: all 0).
+        plant_exponent: multiply every measured norm by ``d**plant_exponent`` (a planted error).
+    """
+    nets = units.nets
+    seed = units.seed
+    sizes_t = tuple(int(s) for s in sizes)
+    plant = d**plant_exponent
+    values = {k: np.asarray(v, dtype=np.float64) * plant for k, v in values.items()}
+    sq = np.asarray(sq, dtype=np.float64) * plant**2
+    tgt = target
+    theory_available = all(law is not None for law in laws)
+    has_law = _has_law(laws)
+    index = np.zeros(nets) if index is None else index
     qres: dict[str, QResult] = {}
-    for i, key in enumerate(Q_KEYS):
+    for i, key in enumerate(values):
         limit: WidthLimit | None = None
         fit = fit_slope(d, values[key], seed=seed + i)
         pred_slope: float | None = None
@@ -777,7 +811,7 @@ def study(
         passed: bool | None = None
         used = nets
         if theory_available:
-            mask = np.array([law is not None and law.norms[key] is not None for law in laws])
+            mask = np.array([law is not None and law.norms.get(key) is not None for law in laws])
             used = int(mask.sum())
             if used >= 2:
                 per_topo = np.array([law.norms[key] for law, m in zip(laws, mask) if m and law is not None],
@@ -787,7 +821,7 @@ def study(
                 pred_means = tuple(map(float, pm))
                 if used < nets:
                     fit = fit_slope(d, values[key][mask], seed=seed + i)
-                passed, tol = slope_test(fit.slope, pred_slope, fit.se, n=used)
+                passed, tol = slope_test(fit.slope, pred_slope, fit.se, n=fit.units)
                 if key == "inf" and not iid_inf:
                     passed = None  # reported, not judged: see iid_gaussian_coordinates
                 else:
@@ -796,12 +830,13 @@ def study(
                         passed, tol = slope_test(pred_slope + limit.deviation, pred_slope, limit.se, n=used)
             else:
                 used = nets
-        se = fit.se if limit is None else limit.se
-        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(se, n=used), fit.means,
-                            fit.lo, fit.hi, pred_means, fit.per_topology, used, limit)
+        se, n_test = (fit.se, fit.units) if limit is None else (limit.se, float(used))
+        qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(se, n=n_test), fit.means,
+                            fit.lo, fit.hi, pred_means, fit.per_topology, used, limit, fit.units)
 
     sq_pred: tuple[float, ...] | None = None
     ratio = ratio_se = None
+    ratio_n: float | None = None
     approx: str | None = None
     if theory_available and tgt is GradTarget.LOGIT:
         smask = np.array([law is not None and law.sq is not None for law in laws])
@@ -809,10 +844,11 @@ def study(
             p = np.array([law.sq for law, m in zip(laws, smask) if m and law is not None], dtype=np.float64)
             sq_pred = tuple(map(float, p.mean(axis=0)))
             ratio, ratio_se = ratio_fit(sq[smask], p, seed=seed)
+            ratio_n = ratio_units(sq[smask])
             approx = next((law.sq_exact for law, m in zip(laws, smask) if m and law is not None and law.sq_exact),
                           None)
     return FamilyResult(
-        arch.text, sizes_t, tuple(int(x) for x in d), channels, nets, draws, inputs, seed, tgt.value, exact_shortcuts,
-        plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se, approx,
-        {k: values[k].tolist() for k in Q_KEYS}, tuple(f.to_text() for f in topos), data, iid_inf,
-        not arch.random, init_e.value, law_e.value)
+        name, sizes_t, tuple(int(x) for x in d), units.channels, nets, units.draws, units.inputs, seed, tgt.value,
+        exact_shortcuts, plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se,
+        approx, {k: values[k].tolist() for k in values}, topologies, data, iid_inf, fixed, init, law_init, ratio_n,
+        no_law_reason)

@@ -102,7 +102,7 @@ def test_ratio_power_agrees_with_the_ratio_test_by_simulation() -> None:
     """``ratio_power`` against the rejection rate of the ratio verdict on 4000 simulated ratios 1.1 with
     the given se (normal, as the approximation assumes).  Binomial sd of a rate p over 4000 draws is
     <= 0.0079; a 5 sd bound (false failure ~6e-7)."""
-    from advdim.simulate._fit import PREFACTOR_REL, critical, ratio_power
+    from advdim.stats import PREFACTOR_REL, critical, ratio_power
 
     rng = np.random.default_rng(0)
     for se in (0.02, 0.03, 0.05):
@@ -130,7 +130,8 @@ def test_one_sided_rows_set_their_own_outcome(low: float, high: float, want: Out
     """``lower_verdicts``: pass iff diff - c se > 0, fail iff diff + c se < 0, else inconclusive, at the
     one-sided critical value of 8 topologies; their power is stated against the predicted difference."""
     from advdim.simulate._checks import lower_verdicts
-    from advdim.simulate._fit import critical
+
+    from advdim.stats import critical
 
     se = 0.03
     (v,) = lower_verdicts(_family("avgpool", low, se, 0.0), _family("strided", high, se, 0.5))  # type: ignore[arg-type]

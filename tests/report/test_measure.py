@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from advdim.simulate._fit import critical
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -32,6 +31,7 @@ from advdim.arch import family, parse
 from advdim.build import build
 from advdim.cli import main
 from advdim.measure import UPSAMPLED_REASON, bootstrap_slopes, fit_slope, upsample
+from advdim.stats import critical
 from advdim.verdict import MIN_POWER
 
 HERE = Path(__file__)

@@ -2,9 +2,9 @@
 it), the families without a law are reported with a consistency word, never judged."""
 
 from advdim.simulate._checks import BEYOND_TARGETS, check_beyond
-from advdim.simulate._study import CANNOT_TELL, CONSISTENT, INCONSISTENT
 
 from advdim.checks import Budget, Scale
+from advdim.stats import CANNOT_TELL, CONSISTENT, INCONSISTENT
 from advdim.verdict import MIN_POWER, Outcome
 
 

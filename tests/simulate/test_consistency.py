@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from advdim.simulate._study import (
+
+from advdim.stats import (
     CANNOT_TELL,
     CONSISTENT,
     INCONSISTENT,
@@ -33,7 +34,7 @@ def test_three_answers(slope, se, word):
     got, ref, tol = paper_law_consistency(D, "1", slope, se, n=200)
     assert got == word
     assert ref == pytest.approx(0.5)
-    assert tol == pytest.approx(2.607 * se, rel=1e-3)  # t-corrected critical value at n = 200
+    assert tol == pytest.approx(2.601 * se, rel=1e-3)  # t_(0.995, 199): the critical value at n = 200
 
 
 def test_the_boundary_is_the_judged_rows_test():

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from advdim.simulate._fit import (
+from scipy import stats
+
+from advdim.errors import AdvdimError
+from advdim.stats import (
     ALPHA,
     MIN_GROUP,
     SE_FOR_POWER,
@@ -14,9 +17,6 @@ from advdim.simulate._fit import (
     ratio_fit,
     slope_test,
 )
-from scipy import stats
-
-from advdim.errors import AdvdimError
 
 D = np.array([192.0, 768.0, 3072.0, 12288.0])
 

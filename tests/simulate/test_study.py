@@ -7,13 +7,13 @@ import json
 import pytest
 from advdim.simulate import _checks as checks
 from advdim.simulate import plot_family, study
-from advdim.simulate._fit import ALPHA
 from advdim.simulate._power import rates
 from scipy import stats
 
 from advdim.checks import Budget, Scale
 from advdim.cli import main
 from advdim.errors import AdvdimError
+from advdim.stats import ALPHA
 from advdim.verdict import MIN_POWER, Outcome
 
 pytest.importorskip("advdim.theory", reason="needs advdim.theory.predict")
