@@ -90,9 +90,9 @@ def register(app: typer.Typer) -> None:
         if workers < 0:
             raise AdvdimError(f"--workers must be >= 0, got {workers}")
         if scheduler is not None:
-            from advdim.sweep import check_scheduler
+            from advdim.sweep import probe_scheduler
 
-            scheduler = check_scheduler(scheduler)
+            scheduler = probe_scheduler(scheduler)  # before any work: it answers, and is a Dask scheduler
         folder = report_dir(out_dir)  # last: it clears the plots of an earlier report
         budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(folder / "plots"),
                         workers=workers, scheduler=scheduler)

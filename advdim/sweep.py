@@ -149,6 +149,90 @@ def check_scheduler(address: str) -> str:
     return address.strip()
 
 
+#: seconds to wait for a scheduler to accept a connection, and then for its handshake
+SCHEDULER_PROBE_TIMEOUT = 5.0
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> str:
+    """:func:`check_scheduler`, then a short handshake, before any work: one :class:`AdvdimError`
+    that tells a scheduler that cannot be reached (nothing listens, unknown host, no answer within
+    ``timeout``) from an address that answers but is not Dask (an HTTP server, ...).
+
+    A Dask ``tcp://`` endpoint sends its handshake (a framed msgpack message with its Python version
+    and pickle protocol) as soon as it accepts a connection; this reads it and closes.  ``tls://``,
+    ``ws://`` and ``wss://`` addresses are only connected to (their handshake is encrypted or HTTP),
+    ``ucx://`` and ``inproc://`` not probed.  Returns the address.
+    """
+    import socket
+    import struct
+
+    address = check_scheduler(address)
+    timeout = SCHEDULER_PROBE_TIMEOUT if timeout is None else timeout
+    scheme, _, rest = address.rpartition("://")
+    scheme = scheme or "tcp"
+    if scheme not in ("tcp", "tls", "ws", "wss"):
+        return address
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except socket.gaierror as e:
+        raise AdvdimError(f"cannot reach the Dask scheduler at {address!r}: unknown host {host!r} ({e.strerror})") \
+            from None
+    except TimeoutError:
+        raise AdvdimError(f"cannot reach the Dask scheduler at {address!r}: no answer within {timeout:g} s; "
+                          "is it running?") from None
+    except OSError as e:
+        raise AdvdimError(f"cannot reach the Dask scheduler at {address!r} ({e.strerror or e}); is it running?") \
+            from None
+    with sock:
+        if scheme != "tcp":
+            return address
+        sock.settimeout(timeout)
+        try:
+            head = _recv(sock, 8)
+            (n,) = struct.unpack("<Q", head)
+            body = _recv(sock, n) if 0 < n <= 1 << 16 else b""
+            info = _handshake(body)
+        except TimeoutError:
+            raise AdvdimError(f"{address} answers but is not a Dask scheduler: it sent no Dask handshake within "
+                              f"{timeout:g} s (an HTTP or other server?)") from None
+        except OSError as e:
+            raise AdvdimError(f"{address} answers but is not a Dask scheduler: it closed the connection without a "
+                              f"Dask handshake ({e.strerror or e})") from None
+        if info is None:
+            said = (head + body)[:24].decode("ascii", "replace")
+            raise AdvdimError(f"{address} answers but is not a Dask scheduler: it sent {said!r}, not a Dask "
+                              "handshake") from None
+    return address
+
+
+def _recv(sock: Any, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (``ConnectionError`` if it closes first)."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 16))
+        if not chunk:
+            raise ConnectionError("closed")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _handshake(body: bytes) -> dict[str, Any] | None:
+    """The Dask handshake framed in ``body``, or None when it is not one."""
+    if not body:
+        return None
+    try:
+        from distributed.protocol.core import loads
+        from distributed.protocol.utils import unpack_frames
+
+        msg = loads(unpack_frames(body))
+    except Exception:  # noqa: BLE001 - whatever the bytes were, they were not a Dask message
+        return None
+    return msg if isinstance(msg, dict) and "pickle-protocol" in msg else None
+
+
 def run_sweep(
     kind: str,
     configs: Sequence[Config],

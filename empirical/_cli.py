@@ -105,12 +105,23 @@ def register(app: typer.Typer) -> None:
         """Run a Section 4 experiment as a resumable sweep, then draw its figures."""
         import os
 
-        from advdim.empirical._experiments import run_experiment
+        from advdim.empirical._experiments import configs, run_experiment
 
         from advdim.build import resolve_device
         from advdim.cli import emit_json, out
+        from advdim.cli_args import check_out_folder
+        from advdim.errors import AdvdimError
+        from advdim.sweep import probe_scheduler
 
         device = resolve_device(device).type
+        configs(which, preset, data_dir, device)  # an unknown experiment or preset: refused before any file
+        check_out_folder(out_dir)
+        if workers is not None and workers < 0:
+            raise AdvdimError(f"--workers must be at least 0, got {workers}")
+        if workers and scheduler is not None:
+            raise AdvdimError("give either --workers or --scheduler, not both")
+        if scheduler is not None:
+            scheduler = probe_scheduler(scheduler)  # last: it waits for the scheduler's answer
         if workers is None:
             workers = (os.cpu_count() or 1) if device == "cpu" and scheduler is None else 0
         if workers == 0:

@@ -31,6 +31,22 @@ def default_draws(family: str) -> int:
     return FAMILY_DRAWS.get(family, DEFAULT_DRAWS)
 
 
+def check_counts(*, seed: int, nets: int, inputs: int, draws: int | None, workers: int,
+                 scheduler: str | None) -> None:
+    """The numeric options of ``simulate``, checked before any work (one line, exit 2)."""
+    from advdim.errors import AdvdimError
+    from advdim.sweep import check_scheduler
+
+    for option, value, least in (("--seed", seed, 0), ("--nets", nets, 2), ("--inputs", inputs, 1),
+                                 ("--draws", draws, 1), ("--workers", workers, 0)):
+        if value is not None and value < least:
+            raise AdvdimError(f"{option} must be at least {least}, got {value}")
+    if workers and scheduler is not None:
+        raise AdvdimError("give either --workers or --scheduler, not both")
+    if scheduler is not None:
+        check_scheduler(scheduler)
+
+
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to ``app``."""
 
@@ -96,6 +112,7 @@ def register(app: typer.Typer) -> None:
         size_list = parse_sizes(sizes)
         if len(size_list) < 2:
             raise AdvdimError(f"--sizes needs at least 2 sizes to fit a slope, got {sizes!r}")
+        check_counts(seed=seed, nets=nets, inputs=inputs, draws=draws, workers=workers, scheduler=scheduler)
         stems = unique_stems([a.text for a in archs])  # distinct plot names, even for one target named twice
         outputs = None if out_dir is None else OutputFolder(out_dir)
         if outputs is not None:
@@ -117,6 +134,10 @@ def register(app: typer.Typer) -> None:
         if channels < 1:
             raise AdvdimError(f"--channels must be a positive integer, got {channels}")
         dev = resolve_device(device).type
+        if scheduler is not None:  # last of the checks: it waits for the scheduler's answer
+            from advdim.sweep import probe_scheduler
+
+            scheduler = probe_scheduler(scheduler)
         draws_of = {a.text: draws if draws is not None else default_draws(a.text) for a in archs}
         for arch in archs:  # every target is valid at every size, and its largest cells fit, before any cell runs
             check_memory(topologies(arch, nets, seed, size_list, channels), size_list, channels, draws_of[arch.text],
