@@ -24,13 +24,14 @@ reports; for the fixed forms, :meth:`Target.spec` gives the concrete network at 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -197,8 +198,9 @@ def load_object(text: str) -> Any:
     Installed packages are never shadowed by the user's folders: a file is imported by its path, its
     folder *appended* to ``sys.path`` (its sibling modules import, a ``sympy.py`` beside it does not
     replace SymPy); for a dotted name, the current folder is appended too (as with ``python -m``, but
-    last).  Whatever the user's module does while imported (raises, ``sys.exit``) is one
-    :class:`SpecError` naming its file and line (:func:`advdim.usercode.user_code`).
+    last).  No ``__pycache__`` is written beside the user's files.  Whatever the user's module does
+    while imported (raises, ``sys.exit``) is one :class:`SpecError` naming its file and line
+    (:func:`advdim.usercode.user_code`).
     """
     m = _SOURCE_RE.match(text.strip())
     if m is None:
@@ -211,7 +213,7 @@ def load_object(text: str) -> Any:
         mod = _import_file(module, path)
     else:
         _append_path(str(Path.cwd()), also="")
-        with user_code(f"importing {module!r}"):  # find_spec imports the parent packages
+        with _no_bytecode(), user_code(f"importing {module!r}"):  # find_spec imports the parent packages
             try:
                 found = importlib.util.find_spec(module)
             except (ImportError, ValueError) as e:
@@ -221,12 +223,24 @@ def load_object(text: str) -> Any:
         origin = found.origin if found.has_location else None
         if origin is not None and found.submodule_search_locations is not None:  # a package: its folder
             origin = os.path.dirname(origin)
-        with user_code(f"importing {module!r}", origin):
+        with _no_bytecode(), user_code(f"importing {module!r}", origin):
             mod = importlib.import_module(module)
     with user_code(f"{module}:{name}", mod):
         if not hasattr(mod, name):
             raise SpecError(f"module {module!r} has no attribute {name!r}")
         return getattr(mod, name)
+
+
+@contextlib.contextmanager
+def _no_bytecode() -> Iterator[None]:
+    """No ``__pycache__`` written beside the user's files while they are imported (nothing written
+    outside what the user named)."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
 
 
 def _append_path(folder: str, also: str | None = None) -> None:
@@ -246,7 +260,7 @@ def _import_file(module: str, path: Path) -> ModuleType:
     _append_path(os.path.dirname(real))
     sys.modules[mod_name] = mod
     try:
-        with user_code(f"importing {module!r}", real):
+        with _no_bytecode(), user_code(f"importing {module!r}", real):
             spec.loader.exec_module(mod)
     except BaseException:
         sys.modules.pop(mod_name, None)
