@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -603,6 +603,8 @@ def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig
     plan = FactoryPlan(canonical_factory(target), source_hash(factory), cfg.input_shape, cfg.qs, cfg.inputs,
                        cfg.seed, cfg.eps, cfg.steps, device.type)
     configs = [plan.config(u, k) for u in range(cfg.draws) for k in info.factors]
+    for k in info.factors:  # a model that fails on the measurement's inputs: one line, before the sweep starts
+        run_factory_cell(plan.config(0, k))
     results = run_sweep(KIND, configs, run_factory_cell, store, workers=workers, resume=resume, progress=progress,
                         description=f"measure {target}")
     n_u, n_s = cfg.draws, len(info.factors)
@@ -663,6 +665,8 @@ def analyse_per_size(name: str, sample: Sample, theory: Theory, cfg: MeasureConf
 # Verdicts
 # ---------------------------------------------------------------------------------------------
 _NAMES = {"logit": "f_0", "loss": "L"}
+#: the paper's claims behind the slope and prefactor rows of a user's model
+REFERENCE = "Thm 4-5, Cor 6"
 
 
 def _series(tgt: str, key: str, ds: Sequence[int], mat: np.ndarray, sample: Sample) -> tuple[dict[str, Any],
@@ -692,22 +696,25 @@ def _one_size_row(tgt: str, key: str, d: int, v: np.ndarray, unit: str, extra: d
                    extra)
 
 
-def per_size_verdicts(sample: Sample, results: dict[str, FamilyResult]) -> list[Verdict]:
-    """The study's rows of both targets (slopes, prefactor), or the means when there is one size."""
+def per_size_verdicts(sample: Sample, results: dict[str, FamilyResult], independent: bool = True
+                      ) -> list[Verdict]:
+    """The study's rows of both targets (slopes, prefactor), or the means when there is one size;
+    ``independent=False`` (every draw had the same weights): no consistency word on rows without a law."""
     if len(sample.ds) < 2:
         return [_one_size_row(tgt, key, sample.ds[0], mat[:, 0], "draws", _series(tgt, key, sample.ds, mat, sample)[1])
                 for (tgt, key), mat in sample.values.items()]
     out = []
     for tgt, res in results.items():
-        for v in res.verdicts(consistency_fails=True):
+        for v in res.verdicts(consistency_fails=True, consistency=independent):
             key = next((k for k in res.q if f"||_{k} vs d" in v.claim), None)
+            claim = (f"slope of E||d_x {_NAMES[tgt]}||_{key} in d" if key is not None
+                     else f"E||d_x {_NAMES[tgt]}||_2^2 measured / theory")
             if key is not None:  # the table and the JSON read the target and q from the row
                 extra = {**_series(tgt, key, sample.ds, sample.values[(tgt, key)], sample)[1], **v.extra}
                 extra["series"] = {**extra["series"], "label": f"q = {key}", "figure": _series(
                     tgt, key, sample.ds, sample.values[(tgt, key)], sample)[0]["figure"]}
-                v = Verdict(v.claim, v.reference, v.predicted, v.measured, v.interval, v.passed, v.detail,
-                            {**extra, "target": tgt, "q": key}, v.power, v.resolution, v.status, v.test)
-            out.append(v)
+                v = replace(v, extra={**extra, "target": tgt, "q": key})
+            out.append(replace(v, claim=claim, reference=REFERENCE))
     return out
 
 
@@ -770,7 +777,7 @@ def measure(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
         sample = sample_per_size(factory, name, cfg, device, info, store, workers, resume, progress)
         if len(sample.ds) >= 2:
             results = analyse_per_size(name, sample, theory, cfg)
-        verdicts = per_size_verdicts(sample, results)
+        verdicts = per_size_verdicts(sample, results, independent=not info.same_weights)
         head = (f"setting: per-size draws: a new model for every size and draw (factory(input_shape=(C, kH, kW)) "
                 f"after torch.manual_seed({cfg.seed} + draw)), each on its own i.i.d. N(0, 1) inputs; the draws are "
                 "the independent units of the study")

@@ -33,6 +33,7 @@ from advdim.stats import (
     CRITICAL_NOTE,
     DELTA,
     INCONSISTENT,
+    MIN_RATIO_UNITS,
     PREFACTOR_REL,
     PREFACTOR_RESOLUTION,
     SE_FOR_POWER,
@@ -479,7 +480,8 @@ class FamilyResult:
             series["predicted"] = list(r.predicted_means)
         return series
 
-    def verdicts(self, alpha: float = ALPHA, consistency_fails: bool = False) -> list[Verdict]:
+    def verdicts(self, alpha: float = ALPHA, consistency_fails: bool = False, consistency: bool = True
+                 ) -> list[Verdict]:
         """One verdict per q (slope) plus one for the prefactor E||d_x f||_2^2.
 
         Three-valued (:class:`advdim.verdict.Outcome`): a slope row fails when its acceptance
@@ -496,15 +498,18 @@ class FamilyResult:
                 reason = self.no_law_reason or ("theory layer not available" if self.has_law is None
                                                 else "the theory gives no law for this family")
                 word, ref, tol_ref = paper_law_consistency(self.d, key, r.measured_slope, r.se, alpha, r.units)
+                against = (f"against the paper's d^(1/q-1/2) (finite-d slope {ref:.3f} over these sizes): {word}; "
+                           if consistency else "")
                 out.append(Verdict(claim, self.reference, None, r.measured_slope, r.ci, None,
                                    f"no prediction ({reason}): measured exponent {r.measured_slope:.3f} +- "
-                                   f"{tol_ref:.3f} (c*se, alpha {alpha:g}); against the paper's d^(1/q-1/2) "
-                                   f"(finite-d slope {ref:.3f} over these sizes): {word}; 95% CI over "
+                                   f"{tol_ref:.3f} (c*se, alpha {alpha:g}); {against}95% CI over "
                                    f"{r.topologies_used} units ({r.units:.1f} effective)",
-                                   {"se": r.se, "series": self._series(key), "consistency": word,
-                                    "paper_law_slope": ref, "units": r.units},
-                                   status=Outcome.FAIL if consistency_fails and word == INCONSISTENT else None,
-                                   test=TwoSided(r.measured_slope, ref, r.se, r.units) if consistency_fails else None))
+                                   {"se": r.se, "series": self._series(key), "units": r.units,
+                                    **({"consistency": word, "paper_law_slope": ref} if consistency else {})},
+                                   status=Outcome.FAIL if consistency and consistency_fails and word == INCONSISTENT
+                                   else None,
+                                   test=TwoSided(r.measured_slope, ref, r.se, r.units)
+                                   if consistency and consistency_fails else None))
                 continue
             n = r.units
             passed, tol = slope_test(r.measured_slope, r.predicted_slope, r.se, alpha, n)
@@ -552,11 +557,14 @@ class FamilyResult:
         ratio, se = self.prefactor_ratio, self.prefactor_se
         units = float(self.nets) if self.prefactor_units is None else self.prefactor_units
         test = TwoSided(ratio, 1.0, se, units, PREFACTOR_REL)
-        tol = test.tolerance(alpha) if test.ready else math.inf
+        few = units < MIN_RATIO_UNITS  # skewed per-unit squares: too few units to judge (advdim.stats)
+        tol = test.tolerance(alpha) if test.ready and not few else math.inf
         judged = self.prefactor_approximate is None
-        pw = test.power(alpha) if judged else None
+        pw = (0.0 if few else test.power(alpha)) if judged else None
         how = (f"ratio of sums over units and sizes; se {se:.4f} over {self.nets} units "
                f"({units:.1f} effective), two-sided alpha {alpha:g}, |ratio - 1| <= c*se = {tol:.4f}")
+        if few:
+            how += f"; inconclusive below {MIN_RATIO_UNITS:g} effective units (right-skewed squares)"
         detail = (f"{how}; {power_note(pw, PREFACTOR_RESOLUTION)} (pass needs {MIN_POWER:g})" if judged else
                   "reported, not judged: the path sum is exact only under H1, which fails here: "
                   f"{self.prefactor_approximate}; {how}")
@@ -565,7 +573,7 @@ class FamilyResult:
             abs(ratio - 1.0) <= tol if judged else None, detail,
             {"measured": list(self.sq_measured), "predicted": list(self.sq_predicted or []), "se": se,
              "power": pw}, power=pw, resolution=PREFACTOR_RESOLUTION if judged else "",
-            test=test if judged else None)
+            test=test if judged and not few else None)
 
     def _approximate_note(self) -> str:
         """A warning for slope verdicts whose prediction rests on a failing hypothesis (empty when exact)."""

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from advdim.arch.grammar import _fmt_value, parse
+from advdim.arch.grammar import _fmt_value, check_ascii, parse, read_float, read_int
 from advdim.arch.layers import (
     GELU,
+    MAX_LAYERS,
+    MAX_SCALE,
     Attention,
     AvgPool,
     BatchNorm,
@@ -30,6 +32,7 @@ from advdim.arch.layers import (
     Residual,
     Shape,
     Spec,
+    too_many_layers,
 )
 from advdim.choice import Choice
 from advdim.errors import SpecError
@@ -74,7 +77,7 @@ class Family:
 
     def to_text(self) -> str:
         args = ",".join(f"{k}={_fmt_param(v)}" for k, v in self.params)
-        return f"{self.name}({args})"
+        return f"{self.name}({args})" if args else self.name
 
 
 def _jsonable(v: Any) -> Any:
@@ -140,6 +143,13 @@ def _check_positive(family: str, **values: Any) -> None:
             raise SpecError(f"family {family}: {k} must be positive integer(s), got {v!r}")
 
 
+def _check_count(family: str, layers: int) -> None:
+    """Refuse, before a layer is made, a member of more than ``MAX_LAYERS`` layers (branch layers
+    included): ``resnet(blocks=100000000)`` would fill the memory with its blocks."""
+    if layers > MAX_LAYERS:
+        raise SpecError(f"family {family}: {too_many_layers()}")
+
+
 def _halvings(family: str, size: int, final: int) -> int:
     _check_positive(family, final=final)
     if size < final or size % final:
@@ -155,6 +165,7 @@ def _dense_layers(size: int, widths: tuple[int, ...], classes: int) -> list[Laye
     _check_positive("dense", classes=classes)
     if widths:
         _check_positive("dense", widths=widths)
+    _check_count("dense", 2 + 2 * len(widths))
     layers: list[Layer] = [Flatten()]
     for w in widths:
         layers += [Dense(w), ReLU()]
@@ -173,6 +184,7 @@ def _conv_trunk(family: str, size: int, channels: int, kernel: int, final: int, 
 
 def _head(head: tuple[int, ...], classes: int, family: str) -> list[Layer]:
     _check_positive(family, classes=classes)
+    _check_count(family, 2 + 2 * len(head))
     layers: list[Layer] = [Flatten()]
     for w in head:
         layers += [Dense(w), ReLU()]
@@ -241,6 +253,9 @@ class Pool(Choice):
 def _check_scale(family: str, scale: float) -> None:
     if not isinstance(scale, float) or not math.isfinite(scale) or scale <= 0:
         raise SpecError(f"family {family}: scale must be a positive finite number, got {scale!r}")
+    if scale > MAX_SCALE:
+        raise SpecError(f"family {family}: scale {scale!r} is out of range: it must be at most {MAX_SCALE:g} (its "
+                        "square multiplies the gradient's variance at every block, and the predictions would overflow)")
 
 
 def _resnet_layers(size: int, channels: int, kernel: int, final: int, padding: Padding, blocks: int,
@@ -257,6 +272,7 @@ def _resnet_layers(size: int, channels: int, kernel: int, final: int, padding: P
         raise SpecError(f"family resnet: blocks must be a non-negative integer, got {blocks!r}")
     _check_scale("resnet", scale)
     m = _halvings("resnet", size, final)
+    _check_count("resnet", 4 + 4 * m * (blocks + 1))  # stem and head 2 + 2, each block 1 + 3
 
     def branch(stride: int) -> tuple[Layer, ...]:
         return (Conv(channels, kernel, stride, 1, padding), ReLU(), Conv(channels, kernel, 1, 1, padding))
@@ -311,6 +327,7 @@ def _vit_layers(size: int, scaling: Scaling, side: int, dim: int, depth: int, he
         what = "patch side" if scaling is Scaling.PATCH else "token grid side"
         raise SpecError(f"family vit: input size {size} is not a multiple of the {what} {side}")
     patch = side if scaling is Scaling.PATCH else size // side
+    _check_count("vit", 4 + 8 * depth)  # embedding, head 3, per depth blocks of 1 + 2 and 1 + 4
     act: Layer = GELU() if activation is Activation.GELU else ReLU()
     layers: list[Layer] = [Conv(dim, patch, patch, 1, Padding.VALID)]
     for _ in range(depth):
@@ -438,8 +455,12 @@ def sample_family(name: str, rng: np.random.Generator | int) -> Family:
 
 
 def parse_family(text: str) -> Family:
-    """Parse ``name`` or ``name(key=value,...)`` (tuples as ``a/b/c``), e.g. ``dense(widths=64/64)``."""
-    m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", text, re.IGNORECASE)
+    """Parse ``name`` or ``name(key=value,...)`` (tuples as ``a/b/c``), e.g. ``dense(widths=64/64)``.
+
+    As spec texts: ASCII only, each key once, numbers as :func:`advdim.arch.grammar.read_int` and
+    :func:`~advdim.arch.grammar.read_float` read them, no empty ``()``."""
+    check_ascii("family", text)
+    m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", text, re.IGNORECASE | re.ASCII | re.DOTALL)
     if m is None:
         raise SpecError(f"{text!r} is neither a family (name or name(key=value,...); known: {', '.join(FAMILIES)}) "
                         "nor a spec text 'CxHxW > layer > ...'")
@@ -448,29 +469,26 @@ def parse_family(text: str) -> Family:
         raise SpecError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
     params: dict[str, Any] = {}
     defaults = FAMILIES[name].defaults
-    if argtext and argtext.strip():
-        for item in argtext.split(","):
-            key, eq, raw = item.partition("=")
-            key, raw = key.strip(), raw.strip()
-            if not eq or key not in defaults:
-                raise SpecError(f"family {name}: cannot read parameter {item.strip()!r}")
-            default = defaults[key]
-            if isinstance(default, Choice):
-                params[key] = type(default).parse(raw)
-            elif isinstance(default, float):
-                try:
-                    params[key] = float(raw)
-                except ValueError:
-                    raise SpecError(f"family {name}: {key} must be a number, got {raw!r}") from None
-            elif isinstance(default, tuple):
-                try:
-                    params[key] = tuple(int(x) for x in raw.split("/") if x.strip())
-                except ValueError:
-                    raise SpecError(f"family {name}: {key} must be integers separated by '/'") from None
-            else:
-                if not re.fullmatch(r"[+-]?\d+", raw):
-                    raise SpecError(f"family {name}: {key} must be an integer, got {raw!r}")
-                params[key] = int(raw)
+    if argtext is not None and not argtext.strip():
+        raise SpecError(f"family {name}: empty argument list '()': write {name!r} alone for the defaults")
+    for item in (argtext.split(",") if argtext else ()):
+        key, eq, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not eq or key not in defaults:
+            raise SpecError(f"family {name}: cannot read parameter {item.strip()!r}")
+        if key in params:
+            raise SpecError(f"family {name}: parameter {key!r} given twice")
+        default = defaults[key]
+        if isinstance(default, Choice):
+            params[key] = type(default).parse(raw)
+        elif isinstance(default, float):
+            params[key] = read_float(f"family {name}", key, raw)
+        elif isinstance(default, tuple):
+            if not re.fullmatch(r"[0-9/ +-]*", raw, re.ASCII):
+                raise SpecError(f"family {name}: {key} must be integers separated by '/', got {raw!r}")
+            params[key] = tuple(read_int(f"family {name}", key, x) for x in raw.split("/") if x.strip())
+        else:
+            params[key] = read_int(f"family {name}", key, raw)
     return family(name, **params)
 
 

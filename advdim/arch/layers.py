@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
-
-import numpy as np
 
 from advdim.arch import grammar as _grammar  # the text form names layers in messages: bound late
 from advdim.choice import Choice
 from advdim.errors import SpecError
 
 Shape = tuple[int, ...]
+
+#: Bounds that refuse absurd specs before any work: residual blocks nested deeper than
+#: ``MAX_NESTING`` (recursion would blow up), more than ``MAX_LAYERS`` layers (branch layers
+#: included; ``resnet(blocks=100000000)``), more than ``MAX_PARAMS`` parameters, a layer output of
+#: more than ``MAX_UNITS`` numbers per input, or a residual scale beyond ``MAX_SCALE`` in size.
+MAX_NESTING = 100
+MAX_LAYERS = 1000
+MAX_PARAMS = 10**10
+MAX_UNITS = 10**10
+MAX_SCALE = 1e3
 
 
 class Padding(Choice):
@@ -56,6 +67,10 @@ class Layer:
     def n_params(self, shape: Shape) -> int:
         return 0
 
+    def out_shape_and_params(self, shape: Shape) -> tuple[Shape, int]:
+        """``(out_shape(shape), n_params(shape))``; a residual block works both out in one walk."""
+        return self.out_shape(shape), self.n_params(shape)
+
     def args(self) -> dict[str, Any]:
         """Non-default arguments, in declaration order (for the text and JSON forms)."""
         out: dict[str, Any] = {}
@@ -85,6 +100,61 @@ def _positive(layer: Layer, **values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SpecError(f"{_grammar.format_layer(layer)}: {name} must be a positive integer, got {value!r}")
+
+
+def check_scale(scale: object) -> None:
+    """Refuse a residual scale that is not a finite number, or beyond ``MAX_SCALE`` in size (its
+    square multiplies the gradient's variance at each block: the predictions would overflow)."""
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise SpecError(f"res: scale must be a finite number, got {scale!r}")
+    if abs(scale) > MAX_SCALE:
+        raise SpecError(f"res: scale {scale!r} is out of range: |scale| must be at most {MAX_SCALE:g} (its square "
+                        "multiplies the gradient's variance at every block, and the predictions would overflow)")
+
+
+def check_units(layer: Layer, shape: Shape) -> None:
+    """Refuse a layer output of more than ``MAX_UNITS`` numbers per input."""
+    units = math.prod(shape)
+    if units > MAX_UNITS:
+        raise SpecError(f"{_grammar.format_layer(layer)}: its output {shape} holds {units:.3g} numbers per input, "
+                        f"more than the maximum of {MAX_UNITS:.0e}")
+
+
+def check_size(layers: Sequence[Layer]) -> None:
+    """Refuse, without recursion and before any shape is worked out, residual blocks nested deeper
+    than ``MAX_NESTING`` or more than ``MAX_LAYERS`` layers in all (branch layers included)."""
+    _check_census(layers, lambda layer: layer.branch if isinstance(layer, Residual) else None)
+
+
+def _check_census(chain: Sequence[Any], branch_of: Callable[[Any], Any]) -> None:
+    """:func:`check_size` for layer records or their JSON objects: ``branch_of(item)`` is the
+    item's branch (``None``: not a residual block); a branch that is not a sequence is left to
+    the validation of its block."""
+    count = 0
+    todo: list[tuple[Sequence[Any], int]] = [(chain, 0)]
+    while todo:
+        chain, depth = todo.pop()
+        count += len(chain)
+        if count > MAX_LAYERS:
+            raise too_many_layers()
+        for item in chain:
+            branch = branch_of(item)
+            if isinstance(branch, (tuple, list)):
+                if depth + 1 > MAX_NESTING:
+                    raise too_deep()
+                todo.append((branch, depth + 1))
+
+
+def too_many_layers() -> SpecError:
+    """The refusal of a spec of more than ``MAX_LAYERS`` layers."""
+    return SpecError(f"the spec has more than {MAX_LAYERS} layers (branch layers included), more than any network "
+                     "this toolkit studies: use fewer layers or blocks")
+
+
+def too_deep() -> SpecError:
+    """The refusal of residual blocks nested deeper than ``MAX_NESTING``."""
+    return SpecError(f"residual blocks nesting deeper than {MAX_NESTING} (a res inside a res inside ...): chain the "
+                     "blocks instead of nesting them")
 
 
 @dataclass(frozen=True)
@@ -228,7 +298,7 @@ class Flatten(Layer):
     kind: ClassVar[str] = "flatten"
 
     def out_shape(self, shape: Shape) -> Shape:
-        return (int(np.prod(shape)),)
+        return (math.prod(shape),)
 
 
 @dataclass(frozen=True)
@@ -350,23 +420,39 @@ class Residual(Layer):
 
     def branch_shapes(self, shape: Shape) -> list[Shape]:
         """Shapes before the branch's first layer and after each of its layers."""
+        return self._walk(shape, count_params=False)[0]
+
+    def _walk(self, shape: Shape, count_params: bool) -> tuple[list[Shape], int]:
+        """The branch's shapes (as :meth:`branch_shapes`) and, when ``count_params``, the parameters
+        of the branch's layers; each layer's shape is worked out once, so nested blocks cost time
+        linear in their depth."""
         if not self.branch:
             raise SpecError("res: the branch needs at least one layer")
-        if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or not np.isfinite(self.scale):
-            raise SpecError(f"res: scale must be a finite number, got {self.scale!r}")
+        check_scale(self.scale)
         out = [shape]
+        params = 0
         for i, layer in enumerate(self.branch):
             if not isinstance(layer, Layer):
                 raise SpecError(f"res: branch layer {i} is not a layer record: {layer!r}")
             try:
-                out.append(layer.out_shape(out[-1]))
+                if count_params:
+                    after, n = layer.out_shape_and_params(out[-1])
+                    params += n
+                else:
+                    after = layer.out_shape(out[-1])
+                check_units(layer, after)
             except SpecError as err:
                 raise SpecError(f"res: branch layer {i} {err}") from None
-        return out
+            out.append(after)
+        return out, params
 
     def projection(self, shape: Shape) -> Layer | None:
         """The skip connection's projection for input ``shape`` (``None``: the identity)."""
-        out = self.branch_shapes(shape)[-1]
+        return self._projection(shape, self.branch_shapes(shape)[-1])
+
+    @staticmethod
+    def _projection(shape: Shape, out: Shape) -> Layer | None:
+        """The projection from ``shape`` onto the branch's output shape ``out``."""
         if out == shape:
             return None
         if len(shape) == 1 and len(out) == 1:
@@ -386,10 +472,12 @@ class Residual(Layer):
         return 1 + self.branch[0].in_degree(shape)
 
     def n_params(self, shape: Shape) -> int:
-        shapes = self.branch_shapes(shape)
-        proj = self.projection(shape)
-        return sum(layer.n_params(s) for layer, s in zip(self.branch, shapes)) + (
-            0 if proj is None else proj.n_params(shape))
+        return self.out_shape_and_params(shape)[1]
+
+    def out_shape_and_params(self, shape: Shape) -> tuple[Shape, int]:
+        shapes, params = self._walk(shape, count_params=True)
+        proj = self._projection(shape, shapes[-1])
+        return shapes[-1], params + (0 if proj is None else proj.n_params(shape))
 
     def args(self) -> dict[str, Any]:
         return {"branch": self.branch, **({} if self.scale == 1.0 else {"scale": self.scale})}
@@ -426,12 +514,18 @@ class Spec:
         for n in self.input_shape:
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise SpecError(f"input shape must hold positive integers, got {self.input_shape!r}")
+        if math.prod(self.input_shape) > MAX_UNITS:
+            raise SpecError(f"input shape {self.input_shape} holds {math.prod(self.input_shape):.3g} numbers, more "
+                            f"than the maximum of {MAX_UNITS:.0e}")
         if not self.layers:
             raise SpecError("a spec needs at least one layer")
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise SpecError(f"layer {i}: not a layer record: {layer!r}")
-        shapes = self.shapes()
+        check_size(self.layers)
+        shapes, params = self._walk(count_params=True)
+        if params > MAX_PARAMS:
+            raise SpecError(f"the spec has {params:.3g} parameters, more than the maximum of {MAX_PARAMS:.0e}")
         if len(shapes[-1]) != 1:
             raise SpecError(
                 f"the last layer {_grammar.format_layer(self.layers[-1])} must output a flat vector of logits, "
@@ -441,28 +535,38 @@ class Spec:
     # ---- shape bookkeeping -----------------------------------------------------------------
     def shapes(self) -> list[Shape]:
         """Shapes before the first layer and after each layer (``len(layers) + 1`` entries)."""
+        return self._walk(count_params=False)[0]
+
+    def _walk(self, count_params: bool) -> tuple[list[Shape], int]:
+        """The shapes (as :meth:`shapes`) and, when ``count_params``, the parameter count, each
+        layer's shape worked out once."""
         shape: Shape = self.input_shape
         out = [shape]
+        params = 0
         for i, layer in enumerate(self.layers):
             try:
-                shape = layer.out_shape(shape)
+                if count_params:
+                    shape, n = layer.out_shape_and_params(shape)
+                    params += n
+                else:
+                    shape = layer.out_shape(shape)
+                check_units(layer, shape)
             except SpecError as err:
                 raise SpecError(f"layer {i} {err}") from None
             out.append(shape)
-        return out
+        return out, params
 
     @property
     def d(self) -> int:
         """Input dimension ``C * H * W``."""
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
 
     @property
     def n_classes(self) -> int:
         return self.shapes()[-1][0]
 
     def n_params(self) -> int:
-        shapes = self.shapes()
-        return sum(layer.n_params(s) for layer, s in zip(self.layers, shapes))
+        return self._walk(count_params=True)[1]
 
     def table(self) -> list[dict[str, Any]]:
         """One row per layer: index, text form, output shape, in-degree, parameter count."""
@@ -489,15 +593,23 @@ class Spec:
     def from_json(cls, data: dict[str, Any] | str) -> Spec:
         if isinstance(data, str):
             try:
-                data = json.loads(data)
-            except json.JSONDecodeError as err:
-                raise SpecError(f"spec JSON does not parse: {err}") from None
+                data = json.loads(data, object_pairs_hook=_no_repeated_keys)
+            except SpecError:
+                raise
+            except ValueError as err:  # a JSONDecodeError, or an integer of over 4300 digits
+                raise SpecError(f"spec JSON does not parse: {str(err).splitlines()[0]}") from None
+            except RecursionError:
+                raise too_deep() from None
         if not isinstance(data, dict) or "input_shape" not in data or "layers" not in data:
             raise SpecError("spec JSON needs the keys 'input_shape' and 'layers'")
         if not isinstance(data["layers"], list):
             raise SpecError("spec JSON: 'layers' must be a list of layer objects")
+        if not isinstance(data["input_shape"], (list, tuple)) or len(data["input_shape"]) != 3:
+            raise SpecError(f"input shape must be (C, H, W), got {_grammar._shown(data['input_shape'])}")
+        _check_json_size(data["layers"])
         layers = [layer_from_json(item, f"layer {i}") for i, item in enumerate(data["layers"])]
-        return cls(tuple(int(n) for n in data["input_shape"]), tuple(layers))
+        shape = tuple(_grammar.json_int("input shape", "a side", n) for n in data["input_shape"])
+        return cls(shape, tuple(layers))
 
     def with_input(self, input_shape: Shape) -> Spec:
         return replace(self, input_shape=tuple(input_shape))
@@ -510,6 +622,21 @@ def layer_json(layer: Layer) -> dict[str, Any]:
     if "branch" in args:
         args["branch"] = [layer_json(x) for x in args["branch"]]
     return {"kind": layer.kind, **args}
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its pairs; a key given twice is refused (``json`` would keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SpecError(f"spec JSON: key {key!r} given twice in one object")
+        out[key] = value
+    return out
+
+
+def _check_json_size(layers: list[Any]) -> None:
+    """:func:`check_size` on the JSON form, before any layer record is made."""
+    _check_census(layers, lambda item: item.get("branch") if isinstance(item, dict) else None)
 
 
 def layer_from_json(item: Any, where: str) -> Layer:

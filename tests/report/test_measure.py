@@ -30,8 +30,8 @@ from torch import nn
 from advdim.arch import family, parse
 from advdim.build import build
 from advdim.cli import main
-from advdim.measure import UPSAMPLED_REASON, bootstrap_slopes, fit_slope, upsample
-from advdim.stats import critical
+from advdim.measure import UPSAMPLED_REASON, upsample
+from advdim.stats import fit_slope
 from advdim.verdict import MIN_POWER
 
 HERE = Path(__file__)
@@ -168,6 +168,9 @@ def assert_judged_consistently(rc: int, res: dict) -> None:
             assert r["verdict"] == "reported" and r["power"] is None
             continue
         assert r["power"] is not None and r["verdict"] == r["outcome"], r["claim"]
+        if None in r["interval"]:  # too few units for any interval: never pass or fail
+            assert r["outcome"] == "inconclusive" and r["power"] == 0
+            continue
         lo, hi = r["interval"]
         inside = lo <= r["predicted"] <= hi
         assert r["outcome"] == ("fail" if not inside else "pass" if r["power"] >= MIN_POWER else "inconclusive")
@@ -196,22 +199,23 @@ def test_a_traced_he_net_is_judged_and_none_fails(tmp_path: Path, capsys: pytest
     assert res["prediction"]["judged"] is True and res["counts"]["fail"] == 0
     specs = {4 * k: parse(res["trace"]["specs"][str(k)]) for k in (1, 2, 4)}
     pred = predict(lambda s, c: specs[s], sizes=(4, 8, 16), channels=1, init="he", symmetry=False)
-    c = critical(0.01, 8)
     for target in ("logit", "loss"):
         for q in ("1", "2"):
             r = slopes(res, target)[q]
             assert r["verdict"] == "inconclusive" and r["power"] < MIN_POWER
-            assert r["predicted_slope"] == pytest.approx(pred.slope_q(float(q)), abs=1e-12)
+            if target == "logit":  # the loss law adds the softmax factor's (small) variation with d
+                assert r["predicted_slope"] == pytest.approx(pred.slope_q(float(q)), abs=1e-12)
+            assert r["predicted_slope"] == pytest.approx(pred.slope_q(float(q)), abs=0.02)
             lo, hi = r["interval"]
             assert (lo + hi) / 2 == pytest.approx(r["measured_slope"]) and lo < r["predicted_slope"] < hi
             row = next(x for x in res["rows"] if x["claim"] == f"slope of E||d_x {'f_0' if target == 'logit' else 'L'}"
                        f"||_{q} in d")
-            assert f"c = {c:.3f}" in row["detail"] and "false failure rate 0.01" in row["detail"]
+            assert "c*se = " in row["detail"] and "n_eff = " in row["detail"] and "false rejection 0.01" in row["detail"]
             assert f"power {row['power']:.3f} against slope +-0.05" in row["detail"]
-        # a conv net's q = inf prediction assumes independent Gaussian coordinates: reported
+        # q = inf is judged as simulate judges it: the channel-gate law of this zero-padded conv net
         inf = slopes(res, target)["inf"]
-        assert inf["verdict"] == "reported" and inf["predicted_slope"] is None
-    assert [row["verdict"] for row in res["rows"]].count("inconclusive") == 4
+        assert inf["verdict"] == "inconclusive" and inf["predicted_slope"] is not None
+    assert "fail" not in [row["verdict"] for row in res["rows"]]
     assert all(0 <= v["share"] <= 1 and v["interval"][0] <= v["share"] <= v["interval"][1]
                for v in res["vulnerability"])
 
@@ -233,7 +237,7 @@ def test_a_planted_exponent_fails_the_judged_rows(tmp_path: Path, capsys: pytest
             assert r["verdict"] == "fail" and not lo <= r["predicted_slope"] <= hi
     assert any("at d = 256 the weights look different from the base size's he" in n for n in bad["notes"])
     page = (tmp_path / "b" / "report.html").read_text()
-    assert page.count('<tr class="verdict fail" ') == 4 and "slope of E||d_x f_0||_1 in d" in page
+    assert page.count('<tr class="verdict fail" ') >= 4 and "slope of E||d_x f_0||_1 in d" in page
 
 
 def test_the_first_dense_layer_makes_q_inf_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -252,18 +256,25 @@ def test_the_first_dense_layer_makes_q_inf_judged(tmp_path: Path, capsys: pytest
 ])
 def test_outside_the_theory_the_rows_are_reported_with_the_reason(factory: str, words: list[str], tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """(c) A skip connection, max pooling, a factory that seeds itself: measured, reported, never judged."""
+    """(c) A skip connection, max pooling, a factory that seeds itself: measured, never judged against a
+    prediction.  Independent draws get a consistency word against d^(1/q - 1/2) (inconsistent fails);
+    repeated weights (not independent units) get none."""
     rc, res = measure(capsys, f"{HERE}:{factory}", *PER_SIZE, "--out", str(tmp_path))
-    assert rc == 0 and isinstance(res, dict)
+    assert isinstance(res, dict)
     assert res["setting"] == "per-size draws" and res["prediction"]["judged"] is False
     reason = res["prediction"]["reason"]
     assert all(w in reason for w in words), reason
     for target in ("logit", "loss"):
         for r in slopes(res, target).values():
-            assert r["verdict"] == "reported" and r["predicted_slope"] is None and r["pass"] is None
+            assert r["predicted_slope"] is None
+            if factory == "seeded_net":
+                assert r["consistency"] is None and r["verdict"] == "reported" and r["pass"] is None
+            else:
+                assert r["consistency"] in ("consistent", "inconsistent", "cannot tell at this budget")
+                assert r["verdict"] == ("fail" if r["consistency"] == "inconsistent" else "reported")
             lo, hi = r["interval"]
             assert lo <= r["measured_slope"] <= hi
-    assert all(row["verdict"] == "reported" for row in res["rows"])
+    assert rc == (1 if res["counts"]["fail"] else 0)
     assert any(reason in row["detail"] for row in res["rows"])
     if factory == "residual":  # traced into a residual block; the theory, not the tracer, says "no law"
         assert res["trace"]["traced"] is True and all("res(" in t for t in res["trace"]["specs"].values())
@@ -356,9 +367,9 @@ def test_upsample_is_pixel_copy() -> None:
 
 @given(st.floats(-1.5, 1.5), st.lists(st.floats(0.1, 10), min_size=3, max_size=12))
 def test_fit_recovers_an_exact_power_law(a: float, scale: list[float]) -> None:
-    """Every input following ``c_i d^a`` gives slope ``a``, for the fit and every bootstrap resample."""
+    """Every unit following ``c_u d^a`` gives slope ``a`` with a zero standard error (the up-sampled
+    setting's fit: one statistics module, units = inputs)."""
     d = [48.0, 192.0, 768.0, 3072.0]
     norms = np.array([[c * x**a for x in d] for c in scale])
-    assert fit_slope(d, norms) == pytest.approx(a, abs=1e-9)
-    boots = bootstrap_slopes(d, norms, np.random.default_rng(0), n_boot=50)
-    assert np.allclose(boots, a, atol=1e-9)
+    fit = fit_slope(d, norms)
+    assert fit.slope == pytest.approx(a, abs=1e-9) and fit.se == pytest.approx(0.0, abs=1e-9)

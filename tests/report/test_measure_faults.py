@@ -249,8 +249,8 @@ def test_a_sized_factory_is_measured_per_size(models: Path, tmp_path: Path, caps
     """The control of the per-size faults: a new model per size and draw, exit 0 and a report (the
     model is not traced: its forward records input shapes, which torch.fx cannot iterate)."""
     rc, err = run_sized(capsys, models, "sized", tmp_path / "report")
-    assert rc == 0, err
-    assert "setting: per-size draws" in err and "slope rows reported, not judged" in err
+    assert rc in (0, 1), err  # no law: each row says whether it is consistent with d^(1/q - 1/2) (inconsistent fails)
+    assert "setting: per-size draws" in err and "no prediction: the module is outside the theory's specs" in err
     assert sys.modules["_advdim_user_faulty_models"].SHAPES.count((4, 1, 16, 16)) >= 2  # one model per draw
 
 
