@@ -36,6 +36,24 @@ def run_check(check: Check, budget: Budget) -> tuple[list[Verdict], float]:
     return verdicts, time.perf_counter() - t0
 
 
+def family_wise(runs: list[tuple[Check, float, list[Verdict]]], fwer: float | None = None
+                ) -> tuple[list[dict[str, Any]], int]:
+    """The report rows of every check, the two-sided tests among them re-judged together by
+    :func:`advdim.stats.holm` at family-wise rate ``fwer`` (default :data:`advdim.stats.FWER`), and how
+    many rows that covers."""
+    from advdim.report import verdict_rows
+    from advdim.stats import FWER, holm
+
+    flat = [v for _, _, vs in runs for v in vs]
+    judged = holm(flat, FWER if fwer is None else fwer)
+    rows: list[dict[str, Any]] = []
+    i = 0
+    for check, dt, vs in runs:
+        rows += verdict_rows(check.name, check.part.value, dt, judged[i:i + len(vs)])
+        i += len(vs)
+    return rows, sum(1 for v in flat if v.test is not None and v.passed is not None)
+
+
 def part_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per part: verdicts passed, failed, inconclusive, without comparison (n/a), and the seconds its
     checks took."""
@@ -74,7 +92,7 @@ def register(app: typer.Typer) -> None:
 
         from advdim.build import resolve_device
         from advdim.cli import emit_json, err, out
-        from advdim.report import RunInfo, counts, exit_status, overall, summary_line, verdict_rows, write_report
+        from advdim.report import RunInfo, counts, exit_status, overall, summary_line, write_report
 
         try:
             sc = Scale(scale)
@@ -100,7 +118,7 @@ def register(app: typer.Typer) -> None:
         checks = [c for c in registered if part is None or c.part is part]
         present = {c.part for c in registered}
         missing = [p.value for p in Part if p not in present and (part is None or p is part)]
-        rows: list[dict[str, Any]] = []
+        runs: list[tuple[Check, float, list[Verdict]]] = []
         t_start = time.perf_counter()
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -108,10 +126,16 @@ def register(app: typer.Typer) -> None:
             for check in checks:
                 bar.update(task, description=f"{check.part.value}: {check.name}")
                 verdicts, dt = run_check(check, budget)
-                rows += verdict_rows(check.name, check.part.value, dt, verdicts)
+                runs.append((check, dt, verdicts))
                 bar.advance(task)
         seconds = time.perf_counter() - t_start
+        from advdim.stats import FWER
+
+        rows, tested = family_wise(runs)
         notes = [f"not yet available: the {m} checks (this part of advdim is not built yet)" for m in missing]
+        if tested:
+            notes.append(f"family-wise: the {tested} rows that are two-sided tests over independent units are judged "
+                         f"by Holm's procedure at a family-wise false-failure rate of {FWER:g} (any --seed)")
         if plant_exponent:
             notes.append(f"planted error: measured gradient norms multiplied by d^{plant_exponent:g} "
                          "(the slope verdicts are expected to FAIL)")

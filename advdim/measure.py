@@ -597,10 +597,13 @@ def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig
                     progress: bool = True) -> Sample:
     """The factory's units (``--draws`` weight draws) at every accepted size, through the sweep."""
     from advdim.simulate import FactoryPlan, run_factory_cell, source_hash
-    from advdim.simulate._factory import KIND
+    from advdim.simulate._factory import KIND, register
     from advdim.sweep import run_sweep
 
-    plan = FactoryPlan(canonical_factory(target), source_hash(factory), cfg.input_shape, cfg.qs, cfg.inputs,
+    text = canonical_factory(target) if ":" in target else \
+        f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', target)}"
+    register(text, factory)  # in-process cells call this object; worker processes import the text
+    plan = FactoryPlan(text, source_hash(factory), cfg.input_shape, cfg.qs, cfg.inputs,
                        cfg.seed, cfg.eps, cfg.steps, device.type)
     configs = [plan.config(u, k) for u in range(cfg.draws) for k in info.factors]
     for k in info.factors:  # a model that fails on the measurement's inputs: one line, before the sweep starts
