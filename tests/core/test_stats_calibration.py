@@ -106,8 +106,9 @@ def test_measure_and_simulate_agree_on_the_same_network(tmp_path: Path) -> None:
     """One traced network, its draws measured by ``measure`` (a factory) and by ``simulate`` (spec
     text): the slopes agree within c * sqrt(se1^2 + se2^2) (c: the normal 0.999 quantile, two
     independent studies), and both are judged against the same law."""
-    from advdim.measure import MeasureConfig, measure
     from advdim.simulate import study
+
+    from advdim.measure import MeasureConfig, measure
 
     torch.set_num_threads(1)
     cfg = MeasureConfig((1, 4, 4), (1, 2, 4), (1.0, 2.0, math.inf), inputs=8, seed=0, eps=0.004, steps=1, draws=24)
