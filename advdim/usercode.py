@@ -45,7 +45,7 @@ def source_of(obj: object) -> str | None:
         return os.fspath(obj)
     target = obj if isinstance(obj, ModuleType) or inspect.isroutine(obj) or inspect.isclass(obj) else type(obj)
     try:
-        return inspect.getsourcefile(target) or inspect.getfile(target)  # type: ignore[arg-type]
+        return inspect.getsourcefile(target) or inspect.getfile(target)
     except (TypeError, OSError):
         return None
 

@@ -53,6 +53,7 @@ from advdim.empirical._experiments import _save, collapsed
 
 from advdim.choice import Choice
 from advdim.errors import AdvdimError
+from advdim.paths import OutputFolder
 from advdim.verdict import Outcome as Says
 from advdim.verdict import Verdict
 
@@ -395,7 +396,7 @@ def _fmt_interval(v: Verdict) -> str:
     return f"{v.measured:+.2f} [{v.interval[0]:+.2f}, {v.interval[1]:+.2f}] ({mark})"
 
 
-def plot(rows: Sequence[dict[str, Any]], out: Path, seed: int = 0) -> list[Path]:
+def plot(rows: Sequence[dict[str, Any]], out: Path | OutputFolder, seed: int = 0) -> list[Path]:
     """Figure 2 analogue by condition: ``E||d_x L||_1`` and l_inf vulnerability against ``sqrt(d)``
     (log-log, per-size bootstrap intervals, fitted slopes in the legend), test accuracy per size."""
     import matplotlib

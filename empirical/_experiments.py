@@ -29,6 +29,7 @@ from advdim.empirical._defences import Method
 from advdim.empirical._train import DEFAULT_ARCH, TrainConfig, train
 
 from advdim.errors import AdvdimError
+from advdim.paths import OutputFolder
 from advdim.store import RunStore
 from advdim.sweep import run_sweep
 
@@ -131,6 +132,8 @@ def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 
 
     cells = configs(which, preset, data_dir, device)
     out = Path(out_dir)
+    folder = OutputFolder(out)
+    folder.check(output_names(which))  # before any work: its files replace only those advdim wrote there
     out.mkdir(parents=True, exist_ok=True)
     samples = which == "batchnorm"
     with RunStore(out / "runs.sqlite") as store:
@@ -140,13 +143,13 @@ def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 
     rows = [{**c, **r} for c, r in zip(cells, results)]
     if samples:
         found = bn.summary(rows, bn.verdicts(rows))
-        (out / "trends.json").write_text(json.dumps(found, indent=2) + "\n")
+        folder.file(TRENDS).write_text(json.dumps(found, indent=2) + "\n")
         return {"experiment": which, "preset": preset, "cells": len(cells), "store": str(out / "runs.sqlite"),
-                "plots": [str(p) for p in bn.plot(rows, out)], "trends": [t["text"] for t in found]}
-    plots = (plot_first_order if which == "first-order" else plot_dimension)(rows, out)
-    plots += plot_epochs(rows, out)
+                "plots": [str(p) for p in bn.plot(rows, folder)], "trends": [t["text"] for t in found]}
+    plots = (plot_first_order if which == "first-order" else plot_dimension)(rows, folder)
+    plots += plot_epochs(rows, folder)
     found = trends(which, rows)
-    (out / "trends.json").write_text(json.dumps(found, indent=2) + "\n")
+    folder.file(TRENDS).write_text(json.dumps(found, indent=2) + "\n")
     return {"experiment": which, "preset": preset, "cells": len(cells), "store": str(out / "runs.sqlite"),
             "plots": [str(p) for p in plots], "trends": [t["text"] for t in found]}
 
@@ -255,8 +258,26 @@ def _caption(rows: list[dict[str, Any]]) -> str:
             f"eps per pixel, normalised units; test PGD eps {r0['attack_eps']:g}")
 
 
-def _save(fig: Any, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
+#: the figures of each experiment (``<name>.png`` and ``<name>.svg``) and its trends, in ``--out``
+FIGURES = {"first-order": ("figure1", "grad_norms_epochs"), "dimension": ("figure2", "grad_norms_epochs"),
+           "batchnorm": ("figure_batchnorm",)}
+TRENDS = "trends.json"
+
+
+def output_names(which: str) -> list[str]:
+    """The files :func:`run_experiment` writes in its folder besides the run store.
+
+    >>> output_names("batchnorm")
+    ['trends.json', 'figure_batchnorm.png', 'figure_batchnorm.svg']
+    """
+    return [TRENDS, *(f"{name}.{ext}" for name in FIGURES[which] for ext in ("png", "svg"))]
+
+
+def _save(fig: Any, out: Path | OutputFolder, name: str) -> list[Path]:
+    """Write ``fig`` as ``<name>.png`` and ``<name>.svg`` in ``out`` (an :class:`OutputFolder`: only
+    over files advdim wrote there), close it, return the paths."""
+    names = [f"{name}.png", f"{name}.svg"]
+    paths = [out.file(n) if isinstance(out, OutputFolder) else out / n for n in names]
     for p in paths:
         fig.savefig(p, dpi=110)
     import matplotlib.pyplot as plt
@@ -265,7 +286,7 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot_first_order(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Path]:
     """Figure 1 (a-f) analogues: gradient norm, vulnerability, accuracy against eps, and the
     relations vulnerability-gradient, l_1-l_2 norms, accuracy-vulnerability (test set)."""
     import matplotlib
@@ -308,7 +329,7 @@ def plot_first_order(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return _save(fig, out, "figure1")
 
 
-def plot_dimension(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot_dimension(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Path]:
     """Figure 2 (a-d) analogues: gradient norm, vulnerability and accuracy against sqrt(d) per
     PGD eps, and vulnerability against gradient norm with a smoothing spline (s = 200)."""
     import matplotlib
@@ -348,7 +369,7 @@ def plot_dimension(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return _save(fig, out, "figure2")
 
 
-def plot_epochs(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot_epochs(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Path]:
     """Train (dashed) vs test (solid) E||d_x L||_1 over epochs, one colour per run."""
     import matplotlib
 

@@ -47,3 +47,12 @@ def test_collapsed_runs_are_recognised_and_left_out_of_the_trends():
     assert sum(bool(t.get("collapsed")) for t in found) == 2
     plain = next(t for t in found if t.get("eps") == 0.0 and "slope_grad_l1" in t)
     assert plain["slope_grad_l1"] > 0
+
+
+def test_a_users_file_in_the_folder_is_refused_before_any_work(tmp_path):
+    """An experiment's figures and trends replace only files an earlier run wrote (issue 24)."""
+    (tmp_path / "figure_batchnorm.png").write_bytes(b"the user's figure")
+    with pytest.raises(AdvdimError, match="already holds 'figure_batchnorm.png', which advdim did not write"):
+        ex.run_experiment("batchnorm", "small", tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure_batchnorm.png"]  # no store, nothing else
+    assert (tmp_path / "figure_batchnorm.png").read_bytes() == b"the user's figure"
