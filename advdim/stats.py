@@ -126,6 +126,8 @@ class TwoSided:
         units: effective number of independent units (``n_eff``; the t test has ``units - 1``
             degrees of freedom; ``None``: large-sample normal quantiles).
         delta: the smallest error the claim is about (its power is computed against it).
+        log: ``measured`` and ``predicted`` are logs of the row's quantity (a prefactor ratio): its
+            interval is reported as ``exp`` of the log interval.
     """
 
     measured: float
@@ -133,6 +135,7 @@ class TwoSided:
     se: float
     units: float | None
     delta: float = DELTA
+    log: bool = False
 
     @property
     def ready(self) -> bool:
@@ -144,6 +147,12 @@ class TwoSided:
 
     def tolerance(self, alpha: float = ALPHA) -> float:
         return self.critical(alpha) * self.se
+
+    def interval(self, alpha: float = ALPHA) -> tuple[float, float]:
+        """The acceptance interval around the estimate, in the row's own units (the whole line when not ready)."""
+        tol = self.tolerance(alpha) if self.ready else math.inf
+        lo, hi = self.measured - tol, self.measured + tol
+        return (math.exp(lo), math.exp(hi)) if self.log else (lo, hi)
 
     def rejects(self, alpha: float = ALPHA) -> bool:
         """``|measured - predicted| > c * se`` (False when not :attr:`ready`: never a fail)."""
@@ -166,7 +175,7 @@ class TwoSided:
 
     def to_json(self) -> dict[str, Any]:
         return {"measured": self.measured, "predicted": self.predicted, "se": self.se, "units": self.units,
-                "delta": self.delta, "p_value": self.p_value()}
+                "delta": self.delta, "log": self.log, "p_value": self.p_value()}
 
 
 @dataclass(frozen=True)
@@ -389,6 +398,22 @@ def ratio_fit(measured: np.ndarray, predicted: np.ndarray, seed: int = 0,
     return ratio, float(psi.std(ddof=1) / math.sqrt(m.size))
 
 
+def ratio_test(ratio: float, se: float, units: float | None, rel: float = PREFACTOR_REL) -> TwoSided:
+    """The prefactor test on the log scale: ``log ratio`` against 0 with se ``se / ratio`` and power
+    against ``log(1 + rel)``.  Per-unit squared norms are right-skewed; on the log scale the ratio's
+    sampling distribution is nearly symmetric, and the test holds its level (``scripts/calibrate_stats.py``:
+    a linear-scale test falsely failed 1.6-1.7% of null studies at 64-200 units, the log-scale one 0.9-1.3%).
+    Its acceptance interval for the ratio is ``ratio * exp(+-c se / ratio)``.
+
+    >>> t = ratio_test(1.0, 0.02, 200.0)
+    >>> round(t.delta, 4), t.rejects()
+    (0.0953, False)
+    """
+    if not ratio > 0:
+        raise AdvdimError(f"a prefactor ratio must be positive, got {ratio}")
+    return TwoSided(math.log(ratio), 0.0, se / ratio, units, math.log1p(rel), log=True)
+
+
 def ratio_units(measured: np.ndarray) -> float:
     """Effective units of a ratio of sums (:func:`effective_units` of the per-unit totals)."""
     return effective_units(np.asarray(measured, dtype=np.float64).sum(axis=1, keepdims=True))
@@ -469,8 +494,7 @@ def holm(verdicts: Sequence[Verdict], fwer: float = FWER) -> list[Verdict]:
         still_rejecting = rejected
         pw = t.power(level)
         v = verdicts[i]
-        tol = t.tolerance(level) if t.ready else math.inf
-        out[i] = replace(v, passed=not rejected, power=pw, interval=(t.measured - tol, t.measured + tol),
+        out[i] = replace(v, passed=not rejected, power=pw, interval=t.interval(level),
                          detail=f"{v.detail}; Holm across {m} judged rows at family-wise rate {fwer:g}: tested at "
                                 f"level {level:.2g} (p = {t.p_value():.3g}), power {pw:.3f}")
     return out

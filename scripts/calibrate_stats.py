@@ -31,6 +31,7 @@ from advdim.stats import (
     TwoSided,
     fit_slope,
     ratio_fit,
+    ratio_test,
     ratio_units,
 )
 
@@ -57,7 +58,7 @@ def rejects(kind: str, rng: np.random.Generator, n: int, unit_sd: float, error: 
     measured = records(rng, n, unit_sd, 1.0, 1.0 + error)
     ratio, se = ratio_fit(measured, np.outer(np.ones(n), D))
     units = ratio_units(measured)
-    return units >= MIN_RATIO_UNITS and TwoSided(ratio, 1.0, se, units, PREFACTOR_REL).rejects(ALPHA)
+    return units >= MIN_RATIO_UNITS and ratio_test(ratio, se, units).rejects(ALPHA)
 
 
 def false_fail_rate(kind: str, n: int, tail: str, reps: int, seed: int = 0) -> tuple[int, int]:

@@ -34,7 +34,6 @@ from advdim.stats import (
     DELTA,
     INCONSISTENT,
     MIN_RATIO_UNITS,
-    PREFACTOR_REL,
     PREFACTOR_RESOLUTION,
     SE_FOR_POWER,
     SLOPE_RESOLUTION,
@@ -47,6 +46,7 @@ from advdim.stats import (
     paper_law_consistency,
     power,
     ratio_fit,
+    ratio_test,
     ratio_units,
     slope_test,
 )
@@ -556,21 +556,22 @@ class FamilyResult:
         what = "d_x L" if self.target == "loss" else "d_x f_k"
         ratio, se = self.prefactor_ratio, self.prefactor_se
         units = float(self.nets) if self.prefactor_units is None else self.prefactor_units
-        test = TwoSided(ratio, 1.0, se, units, PREFACTOR_REL)
+        test = ratio_test(ratio, se, units)
         few = units < MIN_RATIO_UNITS  # skewed per-unit squares: too few units to judge (advdim.stats)
         tol = test.tolerance(alpha) if test.ready and not few else math.inf
         judged = self.prefactor_approximate is None
         pw = (0.0 if few else test.power(alpha)) if judged else None
         how = (f"ratio of sums over units and sizes; se {se:.4f} over {self.nets} units "
-               f"({units:.1f} effective), two-sided alpha {alpha:g}, |ratio - 1| <= c*se = {tol:.4f}")
+               f"({units:.1f} effective), two-sided alpha {alpha:g} on the log scale: |log ratio| <= c*se/ratio = "
+               f"{tol:.4f}")
         if few:
             how += f"; inconclusive below {MIN_RATIO_UNITS:g} effective units (right-skewed squares)"
         detail = (f"{how}; {power_note(pw, PREFACTOR_RESOLUTION)} (pass needs {MIN_POWER:g})" if judged else
                   "reported, not judged: the path sum is exact only under H1, which fails here: "
                   f"{self.prefactor_approximate}; {how}")
         return Verdict(
-            f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, ratio, (ratio - tol, ratio + tol),
-            abs(ratio - 1.0) <= tol if judged else None, detail,
+            f"{self.family}: E||{what}||_2^2 measured / theory", self.reference, 1.0, ratio,
+            (ratio * math.exp(-tol), ratio * math.exp(tol)), not test.rejects(alpha) or few if judged else None, detail,
             {"measured": list(self.sq_measured), "predicted": list(self.sq_predicted or []), "se": se,
              "power": pw}, power=pw, resolution=PREFACTOR_RESOLUTION if judged else "",
             test=test if judged and not few else None)
