@@ -465,7 +465,7 @@ class Residual(Layer):
 
     def out_shape(self, shape: Shape) -> Shape:
         out = self.branch_shapes(shape)[-1]
-        self.projection(shape)
+        self._projection(shape, out)
         return out
 
     def in_degree(self, shape: Shape) -> int:
