@@ -228,7 +228,7 @@ def _make_layer(where: int | str, kind: str, positional: list[str], named: dict[
     try:
         return cls(**kwargs)
     except TypeError:
-        missing = [n for n in names if n not in kwargs]
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in kwargs]
         raise SpecError(f"{at}: missing argument(s) {missing}") from None
 
 
