@@ -52,16 +52,20 @@ from torch import nn
 
 from advdim.arch import Target as ArchTarget
 from advdim.arch import TargetKind
-from advdim.cli_args import check_fits, parse_sizes
+from advdim.cli_args import parse_sizes
 from advdim.errors import AdvdimError, SpecError
-from advdim.gradients import Target, check_q, input_gradient, lp_norm, mode
+from advdim.gradients import Target, check_q, input_gradient, lp_norm
 from advdim.models import (
     FactoryFailed,
+    Probe,
+    attack,
     binomial_interval,
     check_batch,
     check_gradient,
+    check_size_fits,
     first_line,
     make_model,
+    probe,
     takes_input_shape,
     vulnerability,
 )
@@ -126,99 +130,6 @@ def q_text(q: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # Probing a model (does it take this size? does the size fit in memory?)
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Probe:
-    """The model run once, with autograd, on one zero input up-sampled by ``factor``."""
-
-    factor: int
-    logits: int  # K of the (1, K) output
-    saved_bytes: int  # what autograd keeps of that input for the backward pass, parameters excluded
-
-
-def probe(model: nn.Module, shape: tuple[int, int, int], k: int, device: torch.device, dtype: torch.dtype
-          ) -> Probe | str:
-    """Run ``model`` on one zero input of ``shape`` up-sampled by ``k`` and differentiate logit 0.
-
-    Returns the first line of the error when the model raises (a size it does not accept), a
-    :class:`Probe` when it returns ``(1, K)`` floating-point logits that depend on the input; anything else is an
-    :class:`AdvdimError` naming what the model returned.  ``saved_bytes`` counts the storages
-    autograd saves for the backward pass (parameters and buffers excluded): the activation memory
-    of one input, which the memory estimate of :func:`measure` scales by the number of inputs.
-    """
-    d = shape[0] * shape[1] * shape[2] * k * k
-    kept = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested)
-            return t
-        if storage.data_ptr() not in kept:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    x = torch.zeros(1, shape[0], shape[1] * k, shape[2] * k, device=device, dtype=dtype, requires_grad=True)
-    try:
-        with mode(model, False), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(x)
-    except Exception as e:  # noqa: BLE001 - a size the model does not accept
-        return first_line(e)
-    if not isinstance(out, torch.Tensor):
-        raise AdvdimError(f"the model returned a {type(out).__name__} at d = {d}, not a tensor of (B, K) logits: "
-                          "make forward return the logits only")
-    if out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < 1:
-        raise AdvdimError(f"the model returned shape {tuple(out.shape)} for 1 input at d = {d}: it must return "
-                          "(B, K) logits")
-    if not out.is_floating_point():
-        raise AdvdimError(f"the model returned {out.dtype} values at d = {d}: logits must be floating-point")
-    grad = None
-    if out.requires_grad:
-        (grad,) = torch.autograd.grad(out[:, 0].sum(), x, allow_unused=True)
-    if grad is None:
-        raise AdvdimError(f"the model's logit 0 does not depend on its input at d = {d}: a model constant in its "
-                          "input has no slope to measure")
-    return Probe(k, int(out.shape[1]), sum(saved.values()))
-
-
-#: peak memory of the model's batched forward + backward passes over what autograd saves for them:
-#: the backward holds gradients of about the same size, and CPU convolutions their own work buffers.
-#: Measured on CPU (``advdim measure``, 64-256 inputs, He nets and a BatchNorm CNN up-sampled x1-x4):
-#: peaks of 1.4-3.7 times the saved bytes, 0.3-0.8 of :func:`measure_bytes`
-ACTIVATION_FACTOR = 5
-#: copies of the inputs of one size held at once (input, its clone and gradient, PGD's iterate, its
-#: bounds and step), in the model's dtype, plus a float64 copy of the gradient for the norms
-INPUT_COPIES = 8
-
-
-def measure_bytes(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None) -> tuple[int, int]:
-    """``(host, device)``: upper estimates of the memory :func:`measure` needs at one size, in bytes.
-
-    Host: the float64 Gaussian inputs up-sampled by ``k`` (``8 d (1 + 1/k)`` per input).  Device:
-    per input ``INPUT_COPIES * itemsize * d + 8 d`` for the inputs and gradients, plus
-    ``ACTIVATION_FACTOR * saved_bytes`` for the model's activations (``saved_bytes`` from
-    :func:`probe`; ``None``: not yet known, inputs only).
-
-    >>> measure_bytes(64, 3 * 128 * 128, 4, 4, 10**6)
-    (31457280, 445829120)
-    """
-    host = inputs * 8 * (d + d // k)
-    device = inputs * (INPUT_COPIES * itemsize * d + 8 * d + ACTIVATION_FACTOR * (saved_bytes or 0))
-    return host, device
-
-
-def _check_size_fits(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None,
-                     device: torch.device, what: str | None = None) -> None:
-    host, dev = measure_bytes(inputs, d, k, itemsize, saved_bytes)
-    what = what or f"up-sampling factor {k} (d = {d}, {inputs} inputs)"
-    advice = "use smaller --sizes or fewer --inputs"
-    if device.type == "cpu":
-        check_fits(host + dev, what, "cpu", advice)
-    else:
-        check_fits(host, what, "cpu", advice)
-        check_fits(dev, what, str(device), advice)
-
-
 def probe_factors(model: nn.Module, cfg: MeasureConfig, device: torch.device, dtype: torch.dtype
                   ) -> tuple[list[Probe], dict[int, str]]:
     """:func:`probe` the model at each factor (ascending) that is estimated to fit in memory, the
@@ -228,19 +139,19 @@ def probe_factors(model: nn.Module, cfg: MeasureConfig, device: torch.device, dt
     C, H, W = cfg.input_shape
     itemsize = torch.empty((), dtype=dtype).element_size()
     for k in cfg.factors:  # the inputs alone, before the model runs at any size
-        _check_size_fits(cfg.inputs, C * H * W * k * k, k, itemsize, None, device)
+        check_size_fits(cfg.inputs, C * H * W * k * k, k, itemsize, None, device)
     probes: list[Probe] = []
     errors: dict[int, str] = {}
     for k in sorted(cfg.factors):
         d = C * H * W * k * k
         if probes:
             last = probes[-1]
-            _check_size_fits(cfg.inputs, d, k, itemsize, last.saved_bytes * k * k // last.factor**2, device)
+            check_size_fits(cfg.inputs, d, k, itemsize, last.saved_bytes * k * k // last.factor**2, device)
         got = probe(model, cfg.input_shape, k, device, dtype)
         if isinstance(got, str):
             errors[k] = got
             continue
-        _check_size_fits(cfg.inputs, d, k, itemsize, got.saved_bytes, device)
+        check_size_fits(cfg.inputs, d, k, itemsize, got.saved_bytes, device)
         if probes and got.logits != probes[0].logits:
             raise AdvdimError(f"the model returns {probes[0].logits} logits at d = {C * H * W * probes[0].factor**2} "
                               f"but {got.logits} at d = {d}: the number of classes must not depend on the input size")
@@ -473,9 +384,9 @@ class _PerSize:
 
 
 def _fingerprint(model: nn.Module) -> tuple[float, ...]:
-    from advdim.simulate import _factory
+    from advdim.simulate import fingerprint
 
-    return tuple(_factory.fingerprint(model))
+    return tuple(fingerprint(model))
 
 
 def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.device) -> _PerSize:
@@ -483,7 +394,7 @@ def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
     memory, activations extrapolated from the size before?) and traced; the initialisation
     recognised from the first :data:`INIT_DRAWS` draws.  A size the factory or its model refuses is
     dropped with a note, unless it is the base size (an :class:`AdvdimError`)."""
-    from advdim.simulate._factory import draw_model
+    from advdim.simulate import draw_model
 
     info = _PerSize()
     last: Probe | None = None
@@ -501,10 +412,10 @@ def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
         itemsize = torch.empty((), dtype=_dtype(model)).element_size()
         if last is None:  # the inputs alone, before the model runs at any size
             for kk in cfg.factors:
-                _check_size_fits(cfg.inputs, cfg.d_at(kk), 1, itemsize, None, device,
+                check_size_fits(cfg.inputs, cfg.d_at(kk), 1, itemsize, None, device,
                                  f"size factor {kk} (d = {cfg.d_at(kk)}, {cfg.inputs} inputs)")
         else:
-            _check_size_fits(cfg.inputs, d, 1, itemsize, last.saved_bytes * k * k // last.factor**2, device, what)
+            check_size_fits(cfg.inputs, d, 1, itemsize, last.saved_bytes * k * k // last.factor**2, device, what)
         got = probe(model, shape, 1, device, _dtype(model))
         if isinstance(got, str):
             if not info.factors:
@@ -512,7 +423,7 @@ def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
                                   f"it raised {got}")
             info.rejected[k] = got
             continue
-        _check_size_fits(cfg.inputs, d, 1, itemsize, got.saved_bytes, device, what)
+        check_size_fits(cfg.inputs, d, 1, itemsize, got.saved_bytes, device, what)
         if last is not None and got.logits != k_out:
             raise AdvdimError(f"the model returns {k_out} logits at d = {cfg.d_at(last.factor)} but {got.logits} at "
                               f"d = {d}: the number of classes must not depend on the input size")
@@ -596,20 +507,19 @@ def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig
                     info: _PerSize, store: RunStore | None = None, workers: int = 0, resume: bool = True,
                     progress: bool = True) -> Sample:
     """The factory's units (``--draws`` weight draws) at every accepted size, through the sweep."""
-    from advdim.simulate import FactoryPlan, run_factory_cell, source_hash
-    from advdim.simulate._factory import KIND, register
+    from advdim.simulate import FACTORY_KIND, FactoryPlan, register_factory, run_factory_cell, source_hash
     from advdim.sweep import run_sweep
 
     text = canonical_factory(target) if ":" in target else \
         f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', target)}"
-    register(text, factory)  # in-process cells call this object; worker processes import the text
+    register_factory(text, factory)  # in-process cells call this object; worker processes import the text
     plan = FactoryPlan(text, source_hash(factory), cfg.input_shape, cfg.qs, cfg.inputs,
                        cfg.seed, cfg.eps, cfg.steps, device.type)
     configs = [plan.config(u, k) for u in range(cfg.draws) for k in info.factors]
     for k in info.factors:  # a model that fails on the measurement's inputs: one line, before the sweep starts
         run_factory_cell(plan.config(0, k))
-    results = run_sweep(KIND, configs, run_factory_cell, store, workers=workers, resume=resume, progress=progress,
-                        description=f"measure {target}")
+    results = run_sweep(FACTORY_KIND, configs, run_factory_cell, store, workers=workers, resume=resume,
+                        progress=progress, description=f"measure {target}")
     n_u, n_s = cfg.draws, len(info.factors)
     keys = [q_text(q) for q in cfg.qs]
     values = {(t, key): np.array([r[t][key] for r in results], dtype=np.float64).reshape(n_u, n_s)
@@ -621,10 +531,8 @@ def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig
         first = next(iter(info.rejected.values()))
         notes.append(f"the factory's models do not accept the size factors {sorted(info.rejected)} ({first}): "
                      f"measured at factors {info.factors} only" + ("; no slope can be fitted" if n_s < 2 else ""))
-    from advdim.models import _attack
-
     return Sample(Setting.PER_SIZE, list(info.factors), [cfg.d_at(k) for k in info.factors], values, sq, changed,
-                  cfg.inputs, _attack()[1], notes)
+                  cfg.inputs, attack()[1], notes)
 
 
 def canonical_factory(target: str) -> str:

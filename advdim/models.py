@@ -10,11 +10,13 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from advdim.cli_args import check_fits
 from advdim.errors import AdvdimError
 from advdim.gradients import Target, check_finite_params, input_gradient, mode
 
@@ -50,11 +52,15 @@ class FactoryFailed(AdvdimError):
 
 def make_model(factory: Callable[..., Any], input_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """Call the factory (``factory(input_shape=...)`` when a shape is given, else ``factory()``) and check the model."""
-    try:
-        model = factory() if input_shape is None else factory(input_shape=input_shape)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed
-        at = "" if input_shape is None else f" at input_shape={input_shape}"
-        raise FactoryFailed(f"the factory failed{at}: {type(e).__name__}: {e}") from None
+    from advdim.errors import SpecError
+    from advdim.usercode import user_code
+
+    at = "" if input_shape is None else f" at input_shape={input_shape}"
+    try:  # an exception, sys.exit or KeyboardInterrupt of the user's code: one line naming its file and line
+        with user_code(f"the factory{at}", factory):
+            model = factory() if input_shape is None else factory(input_shape=input_shape)
+    except SpecError as e:
+        raise FactoryFailed(str(e)) from None
     if not isinstance(model, nn.Module):
         raise AdvdimError(f"the factory returned {type(model).__name__}, not a torch.nn.Module")
     check_finite_params(model)
@@ -79,7 +85,8 @@ def pgd_builtin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     return adv
 
 
-def _attack() -> tuple[Callable[..., torch.Tensor] | None, str]:
+def attack() -> tuple[Callable[..., torch.Tensor] | None, str]:
+    """The l_inf PGD attack the vulnerability uses, and its name."""
     try:
         from advdim.empirical.attacks import pgd  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -95,7 +102,7 @@ def vulnerability(model: nn.Module, x: torch.Tensor, eps: float, steps: int, y: 
         with torch.no_grad(), mode(model, False):
             y = model(x).argmax(dim=1)
     step = eps / 7.5  # the reference implementation's test-time step size
-    pgd, name = _attack()
+    pgd, name = attack()
     adv = None
     if pgd is not None:
         try:
@@ -154,3 +161,99 @@ def check_batch(model: nn.Module, x: torch.Tensor, where: str, k_out: int | None
         k_out = int(logits.shape[1])
     check_logits(logits, x.shape[0], k_out or 0, where)
     return logits  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing a model: does it take this size? does the size fit in memory?
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Probe:
+    """The model run once, with autograd, on one zero input up-sampled by ``factor``."""
+
+    factor: int
+    logits: int  # K of the (1, K) output
+    saved_bytes: int  # what autograd keeps of that input for the backward pass, parameters excluded
+
+
+def probe(model: nn.Module, shape: tuple[int, int, int], k: int, device: torch.device, dtype: torch.dtype
+          ) -> Probe | str:
+    """Run ``model`` on one zero input of ``shape`` up-sampled by ``k`` and differentiate logit 0.
+
+    Returns the first line of the error when the model raises (a size it does not accept), a
+    :class:`Probe` when it returns ``(1, K)`` floating-point logits that depend on the input; anything else is an
+    :class:`AdvdimError` naming what the model returned.  ``saved_bytes`` counts the storages
+    autograd saves for the backward pass (parameters and buffers excluded): the activation memory
+    of one input, which the memory estimate of :func:`measure` scales by the number of inputs.
+    """
+    d = shape[0] * shape[1] * shape[2] * k * k
+    kept = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested)
+            return t
+        if storage.data_ptr() not in kept:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.zeros(1, shape[0], shape[1] * k, shape[2] * k, device=device, dtype=dtype, requires_grad=True)
+    try:
+        with mode(model, False), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - a size the model does not accept
+        return first_line(e)
+    if not isinstance(out, torch.Tensor):
+        raise AdvdimError(f"the model returned a {type(out).__name__} at d = {d}, not a tensor of (B, K) logits: "
+                          "make forward return the logits only")
+    if out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < 1:
+        raise AdvdimError(f"the model returned shape {tuple(out.shape)} for 1 input at d = {d}: it must return "
+                          "(B, K) logits")
+    if not out.is_floating_point():
+        raise AdvdimError(f"the model returned {out.dtype} values at d = {d}: logits must be floating-point")
+    grad = None
+    if out.requires_grad:
+        (grad,) = torch.autograd.grad(out[:, 0].sum(), x, allow_unused=True)
+    if grad is None:
+        raise AdvdimError(f"the model's logit 0 does not depend on its input at d = {d}: a model constant in its "
+                          "input has no slope to measure")
+    return Probe(k, int(out.shape[1]), sum(saved.values()))
+
+
+#: peak memory of the model's batched forward + backward passes over what autograd saves for them:
+#: the backward holds gradients of about the same size, and CPU convolutions their own work buffers.
+#: Measured on CPU (``advdim measure``, 64-256 inputs, He nets and a BatchNorm CNN up-sampled x1-x4):
+#: peaks of 1.4-3.7 times the saved bytes, 0.3-0.8 of :func:`measure_bytes`
+ACTIVATION_FACTOR = 5
+#: copies of the inputs of one size held at once (input, its clone and gradient, PGD's iterate, its
+#: bounds and step), in the model's dtype, plus a float64 copy of the gradient for the norms
+INPUT_COPIES = 8
+
+
+def measure_bytes(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None) -> tuple[int, int]:
+    """``(host, device)``: upper estimates of the memory :func:`measure` needs at one size, in bytes.
+
+    Host: the float64 Gaussian inputs up-sampled by ``k`` (``8 d (1 + 1/k)`` per input).  Device:
+    per input ``INPUT_COPIES * itemsize * d + 8 d`` for the inputs and gradients, plus
+    ``ACTIVATION_FACTOR * saved_bytes`` for the model's activations (``saved_bytes`` from
+    :func:`probe`; ``None``: not yet known, inputs only).
+
+    >>> measure_bytes(64, 3 * 128 * 128, 4, 4, 10**6)
+    (31457280, 445829120)
+    """
+    host = inputs * 8 * (d + d // k)
+    device = inputs * (INPUT_COPIES * itemsize * d + 8 * d + ACTIVATION_FACTOR * (saved_bytes or 0))
+    return host, device
+
+
+def check_size_fits(inputs: int, d: int, k: int, itemsize: int, saved_bytes: int | None,
+                     device: torch.device, what: str | None = None) -> None:
+    host, dev = measure_bytes(inputs, d, k, itemsize, saved_bytes)
+    what = what or f"up-sampling factor {k} (d = {d}, {inputs} inputs)"
+    advice = "use smaller --sizes or fewer --inputs"
+    if device.type == "cpu":
+        check_fits(host + dev, what, "cpu", advice)
+    else:
+        check_fits(host, what, "cpu", advice)
+        check_fits(dev, what, str(device), advice)

@@ -20,33 +20,36 @@ from typing import TYPE_CHECKING
 from advdim._lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from advdim.simulate._analysis import TopologyLaw, Units, analyse, inf_prediction_exact, predict_topology
     from advdim.simulate._engine import Scheme, sample_norms
-    from advdim.simulate._factory import FactoryPlan, q_key, run_factory_cell, source_hash
-    from advdim.simulate._plot import plot_family
-    from advdim.simulate._study import (
-        FamilyResult,
-        QResult,
-        TopologyLaw,
-        Units,
-        analyse,
-        inf_prediction_exact,
-        predict_topology,
-        study,
-        width_index,
+    from advdim.simulate._factory import (
+        FACTORY_KIND,
+        FactoryPlan,
+        draw_model,
+        fingerprint,
+        q_key,
+        register_factory,
+        run_factory_cell,
+        source_hash,
     )
+    from advdim.simulate._plot import plot_family
+    from advdim.simulate._result import FamilyResult, QResult
+    from advdim.simulate._study import study, width_index
 
 _EXPORTS = {
     "Scheme": "advdim.simulate._engine", "sample_norms": "advdim.simulate._engine",
     "plot_family": "advdim.simulate._plot",
-    "FamilyResult": "advdim.simulate._study", "QResult": "advdim.simulate._study", "study": "advdim.simulate._study",
-    "TopologyLaw": "advdim.simulate._study", "Units": "advdim.simulate._study", "analyse": "advdim.simulate._study",
-    "inf_prediction_exact": "advdim.simulate._study", "predict_topology": "advdim.simulate._study",
-    "width_index": "advdim.simulate._study",
+    "FamilyResult": "advdim.simulate._result", "QResult": "advdim.simulate._result", "study": "advdim.simulate._study",
+    "TopologyLaw": "advdim.simulate._analysis", "Units": "advdim.simulate._analysis",
+    "analyse": "advdim.simulate._analysis", "inf_prediction_exact": "advdim.simulate._analysis",
+    "predict_topology": "advdim.simulate._analysis", "width_index": "advdim.simulate._study",
     "FactoryPlan": "advdim.simulate._factory", "q_key": "advdim.simulate._factory",
     "run_factory_cell": "advdim.simulate._factory", "source_hash": "advdim.simulate._factory",
+    "draw_model": "advdim.simulate._factory", "fingerprint": "advdim.simulate._factory",
+    "FACTORY_KIND": "advdim.simulate._factory", "register_factory": "advdim.simulate._factory",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
-__all__ = ["FactoryPlan", "FamilyResult", "QResult", "Scheme", "TopologyLaw", "Units", "analyse",
-           "inf_prediction_exact", "plot_family", "predict_topology", "q_key", "run_factory_cell", "sample_norms",
-           "source_hash", "study", "width_index"]
+__all__ = ["FACTORY_KIND", "FactoryPlan", "FamilyResult", "QResult", "Scheme", "TopologyLaw", "Units", "analyse",
+           "draw_model", "fingerprint", "inf_prediction_exact", "plot_family", "predict_topology", "q_key",
+           "register_factory", "run_factory_cell", "sample_norms", "source_hash", "study", "width_index"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-KIND = "measure.cell"
+KIND = FACTORY_KIND = "measure.cell"
 
 
 def q_key(q: float) -> str:
@@ -67,7 +67,7 @@ class FactoryPlan:
 REGISTERED: dict[str, Callable[..., Any]] = {}
 
 
-def register(text: str, factory: Callable[..., Any]) -> None:
+def register_factory(text: str, factory: Callable[..., Any]) -> None:
     """Make ``factory`` the one cells named ``text`` call in this process (without importing it again)."""
     REGISTERED[text] = factory
 

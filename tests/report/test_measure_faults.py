@@ -255,7 +255,7 @@ def test_a_sized_factory_is_measured_per_size(models: Path, tmp_path: Path, caps
 
 
 @pytest.mark.parametrize(("factory", "words"), [
-    ("sized_broken", ["the factory failed at input_shape=(1, 8, 8): ValueError: no such size"]),
+    ("sized_broken", ["the factory at input_shape=(1, 8, 8) raised ValueError: no such size", "faulty_models.py"]),
     ("sized_nan_gradient", ["input gradient of logit 0 is NaN at d = 64 (factor 1, draw 0)"]),
     ("sized_classes_grow", ["returns 64 logits at d = 64 but 256 at d = 256", "must not depend on the input size"]),
 ])
