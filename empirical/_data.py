@@ -22,10 +22,13 @@ Resampling (the paper's up-sampling of CIFAR-10 and down-sampling of mini-ImageN
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -207,20 +210,91 @@ def fashion_mnist(folder: str | os.PathLike[str] | None = None) -> Dataset:
     )
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles ``bytes`` at protocol 2, for the latin-1 codec only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not how bytes are pickled")
+    return text.encode("latin1")
+
+
+def _numpy_reconstruct() -> object:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {e}") from None
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _numpy_frombuffer() -> object:
+    try:
+        from numpy._core.numeric import _frombuffer  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+#: the only objects a CIFAR-10 python batch refers to: an ndarray's reconstruction (numpy 1 and 2
+#: module names; protocol 5's buffer form), and Python 3's latin-1 form of bytes at protocol 2
+_CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
+    **{(module, "_reconstruct"): _numpy_reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "_frombuffer"): _numpy_frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, bytes, numbers and numpy arrays only: any
+    other object a pickle names (``os.system``, ``subprocess.Popen``, ...) is refused, never loaded."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        make = _CIFAR_GLOBALS.get((module, name))
+        if make is None:
+            raise _Refused(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds (refused, not run)")
+        return make()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused("it holds a persistent reference, which a CIFAR-10 batch never holds")
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle names an object outside :data:`_CIFAR_GLOBALS`."""
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` of one batch of the python format (a
+    pickled dict with ``data``, an ``(N, 3072)`` uint8 array, and ``labels``, N ints in 0..9),
+    read with :class:`_CifarUnpickler`: a crafted batch cannot run code."""
+    try:
+        raw = path.read_bytes()  # a batch is 30 MB; a length field in it cannot ask for more
+    except OSError as e:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {e.strerror or e}") from None
+    try:
+        d = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _Refused as e:
+        raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any fault of a malformed pickle is one line naming the file
+        what = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise DataError(f"{path} is not a CIFAR-10 python batch: the pickle does not load ({what})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} is not a CIFAR-10 python batch: it holds a {type(d).__name__}, not a dict")
     data = d.get(b"data", d.get("data"))
     labels = d.get(b"labels", d.get("labels"))
     if data is None or labels is None:
         raise DataError(f"{path} is not a CIFAR-10 python batch (no data / labels)")
-    data = np.asarray(data, dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != len(labels):
-        raise DataError(f"{path}: expected (N, 3072) uint8 data and N labels, got {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: expected (N, 3072) uint8 data, got a {got}")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        y = labels.astype(np.int64)
+    elif isinstance(labels, (list, tuple)) and all(type(v) is int and 0 <= v <= 9 for v in labels):
+        y = np.asarray(labels, dtype=np.int64) if labels else np.zeros(0, dtype=np.int64)
+    else:
+        y = None
+    if y is None or len(y) != data.shape[0] or (len(y) and (y.min() < 0 or y.max() > 9)):
+        raise DataError(f"{path}: expected a list of {data.shape[0]} labels in 0..9 (one per image)")
+    return data.reshape(-1, 3, 32, 32), y
 
 
 def cifar10(folder: str | os.PathLike[str]) -> Dataset:
