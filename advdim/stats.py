@@ -128,6 +128,8 @@ class TwoSided:
         delta: the smallest error the claim is about (its power is computed against it).
         log: ``measured`` and ``predicted`` are logs of the row's quantity (a prefactor ratio): its
             interval is reported as ``exp`` of the log interval.
+        scale: the row shows ``scale`` times the tested quantity (a mean tested as its ratio to the
+            prediction): its interval is scaled so.
     """
 
     measured: float
@@ -136,6 +138,7 @@ class TwoSided:
     units: float | None
     delta: float = DELTA
     log: bool = False
+    scale: float = 1.0
 
     @property
     def ready(self) -> bool:
@@ -152,7 +155,8 @@ class TwoSided:
         """The acceptance interval around the estimate, in the row's own units (the whole line when not ready)."""
         tol = self.tolerance(alpha) if self.ready else math.inf
         lo, hi = self.measured - tol, self.measured + tol
-        return (math.exp(lo), math.exp(hi)) if self.log else (lo, hi)
+        lo, hi = (math.exp(lo), math.exp(hi)) if self.log else (lo, hi)
+        return (self.scale * lo, self.scale * hi) if self.scale >= 0 else (self.scale * hi, self.scale * lo)
 
     def rejects(self, alpha: float = ALPHA) -> bool:
         """``|measured - predicted| > c * se`` (False when not :attr:`ready`: never a fail)."""
@@ -175,7 +179,7 @@ class TwoSided:
 
     def to_json(self) -> dict[str, Any]:
         return {"measured": self.measured, "predicted": self.predicted, "se": self.se, "units": self.units,
-                "delta": self.delta, "log": self.log, "p_value": self.p_value()}
+                "delta": self.delta, "log": self.log, "scale": self.scale, "p_value": self.p_value()}
 
 
 @dataclass(frozen=True)
