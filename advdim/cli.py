@@ -32,7 +32,6 @@ from typing import Any
 
 import typer
 import typer.core
-from rich.console import Console
 from rich.table import Table
 
 from advdim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, AdvdimError, Interrupted
@@ -69,8 +68,7 @@ app = typer.Typer(
 arch_app = typer.Typer(help="Architecture specs and families.", no_args_is_help=True)
 app.add_typer(arch_app, name="arch")
 
-out = Console()
-err = Console(stderr=True)
+from advdim.console import err, out  # noqa: E402 - the consoles live in the core; re-exported here
 
 
 def _json_default(obj: Any) -> Any:

@@ -53,13 +53,12 @@ from typing import Any
 
 from advdim.errors import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from advdim.store import RunStore, versions
-from advdim.verdict import MIN_POWER, Outcome, Verdict
+from advdim.verdict import MIN_POWER, WORDS, Outcome, Verdict, status
 
 #: colours of the outcomes (also used in the HTML)
 COLOURS = {Outcome.PASS: "#1a7f37", Outcome.FAIL: "#cf222e", Outcome.INCONCLUSIVE: "#9a6700",
            Outcome.REPORTED: "#6e7781"}
 #: the word of each outcome in tables (FAIL in capitals, to stand out)
-WORDS = {Outcome.PASS: "pass", Outcome.FAIL: "FAIL", Outcome.INCONCLUSIVE: "inconclusive", Outcome.REPORTED: "n/a"}
 #: CSS class of each outcome's table row
 _CLASSES = {Outcome.PASS: "pass", Outcome.FAIL: "fail", Outcome.INCONCLUSIVE: "inconclusive", Outcome.REPORTED: "na"}
 _PART_TITLES = {"core": "Core", "theory": "Theory (symbolic derivations)",
@@ -129,11 +128,6 @@ def row_outcome(row: dict[str, Any]) -> Outcome:
     if not passed:
         return Outcome.FAIL
     return Outcome.PASS if power is not None and power >= MIN_POWER else Outcome.INCONCLUSIVE
-
-
-def status(outcome: Outcome) -> str:
-    """``"pass"``, ``"FAIL"``, ``"inconclusive"`` or ``"n/a"``."""
-    return WORDS[outcome]
 
 
 def counts(rows: Sequence[dict[str, Any]]) -> dict[Outcome, int]:

@@ -127,7 +127,7 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from advdim.cli import err
+    from advdim.console import err
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as bar:

@@ -107,6 +107,15 @@ class Verdict:
         return out
 
 
+#: an outcome in the words of tables and reports
+WORDS = {Outcome.PASS: "pass", Outcome.FAIL: "FAIL", Outcome.INCONCLUSIVE: "inconclusive", Outcome.REPORTED: "n/a"}
+
+
+def status(outcome: Outcome) -> str:
+    """``"pass"``, ``"FAIL"``, ``"inconclusive"`` or ``"n/a"``."""
+    return WORDS[outcome]
+
+
 def power_note(power: float | None, resolution: str) -> str:
     """``"power 0.93 against slope +-0.05"`` for a detail line ("power not stated" when unknown)."""
     if power is None:

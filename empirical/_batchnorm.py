@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from advdim.empirical._experiments import _save, collapsed
+from advdim.empirical._figures import collapsed, save_figure
 
 from advdim.choice import Choice
 from advdim.errors import AdvdimError
@@ -209,7 +209,7 @@ def fit_slope(groups: Sequence[tuple[float, Sequence[np.ndarray]]], rng: np.rand
 
 def groups(rows: Sequence[dict[str, Any]], key: str) -> dict[Condition, list[tuple[float, list[np.ndarray]]]]:
     """Per condition and size (increasing ``d``): ``(sqrt(d), per-seed arrays of samples[key])``;
-    collapsed runs (see :func:`advdim.empirical._experiments.collapsed`) left out."""
+    collapsed runs (see :func:`advdim.empirical._figures.collapsed`) left out."""
     out: dict[Condition, dict[int, list[np.ndarray]]] = {}
     for r in rows:
         if collapsed(r):
@@ -450,4 +450,4 @@ def plot(rows: Sequence[dict[str, Any]], out: Path | OutputFolder, seed: int = 0
     r0 = live[0] if live else rows[0]
     fig.suptitle(f"BN / weight decay and d ({LEVEL:.0%} bootstrap intervals over seeds and test points; l_inf "
                  f"radius {r0['attack_eps']:g} normalised units): " + _scope(rows), fontsize=8)
-    return _save(fig, out, "figure_batchnorm")
+    return save_figure(fig, out, "figure_batchnorm")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from advdim.empirical._data import NORMALISATION, DatasetName
 from advdim.empirical._defences import Method
+from advdim.empirical._figures import collapsed, save_figure
 from advdim.empirical._train import DEFAULT_ARCH, TrainConfig, train
 
 from advdim.errors import AdvdimError
@@ -154,17 +155,6 @@ def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 
             "plots": [str(p) for p in plots], "trends": [t["text"] for t in found]}
 
 
-def collapsed(row: dict[str, Any], classes: int = 10) -> bool:
-    """Whether a finished run did not learn: zero input gradient, or, on at least 100 evaluated test
-    images, test accuracy within 3 binomial standard errors of chance ``1/classes`` (the presets'
-    nets reach 0.8 and more; below 100 images accuracy cannot tell a dead net from a weak one)."""
-    test = row["final"]["test"]
-    chance = 1.0 / classes
-    n = min(int(row.get("n_eval") or 0), int(row.get("n_test") or row.get("n_eval") or 0))
-    at_chance = n >= 100 and float(test["acc"]) <= chance + 3.0 * math.sqrt(chance * (1 - chance) / n)
-    return float(test["grad_l1"]) == 0.0 or at_chance
-
-
 def _loglog_slope(x: list[float], y: list[float]) -> float | None:
     """Least-squares slope of log y against log x (``None`` with < 2 points or a value <= 0)."""
     if len(x) < 2 or min(y) <= 0:
@@ -273,19 +263,6 @@ def output_names(which: str) -> list[str]:
     return [TRENDS, *(f"{name}.{ext}" for name in FIGURES[which] for ext in ("png", "svg"))]
 
 
-def _save(fig: Any, out: Path | OutputFolder, name: str) -> list[Path]:
-    """Write ``fig`` as ``<name>.png`` and ``<name>.svg`` in ``out`` (an :class:`OutputFolder`: only
-    over files advdim wrote there), close it, return the paths."""
-    names = [f"{name}.png", f"{name}.svg"]
-    paths = [out.file(n) if isinstance(out, OutputFolder) else out / n for n in names]
-    for p in paths:
-        fig.savefig(p, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return paths
-
-
 def plot_first_order(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Path]:
     """Figure 1 (a-f) analogues: gradient norm, vulnerability, accuracy against eps, and the
     relations vulnerability-gradient, l_1-l_2 norms, accuracy-vulnerability (test set)."""
@@ -326,7 +303,7 @@ def plot_first_order(rows: list[dict[str, Any]], out: Path | OutputFolder) -> li
     axes[1][1].set_yscale("log")
     note = f"; {n_collapsed} collapsed run(s) (constant output) omitted" if n_collapsed else ""
     fig.suptitle("Figure 1 analogue (a-f): " + _caption(rows) + note, fontsize=9)
-    return _save(fig, out, "figure1")
+    return save_figure(fig, out, "figure1")
 
 
 def plot_dimension(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Path]:
@@ -366,7 +343,7 @@ def plot_dimension(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list
     axes[3].set_ylabel("vulnerability")
     note = f"; {n_collapsed} collapsed run(s) (accuracy at chance) omitted" if n_collapsed else ""
     fig.suptitle("Figure 2 analogue (a-d): " + _caption(rows) + note, fontsize=9)
-    return _save(fig, out, "figure2")
+    return save_figure(fig, out, "figure2")
 
 
 def plot_epochs(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Path]:
@@ -388,4 +365,4 @@ def plot_epochs(rows: list[dict[str, Any]], out: Path | OutputFolder) -> list[Pa
     ax.set_ylabel("E||d_x L||_1 (train dashed, test solid)")
     ax.legend(fontsize=6, ncol=2)
     ax.set_title(_caption(rows), fontsize=8)
-    return _save(fig, out, "grad_norms_epochs")
+    return save_figure(fig, out, "grad_norms_epochs")

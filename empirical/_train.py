@@ -44,6 +44,7 @@ import dataclasses
 import errno
 import math
 import os
+import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -288,12 +289,23 @@ CHECKPOINT_KEYS = ("config", "epoch", "lr", "model", "optimizer", "best_acc", "b
 def _atomic_save(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``<path>.tmp``, flush it to disk, then rename it over ``path``: ``path`` is
     either the previous file or the new one, whole.  On any failure (a full disk, Ctrl-C) the
-    temporary file is removed and the error re-raised; ``path`` is left as it was."""
+    temporary file is removed and the error re-raised; ``path`` is left as it was.
+
+    A rewritten file keeps the permission bits of the one it replaces (a checkpoint the user made
+    private, 0600, stays private); the temporary file is private while it is written."""
     tmp = path.with_name(path.name + ".tmp")
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None  # a new file: the usual 0666 less the umask
+    try:
+        tmp.unlink(missing_ok=True)  # a leftover of a killed run: created afresh with the mode below
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666)
         # through a Python file so that a write error is an OSError (torch's own writer turns it
         # into a RuntimeError that names no cause)
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -425,7 +437,7 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from advdim.cli import err
+        from advdim.console import err
 
         bar_cm = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=err)
@@ -493,8 +505,10 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
                         before = (f"the checkpoint of epoch {saved} is intact" if saved
                                   else "no checkpoint of this run was written")
                         fix = "free space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+                        # --resume (the train command's) only where a checkpoint of this run is on disk
+                        rerun = "rerun with --resume" if saved else "rerun"
                         raise AdvdimError(f"cannot write checkpoint {str(ckpt)!r}: {exc.strerror or exc}; {in_store}"
-                                          f"{before}; {fix} and rerun with --resume") from None
+                                          f"{before}; {fix} and {rerun}") from None
                     saved = epoch + 1
                 running = None
                 if on_epoch is not None:

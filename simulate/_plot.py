@@ -14,7 +14,7 @@ import numpy as np
 from advdim.simulate._study import FamilyResult
 
 from advdim.paths import OutputFolder, slug
-from advdim.report import status
+from advdim.verdict import status
 
 #: the plots of one target, ``<stem>_<kind>.<ext>``
 PLOT_KINDS = ("loglog", "hist")
