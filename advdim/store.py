@@ -222,13 +222,18 @@ class RunStore:
         path: file to open or create (parent folders are created).  An existing non-empty file
             must be a run store (see the module docstring); any other is refused untouched.
         timeout: seconds to wait for another writer's lock.
+        rerun: how the command that writes the store goes on from the cells it holds, for the
+            message of a full disk (``"rerun with --resume"`` where the command has that flag);
+            the default names no flag, for commands that have none.
     Raises:
         StoreError: the path is a folder, the file is not a run store or one of a later schema
             version, or SQLite cannot open it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], timeout: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 60.0,
+                 rerun: str = "run the command again") -> None:
         self.path = Path(path)
+        self.rerun = rerun
         if self.path.is_dir():
             raise StoreError(f"run store path {str(self.path)!r} is a directory; give a file path")
         kind = _inspect(self.path, timeout) if self.path.exists() else _Kind.EMPTY
@@ -295,8 +300,7 @@ class RunStore:
                 kept = f"the {n} cell{'' if n == 1 else 's'} stored before {'is' if n == 1 else 'are'} kept"
             except StoreError:
                 kept = "the cells stored before are kept"
-            return StoreError(f"the disk holding the run store {where} is full: {kept}; "
-                              "free space and rerun with --resume")
+            return StoreError(f"the disk holding the run store {where} is full: {kept}; free space and {self.rerun}")
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             return StoreError(f"the run store {where} stayed locked by another process while {doing} ({err}); "
                               "rerun when that process is done, or give another --store path")
@@ -317,6 +321,8 @@ class RunStore:
         """
         key = cell_key(kind, config)
         cfg = canonical(config)
+        if not isinstance(result, dict) or not result:
+            raise StoreError(f"a cell's result must be a non-empty dict, got {str(result)[:60]!r}")
         res = _result_json(result)
         with self._faults("storing a cell"), self._transaction():
             cur = self._con.execute(
@@ -346,10 +352,32 @@ class RunStore:
             return self._con.execute("SELECT 1 FROM cells WHERE key=?", (key,)).fetchone() is not None
 
     def get(self, kind: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The result stored for ``(kind, config)``, or None; a damaged record (a result that is not
+        a non-empty JSON object) raises a one-line :class:`StoreError` naming the store and the key."""
         key = cell_key(kind, config)
         with self._faults("reading a cell"):
             row = self._con.execute("SELECT result FROM cells WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else self._decode(key, kind, "result", row[0])
+
+    def _decode(self, key: str, kind: Any, column: str, text: Any) -> dict[str, Any]:
+        """The JSON object of one column of a record; anything else (not JSON, not an object, an
+        empty result: a record written by other means than :meth:`put`) is a :class:`StoreError`."""
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as err:
+            reason = str(err).splitlines()[0][:100] if str(err) else type(err).__name__
+            raise self._damaged(key, kind, f"its {column} is not JSON ({reason})") from None
+        if not isinstance(value, dict):
+            names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+            what = names.get(type(value), "a number")
+            raise self._damaged(key, kind, f"its {column} is {what}, not a JSON object")
+        if column == "result" and not value:
+            raise self._damaged(key, kind, "its result is empty ({})")
+        return value
+
+    def _damaged(self, key: str, kind: Any, what: str) -> StoreError:
+        return StoreError(f"the run store {str(self.path)!r} holds a damaged record (kind {str(kind)[:60]!r}, key "
+                          f"{str(key)[:64]}): {what}; delete that record or use another store")
 
     def keys(self, kind: str | None = None) -> set[str]:
         with self._faults("reading its keys"):
@@ -369,8 +397,8 @@ class RunStore:
         with self._faults("reading its records"):
             rows = self._con.execute(query + " ORDER BY created, key", args).fetchall()
         return [
-            {"key": k, "kind": kd, "config": json.loads(c), "result": json.loads(r), "created": t,
-             "meta": json.loads(m)}
+            {"key": k, "kind": kd, "config": self._decode(k, kd, "config", c),
+             "result": self._decode(k, kd, "result", r), "created": t, "meta": self._decode(k, kd, "meta", m)}
             for k, kd, c, r, t, m in rows
         ]
 

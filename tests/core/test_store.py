@@ -192,7 +192,7 @@ def test_a_full_disk_keeps_every_stored_cell(tmp_path: Path) -> None:
                 store.put("cell", {"i": stored}, {"i": stored, "payload": "x" * 20000})  # 5 pages each
                 stored += 1
         assert str(info.value) == (f"the disk holding the run store {str(path)!r} is full: the {stored} cells stored "
-                                   "before are kept; free space and rerun with --resume")
+                                   "before are kept; free space and run the command again")
         assert stored >= 3
         assert store.integrity() and store.count() == stored
     with RunStore(path) as store:
