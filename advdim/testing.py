@@ -47,7 +47,7 @@ from advdim.arch import (
     shapes_of,
 )
 from advdim.errors import SpecError
-from advdim.verdict import MIN_POWER, Outcome
+from advdim.verdict import MIN_POWER
 
 __all__ = ["Inconclusive", "assert_law", "block_specs", "blocks", "conv_layers", "families", "family_members",
            "has_law", "relu_specs", "specs"]
@@ -305,11 +305,13 @@ def assert_law(target: Any, q: tuple[float, ...] = (1, 2), sizes: tuple[int, ...
                plant_exponent: float = 0.0) -> Any:
     """Assert ``E||d_x f||_q ~ d^(1/q - 1/2)`` (the theory's finite-d slope) for ``target``.
 
-    Runs :func:`advdim.simulate.study` and its verdicts, exactly as ``advdim simulate`` does, with
-    ``nets`` units (random topologies of a family; weight draws of a fixed target).  A row counts
-    only when its outcome is pass (:class:`advdim.verdict.Outcome`: power >= :data:`MIN_POWER`
-    against a slope error of 0.05 at its own standard error); while a row is inconclusive, the budget
-    doubles (cells already computed are reused) up to ``max_nets``.
+    Runs :func:`advdim.simulate.study` and the tests of its rows (``advdim.stats``), with ``nets``
+    units (random topologies of a family; weight draws of a fixed target).  A row counts only when
+    it passes: not rejected, and power >= :data:`MIN_POWER` against a slope error of 0.05 at its own
+    standard error; while a row is inconclusive, the budget doubles (cells already computed are
+    reused) up to ``max_nets``.  Each of these ``looks`` is tested at ``ALPHA / looks`` (Bonferroni
+    over the planned looks), so that a target that follows its law fails with probability at most
+    ``ALPHA`` = 0.01 however many looks it takes.
 
     Raises:
         AssertionError: a judged slope row fails; the message names the claim, the predicted and
@@ -323,9 +325,14 @@ def assert_law(target: Any, q: tuple[float, ...] = (1, 2), sizes: tuple[int, ...
 
     from advdim.errors import AdvdimError
     from advdim.simulate import study
+    from advdim.stats import ALPHA
     from advdim.store import RunStore
 
     keys = ["inf" if np.isinf(x) else str(int(x)) if float(x).is_integer() else str(x) for x in q]
+    looks = 1
+    while nets * 2**looks <= max_nets:
+        looks += 1
+    alpha = ALPHA / looks
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/cells.sqlite") as store:
         n = nets
         while True:
@@ -337,8 +344,10 @@ def assert_law(target: Any, q: tuple[float, ...] = (1, 2), sizes: tuple[int, ...
             if any(r.predicted_slope is None for r in rows):
                 raise AdvdimError(f"assert_law: the theory gives {res.family} no law over sizes {list(sizes)} "
                                   "(check advdim.testing.has_law first)")
-            failed = [(k, r) for k, r in zip(keys, rows) if r.outcome is Outcome.FAIL]
-            weak = [(k, r) for k, r in zip(keys, rows) if r.outcome is not Outcome.PASS]  # inconclusive or n/a
+            tests = [r.test() for r in rows]
+            failed = [(k, r) for k, r, t in zip(keys, rows, tests) if t is not None and t.rejects(alpha)]
+            weak = [(k, r) for k, r, t in zip(keys, rows, tests)  # inconclusive, or not judged
+                    if t is None or t.rejects(alpha) or t.power(alpha) < MIN_POWER]
             if failed:
                 raise AssertionError("; ".join(_describe(res.family, k, r) for k, r in failed))
             if not weak:

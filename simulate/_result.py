@@ -82,6 +82,14 @@ class QResult:
             return None
         return self.predicted_slope + self.limit.deviation
 
+    def test(self) -> TwoSided | None:
+        """The row's two-sided test (the infinite-width limit's where one is fitted); None when not judged."""
+        if self.passed is None or self.predicted_slope is None:
+            return None
+        if self.limit is not None and self.limit_slope is not None:
+            return TwoSided(self.limit_slope, self.predicted_slope, self.limit.se, self.test_units)
+        return TwoSided(self.measured_slope, self.predicted_slope, self.se, self.test_units)
+
     def to_json(self) -> dict[str, Any]:
         """The issue's keys; ``pass`` judges the infinite-width limit when one is fitted (``judged``);
         ``outcome`` is what the row says (``pass`` / ``fail`` / ``inconclusive`` / ``n/a``) and ``power``
