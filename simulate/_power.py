@@ -25,7 +25,6 @@ from advdim.simulate._study import predict_topology, study, topologies, width_in
 
 from advdim.stats import ALPHA, DELTA, SE_FOR_POWER, slope_test
 
-
 #: the generated table ends where this heading starts; what follows is kept when the table is regenerated
 KEEP_MARK = "## Calibration of the statistics"
 
