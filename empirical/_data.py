@@ -22,6 +22,7 @@ Resampling (the paper's up-sampling of CIFAR-10 and down-sampling of mini-ImageN
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import os
 import pickle
@@ -217,27 +218,28 @@ def _latin1(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
-def _numpy_reconstruct() -> object:
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+def _numpy(name: str, *modules: str) -> Callable[[], object]:
+    """A getter of ``name`` from the first of ``modules`` that has it (numpy 2's ``numpy._core``
+    first: numpy 1's ``numpy.core`` warns of its deprecation in numpy 2)."""
 
+    def get() -> object:
+        for module in modules:
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+        raise _Refused(f"this numpy has no {name} to rebuild an array with")
 
-def _numpy_frombuffer() -> object:
-    try:
-        from numpy._core.numeric import _frombuffer  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1
-        from numpy.core.numeric import _frombuffer
-    return _frombuffer
+    return get
 
 
 #: the only objects a CIFAR-10 python batch refers to: an ndarray's reconstruction (numpy 1 and 2
 #: module names; protocol 5's buffer form), and Python 3's latin-1 form of bytes at protocol 2
 _CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
-    **{(module, "_reconstruct"): _numpy_reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(module, "_frombuffer"): _numpy_frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+    **dict.fromkeys([("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")],
+                    _numpy("_reconstruct", "numpy._core.multiarray", "numpy.core.multiarray")),
+    **dict.fromkeys([("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")],
+                    _numpy("_frombuffer", "numpy._core.numeric", "numpy.core.numeric")),
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1,

@@ -107,7 +107,7 @@ def check_scale(scale: object) -> None:
     square multiplies the gradient's variance at each block: the predictions would overflow)."""
     if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
         raise SpecError(f"res: scale must be a finite number, got {scale!r}")
-    if abs(scale) > MAX_SCALE:
+    if abs(float(scale)) > MAX_SCALE:
         raise SpecError(f"res: scale {scale!r} is out of range: |scale| must be at most {MAX_SCALE:g} (its square "
                         "multiplies the gradient's variance at every block, and the predictions would overflow)")
 
