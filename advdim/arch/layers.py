@@ -7,10 +7,20 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, ClassVar
 
-from advdim.arch import grammar as _grammar  # the text form names layers in messages: bound late
+from advdim.arch.text import (
+    _LONG,
+    _POSITIONAL,
+    _shown,
+    check_ascii,
+    format_layer,
+    format_spec,
+    json_int,
+    read_float,
+    read_int,
+)
 from advdim.choice import Choice
 from advdim.errors import SpecError
 
@@ -83,7 +93,7 @@ class Layer:
 
 def _need_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
     if len(shape) != 3:
-        raise SpecError(f"{_grammar.format_layer(layer)}: needs a (C, H, W) map, got shape {shape}")
+        raise SpecError(f"{format_layer(layer)}: needs a (C, H, W) map, got shape {shape}")
     c, h, w = shape
     return c, h, w
 
@@ -91,7 +101,7 @@ def _need_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
 def _need_flat(layer: Layer, shape: Shape) -> int:
     if len(shape) != 1:
         raise SpecError(
-            f"{_grammar.format_layer(layer)}: needs a flat input, got shape {shape} (add 'flatten' first)"
+            f"{format_layer(layer)}: needs a flat input, got shape {shape} (add 'flatten' first)"
         )
     return shape[0]
 
@@ -99,7 +109,7 @@ def _need_flat(layer: Layer, shape: Shape) -> int:
 def _positive(layer: Layer, **values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SpecError(f"{_grammar.format_layer(layer)}: {name} must be a positive integer, got {value!r}")
+            raise SpecError(f"{format_layer(layer)}: {name} must be a positive integer, got {value!r}")
 
 
 def check_scale(scale: object) -> None:
@@ -116,7 +126,7 @@ def check_units(layer: Layer, shape: Shape) -> None:
     """Refuse a layer output of more than ``MAX_UNITS`` numbers per input."""
     units = math.prod(shape)
     if units > MAX_UNITS:
-        raise SpecError(f"{_grammar.format_layer(layer)}: its output {shape} holds {units:.3g} numbers per input, "
+        raise SpecError(f"{format_layer(layer)}: its output {shape} holds {units:.3g} numbers per input, "
                         f"more than the maximum of {MAX_UNITS:.0e}")
 
 
@@ -185,21 +195,21 @@ class Conv(Layer):
         _, h, w = _need_map(self, shape)
         span = self.dilation * (self.kernel - 1) + 1
         if self.padding is Padding.CIRCULAR and self.pad > min(h, w):
-            raise SpecError(f"{_grammar.format_layer(self)}: circular padding {self.pad} exceeds the map {h}x{w}")
+            raise SpecError(f"{format_layer(self)}: circular padding {self.pad} exceeds the map {h}x{w}")
         if self.padding is Padding.REFLECT and self.pad >= min(h, w):
-            raise SpecError(f"{_grammar.format_layer(self)}: reflect padding {self.pad} needs a map larger "
+            raise SpecError(f"{format_layer(self)}: reflect padding {self.pad} needs a map larger "
                             f"than {h}x{w}")
         out = []
         for n in (h, w):
             padded = n + 2 * self.pad
             if span > padded:
                 raise SpecError(
-                    f"{_grammar.format_layer(self)}: kernel span {span} is larger than the padded map {padded}"
+                    f"{format_layer(self)}: kernel span {span} is larger than the padded map {padded}"
                 )
             covered = padded - span if self.padding is Padding.VALID else n
             if covered % self.stride != 0:
                 raise SpecError(
-                    f"{_grammar.format_layer(self)}: stride {self.stride} does not divide the map "
+                    f"{format_layer(self)}: stride {self.stride} does not divide the map "
                     f"(size {n}, padded {padded}, kernel span {span})"
                 )
             out.append((padded - span) // self.stride + 1)
@@ -244,7 +254,7 @@ class _Pool(Layer):
         _positive(self, size=self.size)
         c, h, w = _need_map(self, shape)
         if h % self.size or w % self.size:
-            raise SpecError(f"{_grammar.format_layer(self)}: pool size {self.size} does not divide the map {h}x{w}")
+            raise SpecError(f"{format_layer(self)}: pool size {self.size} does not divide the map {h}x{w}")
         return (c, h // self.size, w // self.size)
 
     def in_degree(self, shape: Shape) -> int:
@@ -388,7 +398,7 @@ class Attention(Layer):
         _positive(self, heads=self.heads)
         c, _, _ = _need_map(self, shape)
         if c % self.heads:
-            raise SpecError(f"{_grammar.format_layer(self)}: {self.heads} heads do not divide {c} features")
+            raise SpecError(f"{format_layer(self)}: {self.heads} heads do not divide {c} features")
         return shape
 
     def in_degree(self, shape: Shape) -> int:
@@ -528,7 +538,7 @@ class Spec:
             raise SpecError(f"the spec has {params:.3g} parameters, more than the maximum of {MAX_PARAMS:.0e}")
         if len(shapes[-1]) != 1:
             raise SpecError(
-                f"the last layer {_grammar.format_layer(self.layers[-1])} must output a flat vector of logits, "
+                f"the last layer {format_layer(self.layers[-1])} must output a flat vector of logits, "
                 f"got shape {shapes[-1]}"
             )
 
@@ -574,7 +584,7 @@ class Spec:
         return [
             {
                 "index": i,
-                "layer": _grammar.format_layer(layer),
+                "layer": format_layer(layer),
                 "out_shape": list(shapes[i + 1]),
                 "in_degree": layer.in_degree(shapes[i]),
                 "params": layer.n_params(shapes[i]),
@@ -584,7 +594,7 @@ class Spec:
 
     # ---- serialisation ---------------------------------------------------------------------
     def to_text(self) -> str:
-        return _grammar.format_spec(self)
+        return format_spec(self)
 
     def to_json(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "layers": [layer_json(layer) for layer in self.layers]}
@@ -605,10 +615,10 @@ class Spec:
         if not isinstance(data["layers"], list):
             raise SpecError("spec JSON: 'layers' must be a list of layer objects")
         if not isinstance(data["input_shape"], (list, tuple)) or len(data["input_shape"]) != 3:
-            raise SpecError(f"input shape must be (C, H, W), got {_grammar._shown(data['input_shape'])}")
+            raise SpecError(f"input shape must be (C, H, W), got {_shown(data['input_shape'])}")
         _check_json_size(data["layers"])
         layers = [layer_from_json(item, f"layer {i}") for i, item in enumerate(data["layers"])]
-        shape = tuple(_grammar.json_int("input shape", "a side", n) for n in data["input_shape"])
+        shape = tuple(json_int("input shape", "a side", n) for n in data["input_shape"])
         return cls(shape, tuple(layers))
 
     def with_input(self, input_shape: Shape) -> Spec:
@@ -644,4 +654,94 @@ def layer_from_json(item: Any, where: str) -> Layer:
     if not isinstance(item, dict) or "kind" not in item:
         raise SpecError(f"{where}: JSON layer needs a 'kind'")
     kwargs = dict(item)
-    return _grammar._make_layer(where, kwargs.pop("kind"), [], kwargs)
+    return make_layer(where, kwargs.pop("kind"), [], kwargs)
+
+
+#: reads a residual branch's text: ``(where, text) -> layers`` (the parser's, :mod:`advdim.arch.grammar`)
+BranchReader = Callable[[str, str], tuple]
+
+
+def parse_value(where: str, name: str, raw: str, branch: BranchReader | None = None) -> Any:
+    """One argument from its text (``where``: ``"layer 2 conv"``, names the layer in messages);
+    ``branch`` reads a residual branch's text (the parser's; without it a text branch is refused)."""
+    raw = raw.strip()
+    if name == "padding":
+        try:
+            return Padding.parse(raw)
+        except SpecError as err:
+            raise SpecError(f"{where}: {err}") from None
+    if name == "mode":
+        try:
+            return BNMode.parse(raw)
+        except SpecError as err:
+            raise SpecError(f"{where}: {err}") from None
+    if name == "bias":
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise SpecError(f"{where}: bias must be true or false, got {_shown(raw)}")
+    if name == "branch":
+        if branch is None:
+            raise SpecError(f"{where}: a residual branch in JSON is a list of layer objects, got text {_shown(raw)}")
+        return branch(where, raw)
+    if name == "scale":
+        return read_float(where, "scale", raw)
+    return read_int(where, name, raw)
+
+
+def _json_value(where: str, name: str, raw: Any, branch: BranchReader | None) -> Any:
+    """One argument from its JSON value (strings are read as text)."""
+    if isinstance(raw, str):
+        check_ascii(where, raw)
+        return parse_value(where, name, raw, branch)
+    if name == "bias" and isinstance(raw, bool):
+        return raw
+    if name == "branch" and isinstance(raw, list):
+        return tuple(layer_from_json(item, f"{where}: branch layer {j}") for j, item in enumerate(raw))
+    if name == "scale" and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if isinstance(raw, int):
+            raw = float(json_int(where, name, raw))
+        if not math.isfinite(raw):
+            raise SpecError(f"{where}: scale must be a finite number, got {raw!r}")
+        return raw
+    if name not in ("bias", "padding", "mode", "branch", "scale") and isinstance(raw, int) \
+            and not isinstance(raw, bool):
+        return json_int(where, name, raw)
+    raise SpecError(f"{where}: bad value {_shown(raw)} for {name}")
+
+
+def make_layer(where: int | str, kind: str, positional: list[str], named: dict[str, Any],
+               branch: BranchReader | None = None) -> Layer:
+    """The record of ``kind`` from its arguments (text, or JSON values); ``where`` names it in
+    messages: ``"layer 2"`` (an int ``i`` stands for ``"layer i"``); ``branch``: see :func:`parse_value`."""
+    where = f"layer {where}" if isinstance(where, int) else where
+    if not isinstance(kind, str):
+        raise SpecError(f"{where}: the layer kind must be a word, got {_shown(kind)}")
+    check_ascii(where, kind)
+    kind = kind.lower()
+    cls = LAYER_TYPES.get(kind)
+    if cls is None:
+        raise SpecError(f"{where}: unknown layer {_shown(kind)} (known: {', '.join(LAYER_TYPES)})")
+    at = f"{where} {kind}"
+    names = [f.name for f in fields(cls)]
+    pos_names = _POSITIONAL.get(kind, ())
+    if len(positional) > len(pos_names):
+        raise SpecError(f"{at}: too many positional arguments {_shown(positional)}")
+    kwargs: dict[str, Any] = {}
+    for name, raw in zip(pos_names, positional):
+        kwargs[name] = parse_value(at, name, raw, branch)
+    for key, raw in named.items():
+        if not isinstance(key, str):
+            raise SpecError(f"{at}: unknown argument {_shown(key)}")
+        name = _LONG.get(key, key)
+        if name not in names:
+            raise SpecError(f"{at}: unknown argument {_shown(key)}")
+        if name in kwargs:
+            raise SpecError(f"{at}: argument {name!r} given twice")
+        kwargs[name] = _json_value(at, name, raw, branch)
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in kwargs]
+        raise SpecError(f"{at}: missing argument(s) {missing}") from None
