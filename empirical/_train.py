@@ -58,8 +58,8 @@ from advdim.empirical._defences import Method, objective
 from torch import nn
 from torch.nn import functional as F
 
-from advdim.arch import BatchNorm, Conv, Spec, resolve
-from advdim.build import Init, build, resolve_device
+from advdim.arch import BatchNorm, Conv, Spec
+from advdim.build import Init, resolve_device
 from advdim.errors import AdvdimError, Interrupted
 from advdim.gradients import Target, input_gradient, lp_norm
 from advdim.store import RunStore
@@ -69,7 +69,7 @@ DEFAULT_ARCH = "strided(channels=16,final=7,padding=zeros)"
 VALID_SEED = 42  # the reference's seed of the validation split
 #: options added after the first stored runs: left out of the JSON (and so of the store keys) at
 #: their defaults, so that runs stored before they existed keep their keys
-OPTIONAL_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "batchnorm": False}
+OPTIONAL_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "batchnorm": False, "arch_source": None}
 
 
 def with_batchnorm(spec: Spec) -> Spec:
@@ -95,7 +95,10 @@ class TrainConfig:
         dataset: ``fashion-mnist``, ``cifar10`` or ``synthetic``.
         size: input side after resampling (``None``: native, or 32 with ``pad``).
         pad: zero-pad 28 -> 32 before resampling.
-        arch: a family (``gap(channels=16,final=7)``) or a spec text; resolved at ``size``.
+        arch: what :func:`advdim.arch.resolve_target` takes (a family with its defaults, a member
+            ``gap(channels=16,final=7)``, spec text, a user family ``file.py:NAME``) or an
+            ``nn.Module`` factory with an ``input_shape`` parameter; built at ``size``
+            (``advdim.empirical._models``).
         batchnorm: insert a batch-norm layer after every conv of ``arch`` (:func:`with_batchnorm`).
         method, eps: the defence and its strength (normalised input units).
         epochs, batch_size, lr, momentum: SGD with momentum, initial lr.
@@ -137,6 +140,9 @@ class TrainConfig:
     device: str = "cpu"
     weight_decay: float = 0.0
     batchnorm: bool = False
+    #: the hash of the source file behind ``arch`` when it names the user's code (set from the file;
+    #: a stored configuration whose hash differs from the file's now is refused)
+    arch_source: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method.parse(self.method))
@@ -161,6 +167,14 @@ class TrainConfig:
         if not isinstance(self.batchnorm, bool):
             raise AdvdimError(f"batchnorm must be true or false, got {self.batchnorm!r}")
         object.__setattr__(self, "weight_decay", float(self.weight_decay))
+        from advdim.empirical._models import arch_source
+
+        source = arch_source(self.arch) if isinstance(self.arch, str) else None
+        if self.arch_source is not None and self.arch_source != source:
+            raise AdvdimError(f"{self.arch} has changed since this run was configured (source hash {source}, "
+                              f"stored {self.arch_source}): a run never mixes two versions of a file; use a new "
+                              "store or restore the file")
+        object.__setattr__(self, "arch_source", source)
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as JSON; the options of :data:`OPTIONAL_DEFAULTS` only when set."""
@@ -180,7 +194,8 @@ class TrainConfig:
         return cls(**data)
 
     def store_config(self) -> dict[str, Any]:
-        """The configuration as a store key (without the machine-specific data folder and device)."""
+        """The configuration as a store key (without the machine-specific data folder and device); an
+        architecture from the user's code carries the hash of its source file (``arch_source``)."""
         out = self.to_json()
         out.pop("data_dir")
         out.pop("device")
@@ -392,14 +407,14 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         data = load(config.dataset, config.data_dir, seed=config.seed)
     data = data.subset(config.n_train, config.n_test)
     size = config.size if config.size is not None else (32 if config.pad else data.native)
-    spec = resolve(config.arch, size, data.channels)
-    if config.batchnorm:
-        if not any(isinstance(layer, Conv) for layer in spec.layers):
-            raise AdvdimError(f"batchnorm puts a batch norm after every conv, but {config.arch} has no conv")
-        spec = with_batchnorm(spec)
-    if spec.n_classes != data.n_classes:
-        raise AdvdimError(f"the architecture has {spec.n_classes} logits but the data {data.n_classes} classes")
-    model = build(spec, Init.parse(config.init), seed=config.seed, device=device)
+    from advdim.empirical._models import build_model
+
+    built = build_model(config.arch, size, data.channels, Init.parse(config.init), config.seed, device,
+                        config.batchnorm, with_batchnorm)
+    if built.n_classes != data.n_classes:
+        raise AdvdimError(f"the architecture has {built.n_classes} logits but the data {data.n_classes} classes")
+    model = built.model
+    d = data.channels * size * size
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     order_gen = torch.Generator().manual_seed(config.seed)
@@ -478,7 +493,7 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
                 last = epoch + 1 == config.epochs
                 attack = last or (config.attack_every > 0 and (epoch + 1) % config.attack_every == 0)
                 # every measurement in eval mode: batch norm uses its running statistics
-                record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "lr": lr, "d": spec.d,
+                record: dict[str, Any] = {"epoch": epoch + 1, "objective": total / count, "lr": lr, "d": d,
                                           "size": size, "measure_mode": "eval"}
                 test_samples = {}
                 for split, (xs, ys) in evals.items():
@@ -517,4 +532,4 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         raise _interrupted(config, running, len(history), saved if ckpt is not None else 0, store is not None,
                            ckpt) from None
     model.eval()
-    return TrainResult(config, tuple(history), model, spec.d, test_samples)
+    return TrainResult(config, tuple(history), model, d, test_samples)
