@@ -19,8 +19,9 @@ def register(app: typer.Typer) -> None:
                                    help="plain, gp1, gp2, fgsm-aug, l2-aug, pgd or cross-lipschitz"),
         eps: float = typer.Option(0.0, "--eps", help="defence strength, normalised input units"),
         epochs: int = typer.Option(6, "--epochs"),
-        arch: str = typer.Option(None, "--arch", help="family, member, spec text, file.py:NAME or module:NAME (a user "
-                                 "family, or an nn.Module factory taking input_shape); default strided(channels=16,...)"),
+        arch: str = typer.Option(None, "--arch", help="family, member, spec text, file.py:NAME or module:NAME (a "
+                                 "user family, or an nn.Module factory taking input_shape); default "
+                                 "strided(channels=16,...)"),
         batchnorm: bool = typer.Option(False, "--batchnorm",
                                        help="a batch norm after every conv (conv -> BN -> ReLU); measured in eval "
                                             "mode (running statistics)"),
