@@ -493,8 +493,14 @@ def _layer_norm5(t: torch.Tensor) -> torch.Tensor:
 def _batch_norm5(t: torch.Tensor) -> torch.Tensor:
     """Batch norm with batch statistics of ``(B, R, C, H, W)`` maps: per net and channel, the mean and
     biased variance over the ``B`` inputs and the positions (``nn.BatchNorm2d`` in training mode at
-    init): one ``F.batch_norm`` call with the ``R*C`` net-channels as channels."""
-    out = F.batch_norm(t.flatten(1, 2), None, None, training=True, eps=_BN_EPS)
+    init), the ``R*C`` net-channels as channels.  The statistics are reduced in float64, so that the
+    result does not depend on how many threads reduce them (in-process, local workers and Dask
+    workers give the same cells bit for bit; ``F.batch_norm``'s float32 reduction did not)."""
+    x = t.flatten(1, 2)
+    x64 = x.double()
+    mean = x64.mean(dim=(0, 2, 3), keepdim=True)
+    var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    out = ((x64 - mean) * torch.rsqrt(var + _BN_EPS)).to(t.dtype)
     return out.unflatten(1, t.shape[1:3])
 
 

@@ -70,17 +70,20 @@ def topologies(target: str | Target | Family | Spec, n: int, seed: int, sizes: S
     out: list[Family | Target] = []
     for t in range(n):
         rng = np.random.default_rng([seed, _fam_code(name), t])
+        last = ""
         for _ in range(200):
             fam = sample_family(name, rng)
             try:
                 for s in sizes:
                     fam.spec(int(s), channels)
-            except SpecError:
+            except SpecError as e:
+                last = str(e)
                 continue
             out.append(fam)
             break
         else:
-            raise AdvdimError(f"family {name}: no random member is valid at every size {list(sizes)}")
+            raise AdvdimError(f"family {name}: no random member is valid at every size {list(sizes)} (the last "
+                              f"tried: {last})")
     return out
 
 

@@ -102,6 +102,16 @@ def spec_factory(input_shape: tuple[int, int, int]) -> torch.nn.Module:
     return build(parse(SPEC.format(s=input_shape[1])), generator=torch.default_generator)
 
 
+@pytest.fixture
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models: one torch thread, restored after (other tests compare numbers across executors)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_measure_and_simulate_agree_on_the_same_network(tmp_path: Path) -> None:
     """One traced network, its draws measured by ``measure`` (a factory) and by ``simulate`` (spec
     text): the slopes agree within c * sqrt(se1^2 + se2^2) (c: the normal 0.999 quantile, two
@@ -110,7 +120,6 @@ def test_measure_and_simulate_agree_on_the_same_network(tmp_path: Path) -> None:
 
     from advdim.measure import MeasureConfig, measure
 
-    torch.set_num_threads(1)
     cfg = MeasureConfig((1, 4, 4), (1, 2, 4), (1.0, 2.0, math.inf), inputs=8, seed=0, eps=0.004, steps=1, draws=24)
     got = measure(spec_factory, cfg, torch.device("cpu"), name="spec_factory")
     sim = study(SPEC.format(s=4), (4, 8, 16), None, nets=24, inputs=8, seed=5, draws=1, progress=False)

@@ -243,7 +243,7 @@ def test_families_text_sizes_and_errors() -> None:
         (lambda: family("vit", dim=10, heads=4).spec(8), "4 heads do not divide dim 10"),
         (lambda: family("resnet", scale=-1.0).spec(8), "scale must be a positive finite number"),
         (lambda: family("resnet", blocks=-1).spec(8), "blocks must be a non-negative integer"),
-        (lambda: parse_family("resnet(scale=big)"), "scale must be a number"),
+        (lambda: parse_family("resnet(scale=big)"), "scale must be a finite number"),
         (lambda: parse_family("vit(scaling=pixels)"), "unknown vit scaling 'pixels'"),
         (lambda: parse_family("vit(activation=tanh)"), "unknown activation 'tanh'"),
         (lambda: family("resnet", scale="x"), "scale must be a number"),

@@ -31,12 +31,12 @@ def simulate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 def test_sizes_beyond_memory_are_refused_before_the_first_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Every family's largest cell at s = 100000 (d = 3e10) needs terabytes."""
+    """A strided cell at s = 8192 (d = 2e8: inside the specs' size bounds) needs terabytes."""
     _no_cells(monkeypatch)
     store = tmp_path / "runs.sqlite"
-    rc, err = simulate(capsys, "--sizes", "8,100000", "--store", str(store))
+    rc, err = simulate(capsys, "--family", "strided", "--sizes", "8,8192", "--store", str(store))
     assert rc == 2 and "\n" not in err
-    assert err.startswith("advdim: error: simulate dense at size 100000 (1 draws x 2 inputs per cell) needs about ")
+    assert err.startswith("advdim: error: simulate strided at size 8192 (1 draws x 2 inputs per cell) needs about ")
     assert "(estimate) and this machine has" in err and err.endswith("available: use smaller --sizes")
     assert not store.exists()
 
@@ -66,8 +66,8 @@ def test_local_workers_multiply_the_need(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_study_refuses_before_any_cell(tmp_path: Path) -> None:
     with RunStore(tmp_path / "s.sqlite") as store:
-        with pytest.raises(AdvdimError, match="simulate dense at size 100000"):
-            study("dense", (8, 100000), 3, nets=2, draws=1, inputs=1, progress=False, store=store)
+        with pytest.raises(AdvdimError, match="simulate strided at size 8192"):
+            study("strided", (8, 8192), 3, nets=2, draws=1, inputs=1, progress=False, store=store)
         assert store.count("simulate.cell") == 0
 
 
