@@ -26,29 +26,35 @@ def _name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+class _Imports(ast.NodeVisitor):
+    """The advdim modules one file imports (``files``: every module name), outside ``TYPE_CHECKING``."""
+
+    def __init__(self, files: set[str]) -> None:
+        self.files = files
+        self.deps: set[str] = set()
+
+    def visit_If(self, node: ast.If) -> None:
+        if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+            self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.module and node.module.startswith("advdim"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                self.deps.add(sub if sub in self.files else node.module)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.deps.update(a.name for a in node.names if a.name.startswith("advdim"))
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the advdim modules it imports (outside ``TYPE_CHECKING`` blocks)."""
     files = {_name(p): p for d in LAYERS for p in (ROOT / d).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for mod, path in files.items():
-        deps: set[str] = set()
-
-        class Visitor(ast.NodeVisitor):
-            def visit_If(self, node: ast.If) -> None:
-                if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
-                    self.generic_visit(node)
-
-            def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-                if node.module and node.module.startswith("advdim"):
-                    for alias in node.names:
-                        sub = f"{node.module}.{alias.name}"
-                        deps.add(sub if sub in files else node.module)
-
-            def visit_Import(self, node: ast.Import) -> None:
-                deps.update(a.name for a in node.names if a.name.startswith("advdim"))
-
-        Visitor().visit(ast.parse(path.read_text()))
-        graph[mod] = {d for d in deps if d in files and d != mod}
+        visitor = _Imports(set(files))
+        visitor.visit(ast.parse(path.read_text()))
+        graph[mod] = {d for d in visitor.deps if d in files and d != mod}
     return graph
 
 
