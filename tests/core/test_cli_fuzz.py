@@ -177,6 +177,7 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--channels": Pool((None, "1"), ("0", "-1", "x")),
             "--init": Pool((None, "he", "torch", "glorot", "lecun", "orthogonal"), ("bogus",)),
             "--logit": Pool((None, "0", "1"), ("-1", "99", "x")),
+            "--wide": flag,
             "--json": flag}),
         Command(("simulate",), {"--family": "dense", "--sizes": "4,8", "--nets": "2", "--draws": "1", "--inputs": "2",
                                 "--device": "cpu"}, {
