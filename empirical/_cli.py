@@ -102,6 +102,10 @@ def register(app: typer.Typer) -> None:
         scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address tcp://host:port"),
         data_dir: str = typer.Option(None, "--data-dir"),
         device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu or cuda"),
+        arch: str = typer.Option(None, "--arch", help="the network to train instead of the preset's: any target "
+                                 "train --arch takes (family, spec text, file.py:NAME, an nn.Module factory)"),
+        seeds: int = typer.Option(None, "--seeds", help="training seeds per cell (default: the preset's; 2 with "
+                                  "--arch)"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Run a Section 4 experiment as a resumable sweep, then draw its figures."""
@@ -116,7 +120,11 @@ def register(app: typer.Typer) -> None:
         from advdim.sweep import probe_scheduler
 
         device = resolve_device(device).type
-        configs(which, preset, data_dir, device)  # an unknown experiment or preset: refused before any file
+        cells = configs(which, preset, data_dir, device, arch, seeds)  # bad experiment, preset, seeds: before any file
+        if arch is not None:  # the network at the smallest size, before any file: a bad target is one line
+            from advdim.empirical._experiments import check_arch
+
+            check_arch(cells)
         check_out_folder(out_dir)
         if workers is not None and workers < 0:
             raise AdvdimError(f"--workers must be at least 0, got {workers}")
@@ -129,7 +137,7 @@ def register(app: typer.Typer) -> None:
         if workers == 0:
             _set_threads(1 if device == "cpu" else 0)
         summary = run_experiment(which, preset, out_dir, workers=workers, scheduler=scheduler,
-                                 data_dir=data_dir, device=device)
+                                 data_dir=data_dir, device=device, arch=arch, seeds=seeds)
         if as_json:
             emit_json(summary)
         else:

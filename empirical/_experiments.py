@@ -97,6 +97,15 @@ def _samples_cell(config: dict[str, Any]) -> dict[str, Any]:
             "samples": result.test_samples}
 
 
+def _dimension_cell(config: dict[str, Any]) -> dict[str, Any]:
+    """A training run with ``||d_x L||_1`` per evaluated test point at initialisation (``init_samples``)
+    and after its last epoch (``samples``): the dimension experiment's cell."""
+    result = train(TrainConfig.from_json(config), init_samples=True)
+    return {"d": result.d, "size": result.final["size"], "final": result.final, "history": list(result.history),
+            "samples": {"grad_l1": result.test_samples.get("grad_l1", [])},
+            "init_samples": {"grad_l1": result.init_samples.get("grad_l1", [])}}
+
+
 def grid(base: dict[str, Any], sizes: list[int], seeds: list[int], decays: list[float]) -> list[dict[str, Any]]:
     """The cells of the batch-norm experiment: per size (largest first, so that no long run is left
     alone at the end), seed, BN or not, decay 0 and each of ``decays`` (plain training)."""
@@ -104,14 +113,24 @@ def grid(base: dict[str, Any], sizes: list[int], seeds: list[int], decays: list[
             for s in sorted(sizes, reverse=True) for seed in seeds for bn in (False, True) for wd in [0.0, *decays]]
 
 
-def configs(which: str, preset: str, data_dir: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
-    """The cells of an experiment preset (JSON-able training configurations)."""
+def configs(which: str, preset: str, data_dir: str | None = None, device: str = "cpu", arch: str | None = None,
+            seeds: int | None = None) -> list[dict[str, Any]]:
+    """The cells of an experiment preset (JSON-able training configurations); ``arch`` replaces the
+    preset's network (any target ``train`` takes), ``seeds`` its number of training seeds (a user's
+    architecture gets 2 at least: the seed is the independent unit of a trained net)."""
     if which not in PRESETS:
         raise AdvdimError(f"unknown experiment {which!r} (expected: {', '.join(PRESETS)})")
     if preset not in PRESETS[which]:
         raise AdvdimError(f"unknown preset {preset!r} (expected: small or paper)")
-    p = PRESETS[which][preset]
+    p = dict(PRESETS[which][preset])
     base = {**p["base"], "data_dir": data_dir, "device": device}
+    if arch is not None:
+        base["arch"] = arch
+    if seeds is not None or arch is not None:
+        count = seeds if seeds is not None else max(2, len(p["seeds"]))
+        if count < 1:
+            raise AdvdimError(f"--seeds must be at least 1, got {count}")
+        p["seeds"] = list(range(count))
     out: list[dict[str, Any]] = []
     if which == "batchnorm":
         return grid(base, p["sizes"], p["seeds"], p["decays"])
@@ -126,21 +145,43 @@ def configs(which: str, preset: str, data_dir: str | None = None, device: str = 
     return out
 
 
-def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 0, scheduler: str | None = None,
-                   data_dir: str | None = None, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) an experiment into ``out_dir/runs.sqlite`` and draw its figures there."""
-    from advdim.empirical import _batchnorm as bn
+def check_arch(cells: list[dict[str, Any]]) -> None:
+    """Build the first cell's network at the smallest size on the CPU (a bad target: one line, before
+    any file or training)."""
+    import torch
+    from advdim.empirical._data import load
+    from advdim.empirical._models import build_model
 
-    cells = configs(which, preset, data_dir, device)
+    from advdim.build import Init
+
+    first = TrainConfig.from_json(min(cells, key=lambda c: c.get("size") or 0))
+    data = load(first.dataset, first.data_dir, seed=first.seed)
+    size = first.size if first.size is not None else (32 if first.pad else data.native)
+    built = build_model(first.arch, size, data.channels, Init.parse(first.init), first.seed, torch.device("cpu"),
+                        first.batchnorm)
+    if built.n_classes != data.n_classes:
+        raise AdvdimError(f"{first.arch} has {built.n_classes} logits but {first.dataset} has {data.n_classes} classes")
+
+
+def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 0, scheduler: str | None = None,
+                   data_dir: str | None = None, device: str = "cpu", progress: bool = True, arch: str | None = None,
+                   seeds: int | None = None) -> dict[str, Any]:
+    """Run (or resume) an experiment into ``out_dir/runs.sqlite`` and draw its figures there
+    (``arch``, ``seeds``: see :func:`configs`)."""
+    from advdim.empirical import _batchnorm as bn
+    from advdim.empirical import _dimension as dim
+
+    cells = configs(which, preset, data_dir, device, arch, seeds)
     out = Path(out_dir)
     folder = OutputFolder(out)
     folder.check(output_names(which))  # before any work: its files replace only those advdim wrote there
     out.mkdir(parents=True, exist_ok=True)
     samples = which == "batchnorm"
+    kind, cell = (bn.RUN_KIND, _samples_cell) if samples else (dim.RUN_KIND, _dimension_cell) \
+        if which == "dimension" else (RUN_KIND, _cell)
     with RunStore(out / "runs.sqlite") as store:
-        results = run_sweep(bn.RUN_KIND if samples else RUN_KIND, cells, _samples_cell if samples else _cell, store,
-                            workers=workers, scheduler=scheduler, description=f"{which} ({preset})",
-                            progress=progress)
+        results = run_sweep(kind, cells, cell, store, workers=workers, scheduler=scheduler,
+                            description=f"{which} ({preset})", progress=progress)
     rows = [{**c, **r} for c, r in zip(cells, results)]
     if samples:
         found = bn.summary(rows, bn.verdicts(rows))
@@ -150,6 +191,9 @@ def run_experiment(which: str, preset: str, out_dir: str | Path, workers: int = 
     plots = (plot_first_order if which == "first-order" else plot_dimension)(rows, folder)
     plots += plot_epochs(rows, folder)
     found = trends(which, rows)
+    if which == "dimension":  # init vs trained, with intervals over seeds and test points
+        plots += dim.plot(rows, folder)
+        found += dim.summary(rows)
     folder.file(TRENDS).write_text(json.dumps(found, indent=2) + "\n")
     return {"experiment": which, "preset": preset, "cells": len(cells), "store": str(out / "runs.sqlite"),
             "plots": [str(p) for p in plots], "trends": [t["text"] for t in found]}
@@ -249,7 +293,8 @@ def _caption(rows: list[dict[str, Any]]) -> str:
 
 
 #: the figures of each experiment (``<name>.png`` and ``<name>.svg``) and its trends, in ``--out``
-FIGURES = {"first-order": ("figure1", "grad_norms_epochs"), "dimension": ("figure2", "grad_norms_epochs"),
+FIGURES = {"first-order": ("figure1", "grad_norms_epochs"),
+           "dimension": ("figure2", "grad_norms_epochs", "figure_dimension_slopes"),
            "batchnorm": ("figure_batchnorm",)}
 TRENDS = "trends.json"
 

@@ -214,6 +214,8 @@ class TrainResult:
     #: (``grad_l1``, and ``vuln_linf`` / ``vuln_l2`` as 0 / 1): shape ``(n,)`` each (see
     #: :func:`evaluate`'s ``samples``); empty when a resumed run had no epoch left to train
     test_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    #: the same per-sample ``grad_l1`` at initialisation (``train(init_samples=True)``; else empty)
+    init_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -386,7 +388,7 @@ def _interrupted(config: TrainConfig, running: int | None, done: int, saved: int
 def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | os.PathLike[str] | None = None,
           resume: bool = False, progress: bool = False,
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-          data: Dataset | None = None) -> TrainResult:
+          data: Dataset | None = None, init_samples: bool = False) -> TrainResult:
     """Train ``config.arch`` on ``config.dataset`` with ``config.method``; metrics every epoch.
 
     Args:
@@ -396,6 +398,8 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         progress: show a progress bar on stderr.
         on_epoch: called with ``(epoch, record)`` after each epoch is stored and checkpointed.
         data: an already loaded dataset (default: load ``config.dataset``).
+        init_samples: also measure ``||d_x L||_1`` per evaluated test point of the model at
+            initialisation, before the first step (``TrainResult.init_samples``; not on a resumed run).
     Returns:
         The :class:`TrainResult` (the model of the last epoch, as the reference's ``last.pt``).
     """
@@ -446,6 +450,11 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
     evals = {"train": (x_train[:n_eval], y_train[:n_eval]), "test": (data.x_test[:n_eval], data.y_test[:n_eval])}
     if len(valid_idx):
         evals["valid"] = (data.x_train[valid_idx], data.y_train[valid_idx])
+    at_init: dict[str, list[float]] = {}
+    if init_samples and start_epoch == 0:  # the same test points as the last epoch's samples, before training
+        model.eval()
+        evaluate(model, data, *evals["test"], size, config.pad, config.attack_eps, config.attack_steps, device=device,
+                 attack=False, samples=at_init)
     from contextlib import nullcontext
 
     bar_cm: Any = nullcontext(None)
@@ -532,4 +541,4 @@ def train(config: TrainConfig, store: RunStore | None = None, checkpoint: str | 
         raise _interrupted(config, running, len(history), saved if ckpt is not None else 0, store is not None,
                            ckpt) from None
     model.eval()
-    return TrainResult(config, tuple(history), model, d, test_samples)
+    return TrainResult(config, tuple(history), model, d, test_samples, at_init)

@@ -78,7 +78,8 @@ def fit_hierarchical_slope(groups: Sequence[tuple[float, Sequence[np.ndarray]]],
                 if m:
                     totals[pick] += v[rng.integers(0, v.size, (m, v.size))].sum(axis=1)
                     counts[pick] += v.size
-        rep = np.maximum(totals / counts, 0.5 / n_total)
+        rep = totals / counts
+        rep = np.where(rep > 0, rep, 0.5 / n_total)  # only a mean of exactly 0 (no flipped label) is floored
         means.append(mean)
         boot_means.append(rep)
         spans.append(quantiles(rep, level))
