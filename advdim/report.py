@@ -41,7 +41,6 @@ import base64
 import html
 import json
 import math
-import re
 import shutil
 import subprocess
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from advdim.errors import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
+from advdim.paths import slug
 from advdim.store import RunStore, versions
 from advdim.verdict import MIN_POWER, WORDS, Outcome, Verdict, status
 
@@ -223,8 +223,121 @@ def _series_of(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [x for x in (s if isinstance(s, list) else [s]) if isinstance(x, dict) and x.get("x") and x.get("y")]
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "plot"
+# ---------------------------------------------------------------------------------------------
+# Plot helpers shared with advdim.simulate's plots: titles that fit, ticks that read, reference lines
+# ---------------------------------------------------------------------------------------------
+#: average width of a character of DejaVu Sans, in ems (a little above the mean, so wrapped text fits)
+_EM_PER_CHAR = 0.6
+
+
+def chars_per_line(inches: float, fontsize: float) -> int:
+    """How many characters of ``fontsize``-point text fit on ``inches`` of width (an estimate)."""
+    return max(12, int(inches * 72 / (fontsize * _EM_PER_CHAR)))
+
+
+def wrap(text: str, inches: float, fontsize: float, max_lines: int = 3) -> str:
+    """``text`` wrapped to ``inches`` at ``fontsize``, cut with "..." after ``max_lines`` lines.
+
+    >>> len(wrap("a " * 40, 1.0, 10, max_lines=2).splitlines()), wrap("short", 3, 9)
+    (2, 'short')
+    """
+    import textwrap
+
+    lines = textwrap.wrap(" ".join(str(text).split()), chars_per_line(inches, fontsize),
+                          break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(1, len(lines[-1]) - 3)].rstrip() + "..."
+    return "\n".join(lines)
+
+
+def short_name(text: str, limit: int = 36) -> str:
+    """A target's text short enough for a title: itself, or its first characters and "..." (the full
+    text goes into the figure's caption).
+
+    >>> short_name("strided"), short_name("3x8x8 > conv(8) > relu > avgpool(2) > conv(8) > relu > flatten > dense(10)")
+    ('strided', '3x8x8 > conv(8) > relu > avgpool(2) ...')
+    """
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    if " " in cut[limit // 2:]:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" >,(") + " ..."
+
+
+def _nice_log_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round values (1, 2, 5 x 10^k, then finer) inside ``[lo, hi]``, at most ``most`` of them, spread."""
+    import numpy as np
+
+    if not (lo > 0 and hi > lo):
+        return []
+    k0, k1 = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)):
+        ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in subs if lo <= m * 10.0**k <= hi]
+        if len(ticks) >= 3 or (len(ticks) >= 2 and subs != (1.0,)):
+            return _thin(ticks, lo, hi, most)
+    return [float(f"{v:.2g}") for v in np.geomspace(lo, hi, 4)[1:-1]]
+
+
+def _thin(values: Sequence[float], lo: float, hi: float, most: int) -> list[float]:
+    """Keep values at least 1/``most`` of the log range apart (the first one always)."""
+    span = math.log(hi / lo)
+    kept: list[float] = []
+    for v in sorted(values):
+        if not kept or math.log(v / kept[-1]) >= span / most * 0.999:
+            kept.append(v)
+    return kept
+
+
+def _tick_text(v: float) -> str:
+    """``192``, ``12288``, ``0.05``, ``2.5e-05``: plain numbers, integers in full up to a million."""
+    if float(v).is_integer() and 1 <= v < 1e6:
+        return str(int(v))
+    if v >= 1e5 or v < 1e-3:
+        mant, exp = f"{v:.1e}".split("e")
+        mant = mant.rstrip("0").rstrip(".")
+        return f"{mant}e{int(exp)}"
+    return f"{v:.3g}"
+
+
+def readable_log_axis(ax: Any, axis: str, values: Sequence[float] | None = None, most: int = 5) -> None:
+    """Label a log axis with a few plain numbers, never two overlapping ones: the data's own values
+    (``values``, e.g. the dimensions d measured) when they spread well, else round values; minor
+    ticks stay unlabelled ("3x10^2 4x10^2" no more)."""
+    import matplotlib.ticker as mticker
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    ticks: list[float] = []
+    if values is not None:
+        inside = sorted({float(v) for v in values if math.isfinite(float(v)) and lo <= float(v) <= hi and v > 0})
+        ticks = _thin(inside, lo, hi, most) if len(inside) >= 2 and hi > lo > 0 else []
+    if len(ticks) < 2:
+        ticks = _nice_log_ticks(lo, hi, most)
+    target.set_major_locator(mticker.FixedLocator(ticks))
+    target.set_major_formatter(mticker.FixedFormatter([_tick_text(v) for v in ticks]))
+    target.set_minor_formatter(mticker.NullFormatter())
+
+
+def through_points(x: Sequence[float], y: Sequence[float], slope: float) -> list[float]:
+    """The power law ``c x^slope`` through the geometric mean of the points ``(x, y)`` (positive ones),
+    evaluated at ``x``: a reference line of a given slope drawn among the data.
+
+    >>> [round(v, 6) for v in through_points([1.0, 4.0], [2.0, 2.0], 0.5)]
+    [1.414214, 2.828427]
+    """
+    pts = [(a, b) for a, b in zip(x, y) if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)]
+    if not pts:
+        return [math.nan] * len(x)
+    mx = sum(math.log(a) for a, _ in pts) / len(pts)
+    my = sum(math.log(b) for _, b in pts) / len(pts)
+    return [math.exp(my + slope * (math.log(a) - mx)) if a > 0 else math.nan for a in x]
+
+
+#: the label of the paper's law drawn on rows without a law of their own
+PAPER_LAW_LABEL = "paper's law d^(1/q-1/2) (reference)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,58 +422,185 @@ def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
                    png, svg)
 
 
-def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
-    import matplotlib.pyplot as plt
+#: the suffixes simulate gives the two rows of a q judged at infinite width (advdim.simulate)
+_SAMPLED, _LIMIT = " (sampled widths)", " (infinite-width limit)"
+#: width of a series plot, and height of its plotting area, inches
+_SERIES_W, _SERIES_H = 6.4, 3.6
 
-    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for r in rows:
+
+@dataclass(frozen=True)
+class _Drawn:
+    """One series as drawn: its row, the data, and the verdict that judges it (the row itself, or the
+    infinite-width row simulate pairs with a "(sampled widths)" row)."""
+
+    row: dict[str, Any]
+    series: dict[str, Any]
+    judge: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return str(self.series.get("label") or self.row["claim"])
+
+    @property
+    def limit(self) -> bool:
+        return self.judge is not self.row
+
+    @property
+    def reference_slope(self) -> float | None:
+        """The paper's ``d^(1/q - 1/2)`` slope of a row without a law that states its consistency with it."""
+        extra = self.row.get("extra") or {}
+        if self.series.get("predicted") or not extra.get("consistency"):
+            return None
+        return _num(extra.get("paper_law_slope"))
+
+    def phrase(self) -> str:
+        """What was judged on this series, and the outcome: "slope at infinite width: pass (power 0.93)"."""
+        outcome = row_outcome(self.judge)
+        if not outcome.judged:
+            consistency = (self.row.get("extra") or {}).get("consistency")
+            if consistency:
+                return f"no law; paper's law: {consistency} (not judged)"
+            return "reported, not judged" + (" (its dashed line is not validated here)" if self.series.get("predicted")
+                                             else "")
+        power = _num(self.judge.get("power"))
+        what = "slope at infinite width: " if self.limit else ""
+        return f"{what}{status(outcome)}" + ("" if power is None else f" (power {power:.2f})")
+
+
+def _pair_limits(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """For each "(sampled widths)" row (by index), the judged "(infinite-width limit)" row of the same check."""
+    by_claim = {(r["check"], r["claim"]): r for r in rows}
+    out = {}
+    for i, r in enumerate(rows):
+        claim = str(r["claim"])
+        if claim.endswith(_SAMPLED):
+            twin = by_claim.get((r["check"], claim[: -len(_SAMPLED)] + _LIMIT))
+            if twin is not None:
+                out[i] = twin
+    return out
+
+
+def _draw_series(ax: Any, item: _Drawn, colour: str, loglog: bool) -> list[str]:
+    """Draw one series on ``ax``; return its notes for the legend (the theory's level off the points)."""
+    x, y = _nums(item.series["x"]), _nums(item.series["y"])
+    s = item.series
+    notes = []
+    if s.get("lo") and s.get("hi"):
+        ax.fill_between(x, _nums(s["lo"]), _nums(s["hi"]), color=colour, alpha=0.18, lw=0)
+    ax.plot(x, y, "o", color=colour, zorder=3)
+    if s.get("fit"):
+        ax.plot(x, _nums(s["fit"]), "-", color=colour, lw=1.2)
+    if s.get("predicted"):
+        pred = _nums(s["predicted"])
+        ax.plot(x, pred, "--", color=colour, lw=1.2, alpha=0.9)
+        lo, hi = _nums(s.get("lo") or y), _nums(s.get("hi") or y)
+        pairs = [(p, m, a, b) for p, m, a, b in zip(pred, y, lo, hi) if p > 0 and m > 0]
+        if pairs and all(p > b or p < a for p, _, a, b in pairs):  # the theory's level lies off every interval
+            off = math.exp(sum(math.log(p / m) for p, m, _, _ in pairs) / len(pairs)) - 1
+            judged = "the slope is judged, not the level" if row_outcome(item.judge).judged else "not judged"
+            notes.append(f"{item.label}: theory level {abs(100 * off):.0f}% {'above' if off > 0 else 'below'} the "
+                         f"points (finite width; {judged})")
+    if item.limit and loglog and _num(item.judge.get("measured")) is not None:
+        ax.plot(x, through_points(x, y, float(item.judge["measured"])), "-.", color=colour, lw=1.6, zorder=4)
+    ref = item.reference_slope
+    if ref is not None and loglog:
+        ax.plot(x, through_points(x, y, ref), ":", color=colour, lw=1.8)
+    return notes
+
+
+def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
+    """One figure per ``series["figure"]``: the points with their band, the fitted, predicted and judged
+    lines, the paper's law through the points of rows without a law, and a line saying what was judged."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    limits = _pair_limits(rows)
+    groups: dict[str, list[_Drawn]] = {}
+    for i, r in enumerate(rows):
         for s in _series_of(r):
-            groups.setdefault(str(s.get("figure") or r["claim"]), []).append((r, s))
+            groups.setdefault(str(s.get("figure") or r["claim"]), []).append(_Drawn(r, s, limits.get(i, r)))
     figs = []
     used: set[str] = set()
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for title, members in groups.items():
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        loglog = all(bool(s.get("loglog", False)) for _, s in members)
-        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for k, (r, s) in enumerate(members):
-            col = cycle[k % len(cycle)]
-            x = _nums(s["x"])
-            y = _nums(s["y"])
-            label = str(s.get("label") or r["claim"])
-            mark = "" if row_outcome(r) is Outcome.REPORTED else f" ({status(row_outcome(r))})"
-            if s.get("lo") and s.get("hi"):
-                ax.fill_between(x, _nums(s["lo"]), _nums(s["hi"]), color=col, alpha=0.18, lw=0)
-            ax.plot(x, y, "o", color=col, label=f"{label}{mark}", zorder=3)
-            if s.get("fit"):
-                ax.plot(x, _nums(s["fit"]), "-", color=col, lw=1.2)
-            if s.get("predicted"):
-                ax.plot(x, _nums(s["predicted"]), "--", color=col, lw=1.2, alpha=0.9)
-        xs = [v for _, s in members for v in _nums(s["x"]) if math.isfinite(v)]
+        fig = plt.figure(layout="constrained")
+        grid = fig.add_gridspec(2, 1)
+        ax, key_ax = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+        key_ax.axis("off")
+        loglog = all(bool(m.series.get("loglog", False)) for m in members)
+        handles: list[Any] = []
+        labels: list[str] = []
+        notes: list[str] = []
+        for k, m in enumerate(members):
+            colour = cycle[k % len(cycle)]
+            notes += _draw_series(ax, m, colour, loglog)
+            handles.append(Line2D([], [], marker="o", linestyle="none", color=colour))
+            labels.append(f"{m.label}: {m.phrase()}")
+        xs = [v for m in members for v in _nums(m.series["x"]) if math.isfinite(v)]
         wide_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 1e3  # decades of x (e.g. eps): log axis
-        if loglog or wide_x or any(s.get("logx") for _, s in members):
+        if loglog or wide_x or any(m.series.get("logx") for m in members):
             ax.set_xscale("log")
-        if loglog or any(s.get("logy") for _, s in members):
+            readable_log_axis(ax, "x", xs)
+        if loglog or any(m.series.get("logy") for m in members):
             ax.set_yscale("log")
-        ax.set_xlabel(str(members[0][1].get("xlabel", "x")))
-        ax.set_ylabel(str(members[0][1].get("ylabel", "y")))
-        ax.set_title(title, fontsize=10)
-        if any(s.get("fit") for _, s in members):
-            ax.plot([], [], "k-", lw=1.2, label="fitted")
-        if any(s.get("predicted") for _, s in members):
-            ax.plot([], [], "k--", lw=1.2, label="predicted")
-        ax.legend(fontsize=7)
-        ax.grid(True, which="both", alpha=0.25)
-        name = "series-" + _slug(title)
+            readable_log_axis(ax, "y")
+        ax.set_xlabel(str(members[0].series.get("xlabel", "x")), fontsize=9)
+        ax.set_ylabel(str(members[0].series.get("ylabel", "y")), fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, which="major", alpha=0.25)
+        styles = [("-", "fitted", any(m.series.get("fit") for m in members)),
+                  ("--", "theory (finite-d law)", any(m.series.get("predicted") for m in members)),
+                  ("-.", "infinite-width limit (judged), drawn through the points",
+                   loglog and any(m.limit for m in members)),
+                  (":", PAPER_LAW_LABEL, loglog and any(m.reference_slope is not None for m in members))]
+        for style, text, shown in styles:
+            if shown:
+                handles.append(Line2D([], [], color="black", linestyle=style, lw=1.3))
+                labels.append(text)
+        for note in notes:
+            handles.append(Line2D([], [], linestyle="none"))
+            labels.append(note)
+        texts = [wrap(lab, _SERIES_W - 0.6, 7, max_lines=3) for lab in labels]
+        key_ax.legend(handles, texts, loc="upper center", fontsize=7, frameon=False, borderaxespad=0.0)
+        lines = sum(t.count("\n") + 1 for t in texts)
+        word = _panel_word(members)
+        ax.set_title(wrap(word, _SERIES_W - 0.5, 8, max_lines=3), fontsize=8, color="#57606a")
+        heading = wrap(title, _SERIES_W - 0.3, 10, max_lines=4)
+        fig.suptitle(heading, fontsize=10)
+        grid.set_height_ratios([_SERIES_H, 0.17 * lines + 0.1])
+        n_title = heading.count("\n") + 1
+        fig.set_size_inches(_SERIES_W, _SERIES_H + 0.17 * lines + 0.25 * n_title + 0.9)
+        name = "series-" + slug(title)
         while name in used:
             name += "-"
         used.add(name)
         png, svg = _save(fig, folder, name)
         figs.append(_Figure(name, title,
                             "Points: measured values (band: their confidence interval); solid line: the fitted law; "
-                            "dashed line: the law the paper predicts"
+                            "dashed line: the law the paper predicts (its level at finite width may sit off the "
+                            "points: the slope is what is judged); dash-dot: the judged infinite-width slope, "
+                            "drawn through the points; dotted: the paper's d^(1/q-1/2) through the points, a "
+                            "reference for rows without a law. The line under the title says what was judged"
                             + (" (log-log axes: a power law d^a is a straight line of slope a)." if loglog else "."),
-                            png, svg, str(members[0][0]["part"])))
+                            png, svg, str(members[0].row["part"])))
     return figs
+
+
+def _panel_word(members: list[_Drawn]) -> str:
+    """The line under a series plot's title: what was judged on it (each series' outcome is in the legend)."""
+    judged = [m for m in members if row_outcome(m.judge).judged]
+    others = [m.label for m in members if not row_outcome(m.judge).judged]
+    slopes = all(m.series.get("loglog") for m in members) and any(m.series.get("predicted") for m in judged)
+    if not judged:
+        if any(m.reference_slope is not None for m in members):
+            return "nothing judged: no law here; the paper's d^(1/q-1/2) is drawn through the points for reference"
+        return "nothing judged: values reported"
+    if slopes:
+        where = "at infinite width " if any(m.limit for m in judged) else ""
+        head = f"judged: each slope {where}against the theory's (its level is not judged)"
+    else:
+        head = "judged: " + "; ".join(dict.fromkeys(str(m.judge["claim"]) for m in judged))
+    return head + (f"; not judged: {', '.join(others)}" if others else "")
 
 
 def _timing_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:

@@ -101,8 +101,8 @@ def test_dimension_experiment_for_any_architecture(arch, tmp_path, monkeypatch):
 
 def test_dimension_words_follow_the_interval():
     import numpy as np
-
     from advdim.empirical import _dimension as dim
+
     from advdim.stats import fit_hierarchical_slope
 
     rng = np.random.default_rng(0)
