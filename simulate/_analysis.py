@@ -6,6 +6,7 @@ draws of a user's module factory).  The statistics are :mod:`advdim.stats`'.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class TopologyLaw:
 def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
                      init: Init = Init.HE, target: GradTarget = GradTarget.LOGIT,
                      inf_rel_se: float | None = None, wide: bool = False, keys: Sequence[str] = Q_KEYS,
-                     prediction: Any = None) -> TopologyLaw | None:
+                     prediction: Any = None, inf_draws: int | None = None) -> TopologyLaw | None:
     """Ask ``advdim.theory.predict``; ``None`` when the theory layer is not available.
 
     ``target`` LOSS predicts ``E||d_x L||_q`` (the softmax term under the predicted logit law,
@@ -55,13 +56,29 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
     pooling makes the path sum of ``E||d_x f_k||_2^2`` approximate, predict it by the exact wide-limit
     law instead (``Prediction.wide_grad_sq_norm``, docs/theory.md "Average pooling beyond the path
     sum"; seconds per size, so a fixed network gets it, not each of hundreds of random topologies).
+    ``inf_rel_se`` / ``inf_draws``: the precision of the q = inf Monte Carlo on conv nets (a fixed
+    network: None and None, 0.5%; a random topology: :data:`RANDOM_INF_DRAWS` draws).
+
+    The laws are cached per topology and arguments (a ``prediction`` given is used as is): a study's
+    repeated topologies (122 distinct among 200 random ``strided`` ones) are predicted once.
     """
+    if prediction is not None:
+        return _topology_law(fam, tuple(sizes), channels, init, target, inf_rel_se, wide, tuple(keys), prediction,
+                             inf_draws)
+    return _cached_topology_law(fam, tuple(int(s) for s in sizes), channels, init, target, inf_rel_se, wide,
+                                tuple(keys), None, inf_draws)
+
+
+def _topology_law(fam: Family | Target, sizes: tuple[int, ...], channels: int, init: Init, target: GradTarget,
+                  inf_rel_se: float | None, wide: bool, keys: tuple[str, ...], prediction: Any,
+                  inf_draws: int | None) -> TopologyLaw | None:
     try:
         from advdim.theory import predict
     except ImportError:
         return None
     pred = prediction if prediction is not None else predict(
-        fam, sizes=tuple(sizes), channels=channels, init=init.value, symmetry=False, inf_rel_se=inf_rel_se)
+        fam, sizes=tuple(sizes), channels=channels, init=init.value, symmetry=False, inf_rel_se=inf_rel_se,
+        inf_draws=inf_draws)
     if not pred.has_law:
         return TopologyLaw({q: None for q in keys}, None, {q: None for q in keys})
     norms: dict[str, tuple[float, ...] | None] = {}
@@ -89,10 +106,13 @@ def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
     return TopologyLaw(norms, sq, slopes, approx)
 
 
-#: the q = inf Monte Carlo's relative standard error per random topology: the study averages the
-#: predictions of its topologies, so the error of the mean prediction is about this / sqrt(nets)
-#: (0.0014 at 200 topologies), at 1/16 of the cost of the 0.005 a single network gets
-RANDOM_INF_REL_SE = 0.02
+_cached_topology_law = functools.lru_cache(maxsize=4096)(_topology_law)
+
+#: draws of the q = inf Monte Carlo per random topology and size (``advdim.theory._maxnorm.UNIT_DRAWS``):
+#: no pilot, the se stated after; the study averages the predictions of its topologies, so the error of
+#: the mean prediction is about the per-topology error over sqrt(nets).  A member of a built-in family at
+#: the default sizes is read from the theory's table instead (``_maxnorm.tabulated``, 2% per member)
+RANDOM_INF_DRAWS = 32
 
 
 def iid_gaussian_coordinates(target: str | Family | Target, size: int | None = None, channels: int = 3) -> bool:

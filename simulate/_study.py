@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from advdim.simulate._analysis import (
-    RANDOM_INF_REL_SE,
+    RANDOM_INF_DRAWS,
     TopologyLaw,
     Units,
     analyse,
@@ -363,7 +363,7 @@ def study(
         law = predict_topology(arch, sizes_t, channels, law_e, tgt, wide=True)
         laws: list[TopologyLaw | None] = [law] * nets
     else:
-        laws = [predict_topology(f, sizes_t, channels, law_e, tgt, RANDOM_INF_REL_SE) for f in topos] \
+        laws = [predict_topology(f, sizes_t, channels, law_e, tgt, inf_draws=RANDOM_INF_DRAWS) for f in topos] \
             if with_theory else [None] * nets
     configs = [cell_config(fam, t, s, channels, draws, inputs, seed, tgt, exact_shortcuts, dtype, dev, data,
                            data_dir, init_e) for t, fam in enumerate(topos) for s in sizes_t]

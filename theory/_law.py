@@ -527,6 +527,9 @@ class Prediction:
     approximate: str | None = None
     #: relative standard error of the q = inf Monte Carlo of conv nets (``_maxnorm.expected_max_norm``)
     inf_rel_se: float = _maxnorm.REL_SE
+    #: instead, a fixed number of draws of that Monte Carlo (no pilot; one unit of a study over random
+    #: topologies, ``_maxnorm.UNIT_DRAWS``), or None
+    inf_draws: int | None = None
 
     # ---- members ---------------------------------------------------------------------------
     def spec_at(self, size: int) -> Spec:
@@ -589,14 +592,14 @@ class Prediction:
         :func:`advdim.theory._maxnorm.covers`: there the coordinates are correlated and a Gaussian
         scale mixture, and the prediction is the path-sum model's own law with channel gates, by Monte
         Carlo to 0.5% (:func:`advdim.theory._maxnorm.expected_max_norm`; docs/theory.md, "The q = inf
-        prediction for conv nets").
+        prediction for conv nets"), or ``inf_rel_se``, or with ``inf_draws`` draws.
         """
         q = check_q(q)
         if not self.has_law:
             return None
         spec = self.spec_at(size)
         if math.isinf(q) and _maxnorm.model_applies(spec, self.init):
-            est = _maxnorm.expected_max_norm(spec, self.init, self.logit, rel_se=self.inf_rel_se)
+            est = _maxnorm.expected_max_norm(spec, self.init, self.logit, rel_se=self.inf_rel_se, draws=self.inf_draws)
             if est is not None:
                 return est.mean
         values, counts = _profile(spec, self.init, self.logit)
@@ -665,7 +668,8 @@ class Prediction:
             "grad_sq_norm_at": {str(s): (self.grad_sq_norm(s) if self.has_law else None) for s in sizes},
             "expected_norm": {norm_key(q): {str(s): self.expected_norm(q, s) for s in sizes} for q in NORMS.values()},
             # how the q = inf entry was computed, per size (advdim.theory._maxnorm.inf_law_json)
-            "expected_norm_inf": {str(s): _maxnorm.inf_law_json(self.spec_at(s), self.init, self.logit, self.has_law)
+            "expected_norm_inf": {str(s): _maxnorm.inf_law_json(self.spec_at(s), self.init, self.logit, self.has_law,
+                                                                self.inf_rel_se, self.inf_draws)
                                   for s in sizes},
             "s_breaking_share": {str(s): v for s, v in self.breaking_share.items()},
             # the loss gradient (docs/theory.md, "The loss gradient"): the logit law and E||d_x L||_q
@@ -717,7 +721,8 @@ def loss_weight(n_classes: int, softmax_weight: float | None = None, logit_varia
 
 
 def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = None, channels: int | None = None,
-            init: object = "he", logit: int = 0, symmetry: bool = True, inf_rel_se: float | None = None) -> Prediction:
+            init: object = "he", logit: int = 0, symmetry: bool = True, inf_rel_se: float | None = None,
+            inf_draws: int | None = None) -> Prediction:
     """Predict ``E||d_x f_k||_q`` for any target over ``sizes`` (Theorems 4-5, Corollary 6).
 
     Args:
@@ -730,7 +735,10 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
         init: ``"he"`` (H3), ``"torch"``, ``"glorot"``, ``"lecun"``, ``"orthogonal"`` or an ``Init``.
         logit: index k of the logit.
         inf_rel_se: relative standard error of the q = inf Monte Carlo on conv nets (default
-            ``_maxnorm.REL_SE`` = 0.005); a study averaging many random topologies may ask for less.
+            ``_maxnorm.REL_SE`` = 0.005).
+        inf_draws: instead, a fixed number of draws of that Monte Carlo, no pilot, the se stated after:
+            one unit of a study averaging many random topologies (``_maxnorm.UNIT_DRAWS``; a random
+            member of a built-in family at the default sizes is read from ``_maxnorm.tabulated``).
         symmetry: decide S (default).  ``False`` skips it (no ``"S"`` in ``hypotheses``, no
             ``breaking_share``): the Monte Carlo engine, which predicts thousands of topologies,
             needs only the law.
@@ -813,7 +821,7 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
 
     approx = next((a for a in (approximation(m) for m in members) if a is not None), None) if has_law else None
     pred = Prediction(target, init, channels, logit, sizes_t, held, why, has_law, {}, {}, expr, exact, beta, share,
-                      approx, _maxnorm.REL_SE if inf_rel_se is None else float(inf_rel_se))
+                      approx, _maxnorm.REL_SE if inf_rel_se is None else float(inf_rel_se), inf_draws)
     for key, q in NORMS.items():
         pred.exponent[key] = pred.exponent_q(q)
         pred.predicted_slope[key] = pred.slope_q(q)

@@ -35,11 +35,15 @@ nothing imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
-from collections.abc import Callable
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -47,7 +51,7 @@ import numpy as np
 from advdim.theory import _graph
 from advdim.theory._graph import BN_EPS, Sign, Step
 
-from advdim.arch import AvgPool, BatchNorm, Conv, Dense, Flatten, GlobalAvgPool, Padding, ReLU, Spec
+from advdim.arch import AvgPool, BatchNorm, Conv, Dense, Family, Flatten, GlobalAvgPool, Padding, ReLU, Spec
 from advdim.errors import AdvdimError, HypothesisError
 from advdim.inits import Init
 
@@ -70,6 +74,12 @@ MAX_DRAWS = 8192
 #: float32: under 10 s); a member too large for even :data:`PILOT_DRAWS` draws (strided beyond s = 128,
 #: 32 channels with 5 x 5 kernels beyond s = 64) has no finite-width prediction here
 MAX_MACS = 2 * 10**10
+#: draws of one unit of a study over random topologies (``expected_max_norm(..., draws=UNIT_DRAWS)``):
+#: no pilot; the relative se per unit is then 3-11% on random strided members (median 5%), and the
+#: study's mean prediction over 200 topologies is within 0.4% (docs/performance.md)
+UNIT_DRAWS = 32
+#: the fewest draws of a fixed-size estimate (one control variate and a standard error)
+MIN_UNIT_DRAWS = 8
 #: bytes of the working arrays of one batch of draws
 BATCH_BYTES = 48 * 2**20
 
@@ -154,6 +164,8 @@ def _check(spec: Spec, logit: int) -> list[Step]:
 
 def _fold(p: np.ndarray, n: int, pad: int, padding: Padding, axis: int) -> np.ndarray:
     """The adjoint of padding ``n`` entries by ``pad`` along ``axis`` (``p`` may be longer than ``n + 2 pad``)."""
+    if not pad:  # nothing wraps: the first n entries (a view)
+        return p if p.shape[axis] == n else np.moveaxis(np.moveaxis(p, axis, -1)[..., :n], -1, axis)
     p = np.moveaxis(p, axis, -1)
     out = p[..., pad:pad + n].copy()
     if pad and padding is Padding.CIRCULAR:
@@ -169,14 +181,57 @@ def _fold(p: np.ndarray, n: int, pad: int, padding: Padding, axis: int) -> np.nd
 #: ``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``): larger products of these thin matrices spawn
 #: threads per product, which on a busy machine costs up to 100 times the product itself
 _ONE_THREAD_MNK = 65536 * 4
+_BLAS = threading.local()
+
+
+@functools.cache
+def _openblas_threads_local() -> Callable[[int], int] | None:
+    """numpy's bundled OpenBLAS ``openblas_set_num_threads_local`` (the calling thread's number of
+    threads; returns the previous one), or None (another BLAS, or an OpenBLAS without it)."""
+    import ctypes
+    import glob
+    import os
+
+    root = os.path.dirname(np.__file__)
+    for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*")) +
+                       glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn  # type: ignore[no-any-return]
+    return None
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the model's matrix products on one BLAS thread of the calling thread (numpy's OpenBLAS).
+
+    These products are many and thin: OpenBLAS would spread each over every core, which costs more
+    than the product (100 times more on a busy machine); on one thread whole stacks go to BLAS at
+    once, 2-5 times faster than the column blocks :func:`_batched_matmul` falls back to.
+    """
+    fn = _openblas_threads_local()
+    if fn is None or getattr(_BLAS, "one", False):
+        yield
+        return
+    old = fn(1)
+    _BLAS.one = True
+    try:
+        yield
+    finally:
+        _BLAS.one = False
+        fn(old)
 
 
 def _batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for stacks ``(R, m, k) @ (R, k, n)``, in column blocks small enough for one BLAS thread each."""
+    """``a @ b`` for stacks ``(R, m, k) @ (R, k, n)``: at once on one BLAS thread (:func:`one_blas_thread`),
+    else in column blocks small enough for OpenBLAS to run each on one thread."""
     r, m, k = a.shape
     n = b.shape[2]
     block = max(1, _ONE_THREAD_MNK // (m * k))
-    if block >= n:
+    if block >= n or getattr(_BLAS, "one", False):
         return np.matmul(a, b)
     out = np.empty((r, m, n), dtype=np.result_type(a, b))
     for lo in range(0, n, block):
@@ -308,10 +363,12 @@ def _draw_weights(step: Step, r: int, rng: np.random.Generator, init: str, dtype
 def _draw_gates(step: Step, shape: tuple[int, ...], rng: np.random.Generator, law: GateLaw,
                 rho: dict[int, float], dtype: type) -> np.ndarray:
     """0/1 gates of one ReLU for ``shape[0]`` nets: Bernoulli(1/2), or per channel Bernoulli(pi_c) (``CHANNEL``)."""
-    u = rng.random(shape, dtype=np.float32)
     r = rho.get(step.index, 0.0) if law is GateLaw.CHANNEL else 0.0
-    if r <= 0.0 or len(shape) != 4:
-        return (u < 0.5).astype(dtype)
+    if r <= 0.0 or len(shape) != 4:  # fair coins: the bits of random bytes
+        n = math.prod(shape)
+        return np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8), count=n).reshape(shape) \
+            .astype(dtype)
+    u = rng.random(shape, dtype=np.float32)
     if r >= 1.0:
         raise HypothesisError(f"layer {step.index}: the positions of a channel are perfectly correlated (rho = 1)")
     xi = rng.standard_normal(shape[:2]) * math.sqrt(r / (1.0 - r))
@@ -353,19 +410,20 @@ def sample_gradients(spec: Spec, n: int, seed: int | np.random.SeedSequence = 0,
     parts: list[np.ndarray] = []
     per_layer: list[list[np.ndarray]] = []
     done = 0
-    while done < n:
-        r = min(batch, n - done)
-        got: list[np.ndarray] = []
+    with one_blas_thread():
+        while done < n:
+            r = min(batch, n - done)
+            got: list[np.ndarray] = []
 
-        def weights(step: Step, r: int = r) -> np.ndarray:
-            return _draw_weights(step, r, rng, init, np.float32)
+            def weights(step: Step, r: int = r) -> np.ndarray:
+                return _draw_weights(step, r, rng, init, np.float32)
 
-        def gates(step: Step, shape: tuple[int, ...]) -> np.ndarray:
-            return _draw_gates(step, shape, rng, law, rho, np.float32)
+            def gates(step: Step, shape: tuple[int, ...]) -> np.ndarray:
+                return _draw_gates(step, shape, rng, law, rho, np.float32)
 
-        parts.append(_walk(st, r, logit, weights, gates, got))
-        per_layer.append(got)
-        done += r
+            parts.append(_walk(st, r, logit, weights, gates, got))
+            per_layer.append(got)
+            done += r
     if energies is not None:
         energies.extend(np.concatenate([p[j] for p in per_layer]) for j in range(len(per_layer[0])))
     return np.concatenate(parts)
@@ -468,9 +526,27 @@ def estimate_max_norm(spec: Spec, draws: int, init: str = "he", logit: int = 0, 
     return _estimate(spec, *_draw_maxima(spec, draws, seed, init, logit, law), init, logit, law, seed)
 
 
-@functools.lru_cache(maxsize=256)
+def _unit_seed(spec: Spec, seed: int) -> np.random.SeedSequence:
+    """The seed of one unit's draws: ``seed`` and the spec's canonical text, so that the units of a
+    study (distinct specs, every size of every topology) have independent draws."""
+    return np.random.SeedSequence([seed, zlib.crc32(spec.to_text().encode())])
+
+
+def _unit_estimate(spec: Spec, draws: int, init: str, logit: int, law: GateLaw, seed: int) -> MaxNormEstimate:
+    """``draws`` draws and no pilot; one control variate, ``||g||_2^2`` (with a few dozen draws one
+    coefficient per weight layer would fit the noise and understate the se; ``||g||_2^2`` alone takes
+    as much of the variance as all of them: measured on random strided members, residual sd within 5%)."""
+    y, x = _draw_maxima(spec, draws, _unit_seed(spec, seed), init, logit, law)
+    plain, plain_se = float(y.mean()), float(y.std(ddof=1) / math.sqrt(y.size))
+    if not exact_energies(spec):
+        return MaxNormEstimate(plain, plain_se, y.size, law, seed, plain, plain_se)
+    mean, se = control_variate_mean(y, x[:, -1:], energy_means(spec, init, logit)[-1:])
+    return MaxNormEstimate(mean, se, y.size, law, seed, plain, plain_se)
+
+
+@functools.lru_cache(maxsize=4096)
 def expected_max_norm(spec: Spec, init: str = "he", logit: int = 0, law: GateLaw = GateLaw.CHANNEL,
-                      rel_se: float = REL_SE, seed: int = 0) -> MaxNormEstimate | None:
+                      rel_se: float = REL_SE, seed: int = 0, draws: int | None = None) -> MaxNormEstimate | None:
     """``E||d_x f_logit||_inf`` under the path-sum model, to a relative standard error ``rel_se``.
 
     A pilot of :data:`PILOT_DRAWS` draws measures the spread after the control variates; as many
@@ -479,18 +555,41 @@ def expected_max_norm(spec: Spec, init: str = "he", logit: int = 0, law: GateLaw
     estimate uses them all.  Seeded: the pilot and the rest are the two children of ``seed``'s
     ``SeedSequence``.  ``None`` when even the pilot would exceed :data:`MAX_MACS`.
 
+    ``draws``: instead, exactly that many draws, no pilot and no target (``rel_se`` is not used):
+    one unit of a study over random topologies (:data:`UNIT_DRAWS`), whose precision is the se
+    stated after.  The study averages its units, so the error of its mean prediction is about the
+    units' relative se over ``sqrt(units)``; each spec gets its own stream (:func:`_unit_seed`).
+    Results are cached per spec and arguments: the repeated members of a study cost nothing.
+
     >>> from advdim.arch import family
     >>> est = expected_max_norm(family("strided", channels=4, final=2).spec(4), rel_se=0.02)
     >>> round(est.mean, 1), est.se / est.mean < 0.02, est.draws
     (0.5, True, 256)
+    >>> unit = expected_max_norm(family("strided", channels=4, final=2).spec(4), draws=UNIT_DRAWS)
+    >>> unit.draws, abs(unit.mean - est.mean) < 5 * math.hypot(unit.se, est.se)
+    (32, True)
     """
     init = _graph.init_name(init)
     if not 0 < rel_se < 1:
         raise AdvdimError(f"the relative standard error must lie in (0, 1), got {rel_se!r}")
+    if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < MIN_UNIT_DRAWS):
+        raise AdvdimError(f"a fixed number of draws must be an integer >= {MIN_UNIT_DRAWS}, got {draws!r}")
+    table = tabulated(spec, init, logit, law, seed)
+    if table is not None and (draws is not None or table.se <= rel_se * table.mean):
+        return table
     cost = macs_per_draw(spec)
+    if draws is not None:
+        return None if cost * draws > MAX_MACS else _unit_estimate(spec, draws, init, logit, law, seed)
     if cost * PILOT_DRAWS > MAX_MACS:
         return None
-    first, rest = np.random.SeedSequence(seed).spawn(2)
+    return _sized_estimate(spec, init, logit, law, rel_se, np.random.SeedSequence(seed), seed)
+
+
+def _sized_estimate(spec: Spec, init: str, logit: int, law: GateLaw, rel_se: float, seq: np.random.SeedSequence,
+                    seed: int) -> MaxNormEstimate:
+    """The pilot and as many further draws as reach ``rel_se`` (:func:`expected_max_norm`)."""
+    cost = macs_per_draw(spec)
+    first, rest = seq.spawn(2)
     y, x = _draw_maxima(spec, PILOT_DRAWS, first, init, logit, law)
     pilot = _estimate(spec, y, x, init, logit, law, seed)
     need = math.ceil(PILOT_DRAWS * (pilot.se / (rel_se * pilot.mean)) ** 2) if pilot.mean > 0 else PILOT_DRAWS
@@ -499,6 +598,115 @@ def expected_max_norm(spec: Spec, init: str = "he", logit: int = 0, law: GateLaw
         return pilot
     y2, x2 = _draw_maxima(spec, more, rest, init, logit, law)
     return _estimate(spec, np.concatenate([y, y2]), np.concatenate([x, x2]), init, logit, law, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# The table of the random members of the built-in conv families
+# --------------------------------------------------------------------------------------------
+
+#: the version of the model's law (the gate laws, the init laws, the backward pass): the table of
+#: :func:`tabulated` is used only when it was written under this version.  Bump it with any change
+#: that moves the law, and regenerate the table (:func:`write_table`)
+MODEL_VERSION = 1
+#: what the table holds: members of these families, valid at these sides, 3 input channels, He init,
+#: logit 0, channel gates, each to this relative se (the precision a random topology got before the
+#: table: ``RANDOM_INF_REL_SE`` of ``advdim.simulate``), seed 0 with the spec's own stream
+TABLE_FAMILIES = ("strided", "gap")
+TABLE_SIZES = (8, 16, 32, 64)
+TABLE_REL_SE = 0.02
+TABLE_PATH = Path(__file__).with_name("_maxnorm_table.py")
+
+
+def tabulated(spec: Spec, init: str = "he", logit: int = 0, law: GateLaw = GateLaw.CHANNEL,
+              seed: int = 0) -> MaxNormEstimate | None:
+    """The table's estimate for ``spec`` (looked up by its canonical text), or None when it has none:
+    another spec, init, logit, gate law or seed, or a table of another :data:`MODEL_VERSION`."""
+    from advdim.theory import _maxnorm_table as table
+
+    head = table.MODEL
+    if (head.get("version") != MODEL_VERSION or init != head.get("init") or logit != head.get("logit")
+            or law.value != head.get("gates") or seed != head.get("seed")):
+        return None
+    row = table.TABLE.get(spec.to_text())
+    if row is None:
+        return None
+    mean, se, draws, plain_mean, plain_se = row
+    return MaxNormEstimate(mean, se, int(draws), law, seed, plain_mean, plain_se)
+
+
+def table_members(families: Sequence[str] = TABLE_FAMILIES, sizes: Sequence[int] = TABLE_SIZES,
+                  channels: int = 3, samples: int = 20000, seed: int = 0) -> list[Family]:
+    """The distinct random members of ``families`` valid at every size: ``samples`` draws of each
+    family's own sampler (``advdim.arch.sample_family``, as a study draws its topologies), deduplicated."""
+    from advdim.arch import sample_family
+    from advdim.errors import SpecError
+
+    out: dict[str, Family] = {}
+    for name in families:
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        for _ in range(samples):
+            fam = sample_family(name, rng)
+            try:
+                for s in sizes:
+                    fam.spec(int(s), channels)
+            except SpecError:
+                continue
+            out.setdefault(fam.to_text(), fam)
+    return [out[k] for k in sorted(out)]
+
+
+def write_table(path: Path = TABLE_PATH, families: Sequence[str] = TABLE_FAMILIES,
+                sizes: Sequence[int] = TABLE_SIZES, progress: Path | None = None) -> int:
+    """Estimate every member of :func:`table_members` at every size and write the table module.
+
+    ``progress``: a JSON-lines file of the entries done so far (read back, so that an interrupted run
+    resumes).  Returns the number of entries.  Minutes of CPU: about 2 s per strided member on one core.
+
+        python -c "from advdim.theory._maxnorm import write_table; write_table()"
+    """
+    import json
+
+    done: dict[str, list[float]] = {}
+    if progress is not None and progress.exists():
+        for line in progress.read_text().splitlines():
+            key, row = json.loads(line)
+            done[key] = row
+    for fam in table_members(families, sizes):
+        for s in sizes:
+            spec = fam.spec(int(s), 3)
+            key = spec.to_text()
+            if key in done:
+                continue
+            est = _sized_estimate(spec, "he", 0, GateLaw.CHANNEL, TABLE_REL_SE, _unit_seed(spec, 0), 0)
+            done[key] = [est.mean, est.se, est.draws, est.plain_mean, est.plain_se]
+            if progress is not None:
+                with progress.open("a") as fh:
+                    fh.write(json.dumps([key, done[key]]) + "\n")
+    rows = "".join(f"    {json.dumps(k)}: ({m!r}, {se!r}, {int(n)}, {pm!r}, {ps!r}),\n"
+                   for k, (m, se, n, pm, ps) in sorted(done.items()))
+    head = {"version": MODEL_VERSION, "init": "he", "logit": 0, "gates": GateLaw.CHANNEL.value, "seed": 0,
+            "rel_se": TABLE_REL_SE, "families": list(families), "sizes": [int(s) for s in sizes], "channels": 3}
+    path.write_text(TABLE_HEADER + f"MODEL: dict[str, Any] = {head!r}\n\n"
+                    "#: spec canonical text -> (mean, se, draws, plain mean, plain se)\n"
+                    "TABLE: dict[str, tuple[float, float, int, float, float]] = {\n" + rows + "}\n")
+    return len(done)
+
+
+TABLE_HEADER = '''# ruff: noqa: E501
+"""Generated by ``advdim.theory._maxnorm.write_table``: do not edit.
+
+``E||d_x f_0||_inf`` of the path-sum model with channel gates (``advdim.theory._maxnorm``) for every
+random member of the built-in conv families at the sizes of ``MODEL``, each by
+``expected_max_norm``'s pilot-sized Monte Carlo to the relative se ``MODEL["rel_se"]`` on the spec's
+own stream.  :func:`advdim.theory._maxnorm.tabulated` reads it; ``tests/theory/test_maxnorm_table.py``
+re-estimates some entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+'''
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,12 +782,13 @@ def model_applies(spec: Spec, init: str = "he") -> bool:
     return not first_weighted_is_dense(spec) and covers(spec, init) is None
 
 
-def inf_law_json(spec: Spec, init: str, logit: int, has_law: bool = True) -> dict[str, Any] | None:
+def inf_law_json(spec: Spec, init: str, logit: int, has_law: bool = True, rel_se: float = REL_SE,
+                 draws: int | None = None) -> dict[str, Any] | None:
     """How ``expected_norm(inf)`` is computed on ``spec``: the Monte Carlo record, or the independent law."""
     if not has_law:
         return None
     if model_applies(spec, init):
-        est = expected_max_norm(spec, _graph.init_name(init), logit)
+        est = expected_max_norm(spec, _graph.init_name(init), logit, rel_se=rel_se, draws=draws)
         if est is not None:
             return {**est.to_json(), "exact": True}
     why = ("dense first layer: i.i.d. Gaussian coordinates given the rest" if first_weighted_is_dense(spec)
