@@ -387,7 +387,7 @@ def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
     if not items:
         return None
     n = len(items)
-    fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.3 * n))
+    fig, ax = plt.subplots(figsize=(9.5, 1.2 + 0.3 * n), layout="constrained")
     for k, (_, r, m, p) in enumerate(items):
         y = n - 1 - k
         col = COLOURS[row_outcome(r)]
@@ -396,7 +396,7 @@ def _overview_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
             ax.plot(p, y, marker="D", ms=6, mfc="white", mec="black", zorder=3)
         if m is not None:
             ax.plot(m, y, marker="o", ms=7, color=col, zorder=4)
-    labels = [f"#{idx} {r['claim'][:60]}" for idx, r, _, _ in items]
+    labels = [f"#{idx} {short_name(str(r['claim']), 60)}" for idx, r, _, _ in items]
     ax.set_yticks(range(n))
     ax.set_yticklabels(labels[::-1], fontsize=8)
     for tick, (_, r, _, _) in zip(ax.get_yticklabels(), items[::-1]):
@@ -501,10 +501,11 @@ def _draw_series(ax: Any, item: _Drawn, colour: str, loglog: bool) -> list[str]:
             notes.append(f"{item.label}: theory level {abs(100 * off):.0f}% {'above' if off > 0 else 'below'} the "
                          f"points (finite width; {judged})")
     if item.limit and loglog and _num(item.judge.get("measured")) is not None:
-        ax.plot(x, through_points(x, y, float(item.judge["measured"])), "-.", color=colour, lw=1.6, zorder=4)
+        ax.plot(x, through_points(x, y, float(item.judge["measured"])), "-.", color=colour, lw=1.6, zorder=4,
+                label=f"{item.label}: infinite-width limit (judged)")
     ref = item.reference_slope
     if ref is not None and loglog:
-        ax.plot(x, through_points(x, y, ref), ":", color=colour, lw=1.8)
+        ax.plot(x, through_points(x, y, ref), ":", color=colour, lw=1.8, label=f"{item.label}: {PAPER_LAW_LABEL}")
     return notes
 
 
@@ -567,9 +568,9 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
         ax.set_title(wrap(word, _SERIES_W - 0.5, 8, max_lines=3), fontsize=8, color="#57606a")
         heading = wrap(title, _SERIES_W - 0.3, 10, max_lines=4)
         fig.suptitle(heading, fontsize=10)
-        grid.set_height_ratios([_SERIES_H, 0.17 * lines + 0.1])
+        grid.set_height_ratios([_SERIES_H, 0.15 * lines + 0.1])
         n_title = heading.count("\n") + 1
-        fig.set_size_inches(_SERIES_W, _SERIES_H + 0.17 * lines + 0.25 * n_title + 0.9)
+        fig.set_size_inches(_SERIES_W, _SERIES_H + 0.15 * lines + 0.25 * n_title + 0.9)
         name = "series-" + slug(title)
         while name in used:
             name += "-"
@@ -612,7 +613,7 @@ def _timing_plot(rows: list[dict[str, Any]], folder: Path) -> _Figure | None:
     if not seen:
         return None
     names = list(seen)
-    fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.32 * len(names)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.1 + 0.32 * len(names)), layout="constrained")
     ax.barh(range(len(names))[::-1], [seen[n][1] for n in names],
             color=[_PART_COLOURS.get(seen[n][0], "#6e7781") for n in names])
     ax.set_yticks(range(len(names))[::-1])
