@@ -83,6 +83,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the verdicts as JSON on stdout"),
         workers: int = typer.Option(0, "--workers", help="local worker processes for the sweeps (0: in-process)"),
         scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786"),
+        target: str = typer.Option(None, "--target", help="check YOUR architecture instead of the paper's claims: a "
+                                   "family, member, spec text, file.py:NAME (a family, or an nn.Module factory)"),
+        input_shape: str = typer.Option(None, "--input-shape", help="base input shape C,H,W of an nn.Module "
+                                        "factory given as --target"),
+        trained: bool = typer.Option(False, "--trained", help="with --target: also train it (the dimension "
+                                     "experiment's small preset: init vs trained slopes)"),
         plant_exponent: float = typer.Option(0.0, "--plant-exponent", hidden=True,
                                              help="multiply measured gradient norms by d**X (planted false claim)"),
     ) -> int:
@@ -111,12 +117,27 @@ def register(app: typer.Typer) -> None:
             from advdim.sweep import probe_scheduler
 
             scheduler = probe_scheduler(scheduler)  # before any work: it answers, and is a Dask scheduler
+        shape = None
+        if target is not None:
+            from advdim._target_checks import check_target
+            from advdim.measure import parse_shape
+
+            shape = None if input_shape is None else parse_shape(input_shape)
+            check_target(target, shape)
+        elif input_shape is not None or trained:
+            raise AdvdimError("--input-shape and --trained go with --target")
         folder = report_dir(out_dir)  # last: it clears the plots of an earlier report
         budget = Budget(sc, seed, device, plant_exponent=plant_exponent, out_dir=str(folder / "plots"),
                         workers=workers, scheduler=scheduler)
-        registered = all_checks()
+        if target is not None:
+            from advdim._target_checks import target_checks
+
+            registered = target_checks(target, shape, trained)
+            present = set(Part)
+        else:
+            registered = all_checks()
+            present = {c.part for c in registered}
         checks = [c for c in registered if part is None or c.part is part]
-        present = {c.part for c in registered}
         missing = [p.value for p in Part if p not in present and (part is None or p is part)]
         runs: list[tuple[Check, float, list[Verdict]]] = []
         t_start = time.perf_counter()
@@ -139,9 +160,12 @@ def register(app: typer.Typer) -> None:
         if plant_exponent:
             notes.append(f"planted error: measured gradient norms multiplied by d^{plant_exponent:g} "
                          "(the slope verdicts are expected to FAIL)")
-        cmd = command_line("verify", scale=sc.value, only=only, seed=seed, device=device, out=out_dir,
+        cmd = command_line("verify", scale=sc.value, only=only, seed=seed, device=device, out=out_dir, target=target,
+                           input_shape=input_shape, trained=trained,
                            workers=workers or None, scheduler=scheduler, plant_exponent=plant_exponent or None)
-        info = RunInfo(title="advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)", command=cmd,
+        title = (f"advdim verify --target {target}: the checks that apply to it" if target is not None
+                 else "advdim verify: the claims of Simon-Gabriel et al. (ICML 2019)")
+        info = RunInfo(title=title, command=cmd,
                        seed=seed, device=device_text(dev), scale=sc.value, seconds=seconds, notes=tuple(notes),
                        settings={"parts": only or "all", "checks": str(len(checks)),
                                  "executor": scheduler or (f"{workers} workers" if workers else "in-process")})
