@@ -16,7 +16,7 @@ LAYERS = ("advdim", "theory", "simulate", "empirical")
 #: the app: what a user runs, above the core
 APP = {"advdim.measure", "advdim._measure_cli", "advdim._report_cli", "advdim._verify_cli", "advdim.report",
        "advdim.cli", "advdim.testing", "advdim.__main__", "advdim.simulate._cli", "advdim.theory._cli",
-       "advdim.empirical._cli"}
+       "advdim.empirical._cli", "advdim._target_checks"}
 
 
 def _name(path: Path) -> str:
