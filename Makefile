@@ -1,11 +1,11 @@
-# Two commands do everything on a fresh machine: `make verify` and `make test`.
+# Two commands do everything on a fresh machine: `make verify` and `make test` (`make install` only installs).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 TORCH := torch==2.13.0
 
-.PHONY: verify test lint typecheck data bench clean
+.PHONY: install verify test lint typecheck data bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# create .venv and install advdim with its test tools, nothing else (no data, no run)
+install: $(STAMP)
 
 data:
 	@scripts/ensure-system.sh

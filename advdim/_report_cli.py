@@ -37,9 +37,18 @@ STYLES = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]", "inconclusive":
 
 
 def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
-    """The verdict table on stdout (one row per verdict: pass, FAIL, inconclusive or n/a)."""
+    """The verdict table on stdout (one row per verdict: pass, FAIL, inconclusive or n/a).
+
+    On a narrow terminal the verdict word (fixed width, ``advdim.cli.table``) and the numbers are
+    never cut; the claim, the paper and the interval fold instead.
+    """
     from advdim.cli import out, table
     from advdim.report import fmt, fmt_interval, row_outcome, status
+
+    settings: dict[str, dict[str, Any]] = {
+        "#": {"no_wrap": True}, "paper": {"overflow": "fold"}, "predicted": {"no_wrap": True},
+        "measured": {"no_wrap": True}, "interval": {"overflow": "fold"},
+    }
 
     styled = []
     for i, r in enumerate(rows):
@@ -51,11 +60,11 @@ def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
                        fmt_interval(r["interval"]), st])
     # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each
     if out.is_terminal:
-        out.print(table(title, COLUMNS, styled))
+        out.print(table(title, COLUMNS, styled, settings))
     else:
         from rich.console import Console
 
-        Console(width=220, no_color=out.no_color).print(table(title, COLUMNS, styled))
+        Console(width=220, no_color=out.no_color).print(table(title, COLUMNS, styled, settings))
 
 
 def report_dir(path: str) -> Any:

@@ -94,10 +94,19 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2) + "\n")
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+def table(title: str, columns: list[str], rows: list[list[Any]], settings: dict[str, dict[str, Any]] | None = None
+          ) -> Table:
+    """A Rich table of ``rows`` under ``columns``; ``settings`` maps a column name to the keyword
+    arguments of its ``add_column``.
+
+    Columns every table treats alike: the verdict word is never cut on a narrow terminal (its width
+    is fixed at the longest word, "inconclusive"; a consistency note wraps under it), and a long
+    claim folds rather than ending in "...".
+    """
+    defaults: dict[str, dict[str, Any]] = {"verdict": {"width": len("inconclusive")}, "claim": {"overflow": "fold"}}
     t = Table(title=title)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, **{**defaults.get(c, {}), **(settings or {}).get(c, {})})
     for r in rows:
         t.add_row(*(str(v) for v in r))
     return t

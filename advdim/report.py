@@ -238,16 +238,37 @@ def chars_per_line(inches: float, fontsize: float) -> int:
 def wrap(text: str, inches: float, fontsize: float, max_lines: int = 3) -> str:
     """``text`` wrapped to ``inches`` at ``fontsize``, cut with "..." after ``max_lines`` lines.
 
+    Lines break at spaces; a word too long for a line (a spec text without spaces) breaks after a
+    comma or a ``>``, and only then inside the word.
+
     >>> len(wrap("a " * 40, 1.0, 10, max_lines=2).splitlines()), wrap("short", 3, 9)
     (2, 'short')
+    >>> wrap("vit(activation=gelu,classes=10,depth=2,dim=32,heads=2)", 2.0, 10).splitlines()[0]
+    'vit(activation=gelu,'
     """
-    import textwrap
+    import re
 
-    lines = textwrap.wrap(" ".join(str(text).split()), chars_per_line(inches, fontsize),
-                          break_long_words=True, break_on_hyphens=False) or [""]
+    width = chars_per_line(inches, fontsize)
+    pieces: list[tuple[str, bool]] = []  # (piece, joins the previous piece without a space)
+    for word in str(text).split():
+        parts = re.findall(r"[^,>]*[,>]|[^,>]+", word) if len(word) > width else [word]
+        pieces += [(part, k > 0) for k, part in enumerate(parts)]
+    lines: list[str] = []
+    line = ""
+    for piece, glued in pieces:
+        candidate = line + ("" if glued or not line else " ") + piece
+        if len(candidate) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = piece
+        while len(line) > width:  # a piece longer than a line: cut inside it
+            lines.append(line[:width])
+            line = line[width:]
+    lines.append(line)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
-        lines[-1] = lines[-1][: max(1, len(lines[-1]) - 3)].rstrip() + "..."
+        lines[-1] = lines[-1][: max(1, min(len(lines[-1]), width - 3))].rstrip() + "..."
     return "\n".join(lines)
 
 
@@ -600,7 +621,9 @@ def _panel_word(members: list[_Drawn]) -> str:
         where = "at infinite width " if any(m.limit for m in judged) else ""
         head = f"judged: each slope {where}against the theory's (its level is not judged)"
     else:
-        head = "judged: " + "; ".join(dict.fromkeys(str(m.judge["claim"]) for m in judged))
+        claims = list(dict.fromkeys(str(m.judge["claim"]) for m in judged))
+        head = (f"judged: {claims[0]}" if len(claims) == 1 else
+                "judged: the claim of each series (outcomes in the legend)")
     return head + (f"; not judged: {', '.join(others)}" if others else "")
 
 
