@@ -16,7 +16,8 @@ LAYERS = ("advdim", "theory", "simulate", "empirical")
 #: the app: what a user runs, above the core
 APP = {"advdim.measure", "advdim._measure_cli", "advdim._report_cli", "advdim._verify_cli", "advdim.report",
        "advdim.cli", "advdim.testing", "advdim.__main__", "advdim.simulate._cli", "advdim.theory._cli",
-       "advdim.empirical._cli", "advdim._target_checks"}
+       "advdim.empirical._cli", "advdim._target_checks", "advdim._measure_base", "advdim._measure_per_size",
+       "advdim._measure_upsampled"}
 
 
 def _name(path: Path) -> str:
