@@ -45,7 +45,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,13 +342,14 @@ def readable_log_axis(ax: Any, axis: str, values: Sequence[float] | None = None,
     target.set_minor_formatter(mticker.NullFormatter())
 
 
-def through_points(x: Sequence[float], y: Sequence[float], slope: float) -> list[float]:
+def through_points(x: Iterable[float], y: Iterable[float], slope: float) -> list[float]:
     """The power law ``c x^slope`` through the geometric mean of the points ``(x, y)`` (positive ones),
     evaluated at ``x``: a reference line of a given slope drawn among the data.
 
     >>> [round(v, 6) for v in through_points([1.0, 4.0], [2.0, 2.0], 0.5)]
     [1.414214, 2.828427]
     """
+    x, y = [float(a) for a in x], [float(b) for b in y]
     pts = [(a, b) for a, b in zip(x, y) if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)]
     if not pts:
         return [math.nan] * len(x)
@@ -570,7 +571,7 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
         ax.set_ylabel(str(members[0].series.get("ylabel", "y")), fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(True, which="major", alpha=0.25)
-        styles = [("-", "fitted", any(m.series.get("fit") for m in members)),
+        styles: list[tuple[Any, str, bool]] = [("-", "fitted", any(m.series.get("fit") for m in members)),
                   ("--", "theory (finite-d law)", any(m.series.get("predicted") for m in members)),
                   ("-.", "infinite-width limit (judged), drawn through the points",
                    loglog and any(m.limit for m in members)),

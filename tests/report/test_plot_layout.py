@@ -72,14 +72,14 @@ def check_layout(fig: Figure, where: str) -> None:
     texts = drawn_texts(fig)
     boxes = [(t, t.get_window_extent(renderer)) for t in texts]
     frame = fig.bbox
-    for t, b in boxes:
-        assert (b.x0 >= frame.x0 - 0.5 and b.y0 >= frame.y0 - 0.5 and b.x1 <= frame.x1 + 0.5
-                and b.y1 <= frame.y1 + 0.5), f"{where}: {t.get_text()!r} lies outside the figure ({b} vs {frame})"
-    for i, (a, ba) in enumerate(boxes):
-        for b, bb in boxes[i + 1:]:
-            overlap = min(ba.x1, bb.x1) - max(ba.x0, bb.x0), min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+    for text, box in boxes:
+        assert (box.x0 >= frame.x0 - 0.5 and box.y0 >= frame.y0 - 0.5 and box.x1 <= frame.x1 + 0.5
+                and box.y1 <= frame.y1 + 0.5), f"{where}: {text.get_text()!r} lies outside the figure"
+    for i, (first, box1) in enumerate(boxes):
+        for second, box2 in boxes[i + 1:]:
+            overlap = min(box1.x1, box2.x1) - max(box1.x0, box2.x0), min(box1.y1, box2.y1) - max(box1.y0, box2.y0)
             assert not (overlap[0] > 0.5 and overlap[1] > 0.5), \
-                f"{where}: {a.get_text()!r} overlaps {b.get_text()!r}"
+                f"{where}: {first.get_text()!r} overlaps {second.get_text()!r}"
 
 
 def _log_slope(line: Any) -> float:
