@@ -29,7 +29,7 @@ from advdim.arch.families import (
     sample_family,
     shapes_of,
 )
-from advdim.arch.grammar import format_layer, format_spec, parse
+from advdim.arch.grammar import parse
 from advdim.arch.layers import (
     GELU,
     Attention,
@@ -58,6 +58,7 @@ from advdim.arch.targets import (
     resolve_target,
     unregister_family,
 )
+from advdim.arch.text import format_layer, format_spec
 
 __all__ = [
     "FAMILIES", "AvgPool", "BatchNorm", "Conv", "Dense", "Family", "FamilyType", "Flatten", "GlobalAvgPool",

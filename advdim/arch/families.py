@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from advdim.arch.grammar import _fmt_value, check_ascii, parse, read_float, read_int
+from advdim.arch.grammar import parse
 from advdim.arch.layers import (
     GELU,
     MAX_LAYERS,
@@ -34,6 +34,7 @@ from advdim.arch.layers import (
     Spec,
     too_many_layers,
 )
+from advdim.arch.text import _fmt_value, check_ascii, read_float, read_int
 from advdim.choice import Choice
 from advdim.errors import SpecError
 
@@ -457,8 +458,8 @@ def sample_family(name: str, rng: np.random.Generator | int) -> Family:
 def parse_family(text: str) -> Family:
     """Parse ``name`` or ``name(key=value,...)`` (tuples as ``a/b/c``), e.g. ``dense(widths=64/64)``.
 
-    As spec texts: ASCII only, each key once, numbers as :func:`advdim.arch.grammar.read_int` and
-    :func:`~advdim.arch.grammar.read_float` read them, no empty ``()``."""
+    As spec texts: ASCII only, each key once, numbers as :func:`advdim.arch.text.read_int` and
+    :func:`~advdim.arch.text.read_float` read them, no empty ``()``."""
     check_ascii("family", text)
     m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*", text, re.IGNORECASE | re.ASCII | re.DOTALL)
     if m is None:

@@ -1,10 +1,12 @@
-"""The one-line text form of specs: ``CxHxW > layer > layer ...``, formatted and parsed.
+"""The parser of the one-line text form of specs: ``CxHxW > layer > layer ...`` (its formatting is
+:mod:`advdim.arch.text`).
 
 A residual block nests a chain of layers: ``res(LAYER > LAYER > ..., scale=A)``; a ``>`` inside
 the parentheses belongs to the branch, and blocks nest::
 
     >>> text = ("3x8x8 > conv(16) > relu > res(conv(16) > relu > conv(16),scale=0.5) > "
     ...         "res(layernorm > attn(4)) > batchnorm(mode=batch) > gelu > globalavgpool > dense(10)")
+    >>> from advdim.arch.text import format_spec
     >>> format_spec(parse(text)) == text
     True
     >>> parse("3x8x8 > res(conv(4) > relu, scale=2) > flatten > dense(2)").layers[0].scale
@@ -18,21 +20,7 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING, Any
 
 from advdim.arch import layers as _layers
-from advdim.arch.text import (  # noqa: F401 - the text form, re-exported
-    _LAYER_RE,
-    _LONG,
-    _POSITIONAL,
-    MAX_FLOAT_CHARS,
-    MAX_INT_DIGITS,
-    _fmt_value,
-    _shown,
-    check_ascii,
-    format_layer,
-    format_spec,
-    json_int,
-    read_float,
-    read_int,
-)
+from advdim.arch.text import _LAYER_RE, _LONG, _shown, check_ascii, read_int
 from advdim.errors import SpecError
 
 if TYPE_CHECKING:

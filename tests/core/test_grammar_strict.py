@@ -9,8 +9,8 @@ import json
 import pytest
 
 from advdim.arch import Conv, Flatten, ReLU, Residual, Spec, format_spec, parse, parse_family
-from advdim.arch.grammar import MAX_FLOAT_CHARS, MAX_INT_DIGITS
 from advdim.arch.layers import MAX_SCALE
+from advdim.arch.text import MAX_FLOAT_CHARS, MAX_INT_DIGITS
 from advdim.cli import main
 from advdim.errors import SpecError
 
