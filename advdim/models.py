@@ -160,7 +160,7 @@ def check_batch(model: nn.Module, x: torch.Tensor, where: str, k_out: int | None
     if k_out is None and isinstance(logits, torch.Tensor) and logits.dim() == 2:
         k_out = int(logits.shape[1])
     check_logits(logits, x.shape[0], k_out or 0, where)
-    return logits  # type: ignore[no-any-return]
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def register_factory(text: str, factory: Callable[..., Any]) -> None:
 def _loaded(text: str) -> Callable[..., Any]:
     from advdim.arch import load_object
 
-    return load_object(text)  # type: ignore[no-any-return]
+    return load_object(text)
 
 
 def _factory(text: str) -> Callable[..., Any]:

@@ -24,7 +24,7 @@ from advdim.simulate._result import QResult
 from advdim.simulate._study import FamilyResult
 
 from advdim.paths import OutputFolder, slug
-from advdim.report import (
+from advdim.plotting import (
     COLOURS,
     PAPER_LAW_LABEL,
     readable_log_axis,

@@ -64,7 +64,7 @@ def _norm_cdf(x: float) -> float:
 def ols_slope(log_d: np.ndarray, log_m: np.ndarray) -> np.ndarray:
     """Least-squares slope of ``log_m`` (..., S) against ``log_d`` (S,), vectorised over leading axes."""
     xc = log_d - log_d.mean()
-    return ((log_m - log_m.mean(axis=-1, keepdims=True)) * xc).sum(axis=-1) / (xc**2).sum()  # type: ignore[no-any-return]
+    return ((log_m - log_m.mean(axis=-1, keepdims=True)) * xc).sum(axis=-1) / (xc**2).sum()
 
 
 def effective_units(values: np.ndarray) -> float:
