@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -488,6 +488,42 @@ def growth_exponent(expr: sp.Expr) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+class Slopes(Mapping[str, "float | None"]):
+    """``Prediction.predicted_slope``: per norm key (``"1"``, ``"2"``, ``"inf"``) the least-squares slope
+    of the finite-d prediction (:meth:`Prediction.slope_q`), computed on first use and kept.
+
+    The q = inf slope of a conv net inside the channel-gate envelope runs the Monte Carlo of
+    :func:`advdim.theory._maxnorm.expected_max_norm` at every size (seconds each at 0.5%): a caller
+    reading only the path sums or the q = 1, 2 slopes does not pay for it.  A read-only mapping with
+    the keys of :data:`NORMS`; ``dict(...)`` computes them all.
+    """
+
+    def __init__(self) -> None:
+        self.of: Prediction | None = None
+        self._done: dict[str, float | None] = {}
+
+    def __getitem__(self, key: str) -> float | None:
+        if key not in NORMS:
+            raise KeyError(key)
+        if key not in self._done:
+            assert self.of is not None, "the slopes of a prediction not yet made"
+            self._done[key] = self.of.slope_q(NORMS[key])
+        return self._done[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(NORMS)
+
+    def __len__(self) -> int:
+        return len(NORMS)
+
+    def __contains__(self, key: object) -> bool:
+        return key in NORMS
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: {self._done[k]!r}" if k in self._done else f"{k!r}: (not computed)"
+                               for k in NORMS) + "}"
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The theory's prediction for one family (or spec), init and logit.
@@ -500,7 +536,8 @@ class Prediction:
         hypotheses / reasons: H1-H5 and S, each with a one-line reason (S checked at every size).
         has_law: False when no law follows (max pooling): exponents, slopes and norms are None.
         exponent: asymptotic exponent of ``E||d_x f_k||_q`` in d for q = 1, 2, inf.
-        predicted_slope: log-log slope of the finite-d prediction over ``sizes``.
+        predicted_slope: log-log slope of the finite-d prediction over ``sizes`` (:class:`Slopes`: each
+            computed on first use, so that a caller who never reads the q = inf one runs no Monte Carlo).
         grad_sq_norm_expr: ``E||d_x f_k||_2^2`` in the symbol ``d`` (bulk law, see ``expr_exact``).
         expr_exact: True when ``grad_sq_norm_expr`` equals the exact path sum at every size.
         beta: growth exponent of ``E||d_x f_k||_2^2`` in d (0 under H).
@@ -519,7 +556,7 @@ class Prediction:
     reasons: dict[str, str]
     has_law: bool
     exponent: dict[str, float | None]
-    predicted_slope: dict[str, float | None]
+    predicted_slope: Mapping[str, float | None]
     grad_sq_norm_expr: sp.Expr | None
     expr_exact: bool
     beta: float | None
@@ -820,9 +857,10 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
         why["law"] = f"no law: {bad[2]} ({bad[1]}); the simulation measures this case"
 
     approx = next((a for a in (approximation(m) for m in members) if a is not None), None) if has_law else None
-    pred = Prediction(target, init, channels, logit, sizes_t, held, why, has_law, {}, {}, expr, exact, beta, share,
-                      approx, _maxnorm.REL_SE if inf_rel_se is None else float(inf_rel_se), inf_draws)
+    slopes = Slopes()
+    pred = Prediction(target, init, channels, logit, sizes_t, held, why, has_law, {}, slopes, expr, exact, beta,
+                      share, approx, _maxnorm.REL_SE if inf_rel_se is None else float(inf_rel_se), inf_draws)
+    slopes.of = pred
     for key, q in NORMS.items():
         pred.exponent[key] = pred.exponent_q(q)
-        pred.predicted_slope[key] = pred.slope_q(q)
     return pred
