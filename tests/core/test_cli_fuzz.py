@@ -253,6 +253,9 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--json": flag,
             "--workers": Pool((None, "0"), ("-1",)),
             "--scheduler": Pool((None,), schedulers),
+            "--target": Pool((None,), ("nope.py:missing", "3x8x8 > conv(4,s=3) > flatten > dense(2)")),
+            "--input-shape": Pool((None,), ("3,x,4",)),  # without --target: refused
+            "--trained": Pool((False,), (True,)),  # without --target: refused
             "--plant-exponent": Pool((None,), ("nan", "inf"))}, refusals_only=True),
         Command(("experiment",), {"which": "first-order", "--out": new}, {
             "which": Pool(("first-order", "dimension", "batchnorm"), ("nope",)),
@@ -262,6 +265,8 @@ def commands(f: dict[str, str]) -> list[Command]:
             "--scheduler": Pool((None,), schedulers),
             "--data-dir": Pool((None,), (f["missing"],)),
             "--device": device,
+            "--arch": Pool((None,), ("nope.py:missing", "hello world")),
+            "--seeds": Pool((None,), ("0", "-1")),
             "--json": flag}, refusals_only=True),
     ]
 

@@ -82,17 +82,17 @@ def test_a_graph_too_large_for_the_symmetry_check_is_refused_before_any_path_sum
 
 
 def test_path_sums_too_large_for_memory_are_refused_before_any(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the symmetry check (the simulation's use) only memory bounds the size: dense at
-    s = 100000 (d = 3e10) needs terabytes."""
+    """Without the symmetry check (the simulation's use) memory bounds the size: a 4-channel strided
+    net at s = 16384 (d = 8e8, inside the specs' size bounds) needs tens of GB."""
     from advdim.theory import predict
 
     from advdim.arch import family
     from advdim.errors import AdvdimError
 
     _no_path_sums(monkeypatch)
-    with pytest.raises(AdvdimError, match=r"computing the exact path sums up to size 100000 needs about [\d,]+ GB "
+    with pytest.raises(AdvdimError, match=r"computing the exact path sums up to size 16384 needs about [\d,]+ GB "
                                           r"\(estimate\) and this machine has"):
-        predict(family("dense"), sizes=(8, 100000), symmetry=False)
+        predict(family("strided", channels=4), sizes=(8, 16384), symmetry=False)
 
 
 @pytest.mark.parametrize(("target", "size"), [
