@@ -98,11 +98,13 @@ def _topology_law(fam: Family | Target, sizes: tuple[int, ...], channels: int, i
                 sq, approx = tuple(float(pred.wide_grad_sq_norm(s)) for s in sizes), None
         except Exception:  # noqa: BLE001 - the wide law refuses (memory, a layer it has no law for): keep the path sum
             pass
-    slopes = {k: pred.predicted_slope[k] if k in pred.predicted_slope else pred.slope_q(k) for k in keys}
-    if target is GradTarget.LOSS:  # the softmax factor may vary with d: the slope of the loss norms themselves
-        log_d = np.log([float(channels * s * s) for s in sizes])
+    log_d = np.log([float(channels * s * s) for s in sizes])
+    if target is GradTarget.LOSS or prediction is None:  # the slopes of the norms above (LOSS: the softmax factor
+        # may vary with d; LOGIT: Prediction.slope_q of the same norms, without computing them twice)
         slopes = {k: None if v is None or len(sizes) < 2 else float(ols_slope(log_d, np.log(np.array(v))))
                   for k, v in norms.items()}
+    else:
+        slopes = {k: pred.predicted_slope[k] if k in pred.predicted_slope else pred.slope_q(k) for k in keys}
     return TopologyLaw(norms, sq, slopes, approx)
 
 

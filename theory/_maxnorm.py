@@ -699,7 +699,7 @@ def write_table(path: Path = TABLE_PATH, families: Sequence[str] = TABLE_FAMILIE
             if progress is not None:
                 with progress.open("a") as fh:
                     fh.write(json.dumps([key, done[key]]) + "\n")
-    rows = "".join(f"    {json.dumps(k)}: ({m!r}, {se!r}, {int(n)}, {pm!r}, {ps!r}),\n"
+    rows = "".join(f"    {json.dumps(k)}: ({m:.7g}, {se:.4g}, {int(n)}, {pm:.7g}, {ps:.4g}),\n"
                    for k, (m, se, n, pm, ps) in sorted(done.items()))
     head = {"version": MODEL_VERSION, "init": "he", "logit": 0, "gates": GateLaw.CHANNEL.value, "seed": 0,
             "rel_se": TABLE_REL_SE, "families": list(families), "sizes": [int(s) for s in sizes], "channels": 3}
@@ -715,7 +715,7 @@ TABLE_HEADER = '''# ruff: noqa: E501
 ``E||d_x f_0||_inf`` of the path-sum model with channel gates (``advdim.theory._maxnorm``) for every
 random member of the built-in conv families at the sizes of ``MODEL``, each by
 ``expected_max_norm``'s pilot-sized Monte Carlo to the relative se ``MODEL["rel_se"]`` on the spec's
-own stream.  :func:`advdim.theory._maxnorm.tabulated` reads it; ``tests/theory/test_maxnorm_table.py``
+own stream.  :func:`advdim.theory._maxnorm.tabulated` reads it; ``tests/theory/test_maxnorm_units.py``
 re-estimates some entries.
 """
 

@@ -140,7 +140,7 @@ def test_one_blas_thread_restores_the_callers_count() -> None:
 
 def test_table_entries_agree_with_fresh_estimates() -> None:
     """12 entries at s = 8 (every seventh of the table's members there) against independent
-    pilot-sized estimates to 2% (another seed): sum(z^2) ~ chi2(12); a table 8% high fails."""
+    pilot-sized estimates to 2% (another seed): sum(z^2) ~ chi2(12); a table 5% high fails."""
     from advdim.theory import _maxnorm_table as table
 
     keys = sorted(k for k in table.TABLE if k.startswith("3x8x8 "))[::7][:12]
@@ -153,7 +153,7 @@ def test_table_entries_agree_with_fresh_estimates() -> None:
     fresh = [_maxnorm.expected_max_norm(spec, rel_se=0.02, seed=7) for spec in specs]
     stat, _ = _agreement(stored, fresh)  # type: ignore[arg-type]
     assert chi2.ppf(LO, 12) <= stat <= chi2.ppf(HI, 12), stat
-    planted, _ = _agreement(stored, fresh, scale=1.08)  # type: ignore[arg-type]
+    planted, _ = _agreement(stored, fresh, scale=1.05)  # type: ignore[arg-type]
     assert planted > chi2.ppf(HI, 12), planted
 
 
