@@ -202,7 +202,7 @@ def _openblas_threads_local() -> Callable[[int], int] | None:
         except (OSError, AttributeError):
             continue
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn  # type: ignore[no-any-return]
+        return fn
     return None
 
 
