@@ -380,6 +380,7 @@ def _draw_gates(step: Step, shape: tuple[int, ...], rng: np.random.Generator, la
     return (u < rate).astype(dtype)
 
 
+@functools.lru_cache(maxsize=4096)
 def macs_per_draw(spec: Spec) -> int:
     """Multiply-adds of one backward pass of the model (the weight layers)."""
     total = 0
@@ -744,6 +745,7 @@ def first_weighted_is_dense(spec: Spec) -> bool:
     return isinstance(next((layer for layer in spec.layers if layer.has_weights), None), Dense)
 
 
+@functools.lru_cache(maxsize=4096)
 def covers(spec: Spec, init: str = "he") -> str | None:
     """Why the channel-gate prediction of ``E||d_x f||_inf`` is not covered on ``spec`` (None: covered).
 
