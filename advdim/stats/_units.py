@@ -443,7 +443,9 @@ def holm(verdicts: Sequence[Verdict], fwer: float = FWER) -> list[Verdict]:
     false-failure rate ``fwer``; the others are returned unchanged.
 
     With ``m`` tested rows sorted by p-value, the ``i``-th smallest (from 1) fails iff it and every
-    smaller one have ``p <= fwer / (m - i + 1)``.  A row that does not fail passes only with power
+    smaller one have ``p <= min(fwer / (m - i + 1), ALPHA)``: the family-wise rate is at most
+    ``fwer``, and no row is tested more leniently than its own level ``ALPHA`` (a family of 3 rows
+    would otherwise test its last row at 0.05).  A row that does not fail passes only with power
     >= ``MIN_POWER`` at the level it was tested at (``fwer / (m - i + 1)``; ``fwer / m`` for the
     smallest, the conservative case), else inconclusive.  The detail line says so.
 
@@ -460,7 +462,7 @@ def holm(verdicts: Sequence[Verdict], fwer: float = FWER) -> list[Verdict]:
     order = sorted(tested, key=lambda it: it[1].p_value())
     still_rejecting = True
     for rank, (i, t) in enumerate(order):
-        level = fwer / (m - rank)
+        level = min(fwer / (m - rank), ALPHA)  # never more lenient than a row's own level
         rejected = still_rejecting and t.ready and t.p_value() <= level
         still_rejecting = rejected
         pw = t.power(level)

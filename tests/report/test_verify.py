@@ -241,5 +241,9 @@ def test_verify_on_a_dask_cluster_gives_the_in_process_verdicts(tmp_path: Path) 
         remote = cli("verify", *args, "--out", str(tmp_path / "b"), "--scheduler", cluster.scheduler_address,
                      cwd=tmp_path)
     assert local.returncode == remote.returncode and local.returncode in (0, 3), remote.stderr[-2000:]
-    rows = [[(r["claim"], r["measured"]) for r in json.loads(res.stdout)["verdicts"]] for res in (local, remote)]
-    assert rows[0] == rows[1] and len(rows[0]) > 10
+    rows = [[(r["claim"], r["measured"], r["outcome"]) for r in json.loads(res.stdout)["verdicts"]]
+            for res in (local, remote)]
+    assert [(c, o) for c, _, o in rows[0]] == [(c, o) for c, _, o in rows[1]] and len(rows[0]) > 10
+    # the same cells: float32 reductions (attention, layer norm) may sum in another order on a worker
+    # thread than in-process, a difference of a few ulps in a slope (measured: 1.5e-9 relative)
+    assert [m for _, m, _ in rows[1]] == pytest.approx([m for _, m, _ in rows[0]], rel=1e-6)

@@ -29,10 +29,13 @@ def factory(input_shape):
 
 
 @pytest.fixture
-def archs(tmp_path: Path) -> Path:
-    path = tmp_path / "archs.py"
-    path.write_text(ARCHS)
-    return path
+def archs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's file as ``archs.py`` in the working folder: the target's text, and with it the seeds
+    of its weight draws (a fixed target's cells are seeded by its canonical text), is the same in
+    every run, so the outcomes below are fixed, not a 1% chance per run."""
+    (tmp_path / "archs.py").write_text(ARCHS)
+    monkeypatch.chdir(tmp_path)
+    return Path("archs.py")
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict | str]:
