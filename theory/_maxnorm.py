@@ -28,9 +28,11 @@ independent of the weights (H1).  Two gate laws (:class:`GateLaw`):
 
 The expectation is estimated from ``n`` independent draws of the model (weights and gates) with the
 exact path sums of the squared norms of the back-propagated signal at every weight layer as control
-variates (their means are known, except with reflect padding: :func:`exact_energies`;
-:func:`expected_max_norm`), so the estimate carries its own standard error.  Everything is numpy;
-nothing imports torch.
+variates (their means are known, except with reflect padding: :func:`exact_energies`; leave-one-out
+coefficients, :func:`control_variate_mean`), so the estimate carries its own standard error: sized
+by a pilot for one network (:func:`expected_max_norm`), a fixed number of draws for each unit of a
+study over random topologies, or read from the table of the built-in families' random members
+(:func:`tabulated`).  Everything is numpy; nothing imports torch.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ MAX_DRAWS = 8192
 #: 32 channels with 5 x 5 kernels beyond s = 64) has no finite-width prediction here
 MAX_MACS = 2 * 10**10
 #: draws of one unit of a study over random topologies (``expected_max_norm(..., draws=UNIT_DRAWS)``):
-#: no pilot; the relative se per unit is then 3-11% on random strided members (median 5%), and the
-#: study's mean prediction over 200 topologies is within 0.4% (docs/performance.md)
+#: no pilot; on the default strided study's members the relative se per unit is then 3.1-3.7% (median
+#: per size; 90th percentile 7-10%) and its mean prediction over 200 topologies is within 0.5-0.9%
+#: (docs/performance.md)
 UNIT_DRAWS = 32
 #: the fewest draws of a fixed-size estimate (one control variate and a standard error)
 MIN_UNIT_DRAWS = 8
@@ -577,7 +580,10 @@ def expected_max_norm(spec: Spec, init: str = "he", logit: int = 0, law: GateLaw
     one unit of a study over random topologies (:data:`UNIT_DRAWS`), whose precision is the se
     stated after.  The study averages its units, so the error of its mean prediction is about the
     units' relative se over ``sqrt(units)``; each spec gets its own stream (:func:`_unit_seed`).
-    Results are cached per spec and arguments: the repeated members of a study cost nothing.
+    Results are cached per spec and arguments: the repeated members of a study cost nothing.  A spec
+    of the table (:func:`tabulated`: the built-in families' random members at the default sizes) is
+    read from it when its entry is as precise as asked (always for ``draws``; not for the 0.5% of a
+    fixed network).
 
     >>> from advdim.arch import family
     >>> est = expected_max_norm(family("strided", channels=4, final=2).spec(4), rel_se=0.02)
@@ -627,8 +633,8 @@ def _sized_estimate(spec: Spec, init: str, logit: int, law: GateLaw, rel_se: flo
 #: that moves the law, and regenerate the table (:func:`write_table`)
 MODEL_VERSION = 1
 #: what the table holds: members of these families, valid at these sides, 3 input channels, He init,
-#: logit 0, channel gates, each to this relative se (the precision a random topology got before the
-#: table: ``RANDOM_INF_REL_SE`` of ``advdim.simulate``), seed 0 with the spec's own stream
+#: logit 0, channel gates, each pilot-sized to this relative se (what each random topology of a study
+#: got before the table), seed 0 with the spec's own stream
 TABLE_FAMILIES = ("strided", "gap")
 TABLE_SIZES = (8, 16, 32, 64)
 TABLE_REL_SE = 0.02
