@@ -30,6 +30,9 @@ SIGMAS = 5.0
 ALPHA = 0.01
 #: the relative error of the prediction a Monte Carlo row must catch with power >= MIN_POWER
 REL_ERROR = 0.10
+#: the level the nets of a Monte Carlo row are sized for: ``advdim verify`` tests its rows by Holm at a
+#: family-wise 0.05 over about 30 rows, so the most demanding level a row meets is 0.05 / 30
+SIZING_ALPHA = 0.05 / 30
 #: extra nets over the number the coefficient of variation says is needed (its estimate is noisy)
 MARGIN = 1.2
 
@@ -126,7 +129,7 @@ def mc_grad_sq(spec: Spec, init: str = "he", logit: int = 0, n_nets: int = 200, 
 
 
 def mc_grad_sq_powered(spec: Spec, init: str = "he", logit: int = 0, seed: int = 0, pilot: int = 60,
-                       max_nets: int = 2000, rel_error: float = REL_ERROR, alpha: float = ALPHA,
+                       max_nets: int = 2000, rel_error: float = REL_ERROR, alpha: float = SIZING_ALPHA,
                        variance_factor: float = 1.0) -> np.ndarray:
     """:func:`mc_grad_sq` with as many nets as a power of MIN_POWER against ``rel_error`` needs.
 
