@@ -245,5 +245,5 @@ def test_verify_on_a_dask_cluster_gives_the_in_process_verdicts(tmp_path: Path) 
             for res in (local, remote)]
     assert [(c, o) for c, _, o in rows[0]] == [(c, o) for c, _, o in rows[1]] and len(rows[0]) > 10
     # the same cells: float32 reductions (attention, layer norm) may sum in another order on a worker
-    # thread than in-process, a difference of a few ulps in a slope (measured: 1.5e-9 relative)
-    assert [m for _, m, _ in rows[1]] == pytest.approx([m for _, m, _ in rows[0]], rel=1e-6)
+    # thread than in-process: a few float32 ulps in a slope (measured: up to 1.5e-6 relative, 6.5e-9 absolute)
+    assert [m for _, m, _ in rows[1]] == pytest.approx([m for _, m, _ in rows[0]], rel=1e-5, abs=1e-7)
