@@ -235,9 +235,9 @@ def per_size_verdicts(sample: Sample, results: dict[str, FamilyResult], independ
             claim = (f"slope of E||d_x {_NAMES[tgt]}||_{key} in d" if key is not None
                      else f"E||d_x {_NAMES[tgt]}||_2^2 measured / theory")
             if key is not None:  # the table and the JSON read the target and q from the row
-                extra = {**_series(tgt, key, sample.ds, sample.values[(tgt, key)], sample)[1], **v.extra}
-                extra["series"] = {**extra["series"], "label": f"q = {key}", "figure": _series(
-                    tgt, key, sample.ds, sample.values[(tgt, key)], sample)[0]["figure"]}
+                series, ours = _series(tgt, key, sample.ds, sample.values[(tgt, key)], sample)
+                extra = {**ours, **v.extra}
+                extra["series"] = {**extra["series"], "label": f"q = {key}", "figure": series["figure"]}
                 v = replace(v, extra={**extra, "target": tgt, "q": key})
             out.append(replace(v, claim=claim, reference=REFERENCE))
     return out

@@ -190,8 +190,9 @@ def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig
     plan = FactoryPlan(text, source_hash(factory), cfg.input_shape, cfg.qs, cfg.inputs,
                        cfg.seed, cfg.eps, cfg.steps, device.type)
     configs = [plan.config(u, k) for u in range(cfg.draws) for k in info.factors]
-    for k in info.factors:  # a model that fails on the measurement's inputs: one line, before the sweep starts
-        run_factory_cell(plan.config(0, k))
+    # a model that fails on the measurement's inputs: one line before the sweep starts (the base size's
+    # first cell; the prepass has already run draw 0 at every size)
+    run_factory_cell(plan.config(0, info.factors[0]))
     results = run_sweep(FACTORY_KIND, configs, run_factory_cell, store, workers=workers, resume=resume,
                         progress=progress, description=f"measure {target}")
     n_u, n_s = cfg.draws, len(info.factors)

@@ -471,11 +471,3 @@ def holm(verdicts: Sequence[Verdict], fwer: float = FWER) -> list[Verdict]:
                          detail=f"{v.detail}; Holm across {m} judged rows at family-wise rate {fwer:g}: tested at "
                                 f"level {level:.2g} (p = {t.p_value():.3g}), power {pw:.3f}")
     return out
-
-
-def judge(test: TwoSided, alpha: float = ALPHA) -> tuple[bool | None, float, float]:
-    """``(passed, power, tolerance)`` of one test at ``alpha``; ``passed`` is True below
-    :data:`MIN_UNITS` (never a fail) with power 0 (so the row says inconclusive)."""
-    if not test.ready:
-        return True, 0.0, math.inf
-    return not test.rejects(alpha), test.power(alpha), test.tolerance(alpha)
