@@ -48,6 +48,7 @@ from advdim.arch import (
     Padding,
     ReLU,
     Residual,
+    Scale,
     Spec,
 )
 from advdim.errors import AdvdimError, SpecError
@@ -173,9 +174,28 @@ class SelfAttention(nn.Module):
         return f"heads={self.heads}"
 
 
+class ScaleBy(nn.Module):
+    """``x -> factor * x`` (the spec layer ``scale(a)``).
+
+        >>> ScaleBy(0.5)(torch.ones(2)).tolist()
+        [0.5, 0.5]
+    """
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor!r}"
+
+
 class ResidualBlock(nn.Module):
-    """``skip(x) + scale * branch(x)``: ``skip`` is the identity (None) or the projection of
-    :meth:`advdim.arch.Residual.projection`; ``branch`` an ``nn.Sequential``."""
+    """``skip(x) + scale * branch(x)``: ``skip`` is the identity (None), the projection of
+    :meth:`advdim.arch.Residual.projection`, or (``projbn``) ``nn.Sequential(projection, BatchNorm)``
+    as torchvision's ``downsample``; ``branch`` an ``nn.Sequential``."""
 
     def __init__(self, branch: nn.Sequential, skip: nn.Module | None, scale: float) -> None:
         super().__init__()
@@ -205,7 +225,9 @@ def _module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
     if isinstance(layer, AvgPool):
         return nn.AvgPool2d(layer.size)
     if isinstance(layer, MaxPool):
-        return nn.MaxPool2d(layer.size)
+        return nn.MaxPool2d(layer.size, layer.step, layer.pad)
+    if isinstance(layer, Scale):
+        return ScaleBy(layer.factor)
     if isinstance(layer, GlobalAvgPool):
         return GlobalPool(maximum=False)
     if isinstance(layer, GlobalMaxPool):
@@ -226,9 +248,12 @@ def _module(layer: Layer, in_shape: tuple[int, ...]) -> nn.Module:
         return SelfAttention(in_shape[0], layer.heads)
     if isinstance(layer, Residual):
         shapes = layer.branch_shapes(in_shape)
-        proj = layer.projection(in_shape)
-        return ResidualBlock(nn.Sequential(*(_module(x, s) for x, s in zip(layer.branch, shapes))),
-                             None if proj is None else _module(proj, in_shape), layer.scale)
+        skip = layer.skip_layers(in_shape)
+        skip_shapes = [in_shape, shapes[-1]]  # the projection reads the block's input, its norm the output shape
+        skip_module = (None if not skip else _module(skip[0], in_shape) if len(skip) == 1
+                       else nn.Sequential(*(_module(x, s) for x, s in zip(skip, skip_shapes))))
+        return ResidualBlock(nn.Sequential(*(_module(x, s) for x, s in zip(layer.branch, shapes))), skip_module,
+                             layer.scale)
     raise SpecError(f"no torch module for layer {layer!r}")
 
 

@@ -49,6 +49,7 @@ from advdim.arch import (
     Padding,
     ReLU,
     Residual,
+    Scale,
     Shape,
     Spec,
 )
@@ -134,8 +135,9 @@ APPROX_REASON = ("acts on a pre-activation residual sum (a symmetric stream plus
 
 
 def _odd_linear(layer: Layer) -> bool:
-    """Linear layers that commute with a sign flip of their input (``L(-x) = -L(x)``) and keep its sign law."""
-    return isinstance(layer, (AvgPool, GlobalAvgPool, Flatten)) or (
+    """Linear layers that commute with a sign flip of their input (``L(-x) = -L(x)``) and keep its sign law
+    (a positive ``scale`` keeps a non-negative input non-negative)."""
+    return isinstance(layer, (AvgPool, GlobalAvgPool, Flatten, Scale)) or (
         isinstance(layer, BatchNorm) and layer.mode is BNMode.RUNNING)
 
 
@@ -254,7 +256,10 @@ class Step:
         if isinstance(layer, Conv):
             return (conv_axis(h, ho, layer.kernel, layer.stride, layer.dilation, layer.pad, layer.padding),
                     conv_axis(w, wo, layer.kernel, layer.stride, layer.dilation, layer.pad, layer.padding))
-        if isinstance(layer, (AvgPool, MaxPool)):
+        if isinstance(layer, MaxPool):  # windows of stride layer.step, padded by -inf (never read)
+            return (conv_axis(h, ho, layer.size, layer.step, 1, layer.pad, Padding.ZEROS),
+                    conv_axis(w, wo, layer.size, layer.step, 1, layer.pad, Padding.ZEROS))
+        if isinstance(layer, AvgPool):
             return pool_axis(h, layer.size), pool_axis(w, layer.size)
         raise AdvdimError(f"layer {self.label} has no spatial connections")
 
@@ -312,7 +317,8 @@ def no_law_reason(s: Step) -> tuple[str, str] | None:
     where = f"layer {s.label} {layer.kind}"
     if isinstance(layer, (MaxPool, GlobalMaxPool)):
         return "H1", (f"{where} passes only the arg-max of each window: the unit kept is active with "
-                      "probability other than 1/2, chosen by the weights")
+                      "probability other than 1/2, chosen by the weights (the routing itself keeps E||g||_2^2; "
+                      "docs/theory.md, 'Max pooling')")
     if isinstance(layer, ReLU) and s.sign is Sign.SHIFTED:
         return "H1", (f"{where} acts on a residual sum x + a*branch(x) of a non-negative x and a zero-mean branch: "
                       "active with a probability between 1/2 and 1, set by the ratio of the two terms")
@@ -415,11 +421,13 @@ def _back(step: Step, v: np.ndarray, init: str) -> np.ndarray:
         return v * relu_factor(step.sign)
     if isinstance(layer, BatchNorm) and layer.mode is BNMode.RUNNING:
         return v / (1.0 + BN_EPS)
+    if isinstance(layer, Scale):
+        return v * float(layer.factor) ** 2
     if isinstance(layer, Residual):  # V_in = back_skip(V) + a^2 back_branch(V): no cross terms (branch_is_odd)
         branch = v
         for b in reversed(step.branch):
             branch = _back(b, branch, init)
-        skip = v if step.skip is None else _back(step.skip, v, init)
+        skip = v if step.skip is None else _back(step.skip, v / (1.0 + BN_EPS) if layer.projbn else v, init)
         return skip + float(layer.scale) ** 2 * branch
     raise HypothesisError(f"layer {step.label} ({layer.kind}): no path-sum law")
 
@@ -553,7 +561,7 @@ def s_undecided(spec: Spec) -> str | None:
 
 def _graph_layer(step: Step) -> bool:
     """Whether the layer has edges (a node-wise layer -- ReLU, GELU, batch norm, flatten -- keeps its nodes)."""
-    return not isinstance(step.layer, (ReLU, GELU, BatchNorm, Flatten))
+    return not isinstance(step.layer, (ReLU, GELU, BatchNorm, Flatten, Scale))
 
 
 def _indeg_out(step: Step) -> Extra:
@@ -562,8 +570,11 @@ def _indeg_out(step: Step) -> Extra:
     if isinstance(layer, Conv):
         ay, ax = step.axes()
         return step.in_shape[0] * ay.sum(axis=1)[:, None] * ax.sum(axis=1)[None, :]
-    if isinstance(layer, (AvgPool, MaxPool)):
+    if isinstance(layer, AvgPool):
         return layer.size**2
+    if isinstance(layer, MaxPool):  # an overlapping or padded window reads fewer inputs at the borders
+        ay, ax = step.axes()
+        return ay.sum(axis=1)[:, None] * ax.sum(axis=1)[None, :]
     if isinstance(layer, Dense):
         return step.in_shape[0]
     if isinstance(layer, (GlobalAvgPool, GlobalMaxPool)):
@@ -624,7 +635,7 @@ def _back_classes(step: Step, ids: np.ndarray, intern: _Interner, extra: Extra =
     layer = step.layer
     if isinstance(layer, (Flatten,)):
         return ids.reshape(step.in_shape)
-    if isinstance(layer, (ReLU, BatchNorm, GELU)):
+    if isinstance(layer, (ReLU, BatchNorm, GELU, Scale)):
         return ids
     if isinstance(layer, Residual):
         return _back_residual(step, ids, intern, extra)

@@ -29,6 +29,7 @@ from advdim.arch import (
     Padding,
     ReLU,
     Residual,
+    Scale,
     Shape,
     Spec,
     Target,
@@ -96,6 +97,8 @@ CLASSES_SAFETY = 3.0
 
 def _axis_taps(n_in: int, n_out: int, layer: Conv | AvgPool | MaxPool) -> int:
     """At most how many outputs along one axis read one input (the width of ``_graph._neighbours``)."""
+    if isinstance(layer, MaxPool):
+        return -(-layer.size // layer.step)  # overlapping windows: up to ceil(size / stride) read one input
     if not isinstance(layer, Conv):
         return 1
     if layer.padding is Padding.REFLECT:
@@ -316,6 +319,9 @@ def _h3(st: list[Step], init: str) -> tuple[bool, str]:
             return False, (f"layer {s.label} batchnorm rescales deterministically (eval mode at init)"
                            if layer.mode is BNMode.RUNNING else
                            f"layer {s.label} batchnorm(mode=batch) rescales by the batch's statistics")
+        if isinstance(layer, Scale) and layer.factor != 1.0:
+            return False, (f"layer {s.label} scale({layer.factor!r}) multiplies by the deterministic {layer.factor!r}: "
+                           f"the weights before it have {layer.factor**2:g} x the variance 2/in-degree")
         if isinstance(layer, Residual):
             return False, (f"layer {s.label} res: " + (
                 "the identity skip edge has the deterministic weight 1" if s.skip is None else
@@ -363,7 +369,7 @@ def _sym_variance(init: str, fan_in: sp.Expr, fan_out: sp.Expr, rows: sp.Expr) -
 def layer_factors(spec: Spec, init: str, scaled: frozenset[int] = frozenset()) -> list[tuple[int, str, sp.Expr]]:
     """Per-layer factors ``T_in / T_out`` of the total ``T = sum_nodes V`` (bulk: full in-degrees).
 
-    A weight layer multiplies by ``fan_in * Var(w)`` (2 for He), a ReLU by 1/2 (1 on a
+    A weight layer multiplies by ``fan_in * Var(w)`` (2 for He), ``scale(a)`` by ``a^2``, a ReLU by 1/2 (1 on a
     non-negative input), a ``k x k`` average pool by ``k^2 / k^4 = 1/k^2``, a global average pool by
     ``1/(H W)``, a residual block ``skip(x) + a branch(x)`` by ``1 + a^2 B`` (identity skip) or
     ``P + a^2 B`` (projection factor ``P``), ``B`` the product of the branch's factors.  ``scaled``
@@ -397,6 +403,8 @@ def _factors(st: Sequence[Step], init: str, scaled: frozenset[int], dd: int,
         elif isinstance(layer, Residual):  # skip + a^2 branch: the cross terms vanish (_graph.branch_is_odd)
             inner = s.in_shape if s.index in scaled and len(s.in_shape) == 1 else None
             skip = sp.Integer(1) if s.skip is None else _product(_factors([s.skip], init, scaled, dd, inner))
+            if layer.projbn:  # the projection's batch norm (running statistics at init)
+                skip = skip / (1 + sp.nsimplify(BN_EPS))
             branch = _product(_factors(s.branch, init, scaled, dd, inner))
             out.append((s.index, label, sp.simplify(skip + sp.nsimplify(layer.scale, rational=True) ** 2 * branch)))
         elif isinstance(layer, ReLU):
@@ -408,6 +416,10 @@ def _factors(st: Sequence[Step], init: str, scaled: frozenset[int], dd: int,
             out.append((s.index, label, 1 / (sp.Rational(area, dd) * d) if s.index in scaled else sp.Rational(1, area)))
         elif isinstance(layer, BatchNorm):
             out.append((s.index, label, 1 / (1 + sp.nsimplify(BN_EPS))))
+        elif isinstance(layer, Scale):
+            # a^2 as the simplest rational within 1e-12 of it: scale(sqrt(r)) gives r itself
+            out.append((s.index, label, sp.nsimplify(layer.factor**2, tolerance=1e-12 * layer.factor**2,
+                                                     rational=True)))
     return out
 
 

@@ -39,6 +39,7 @@ from advdim.arch import (
     GlobalAvgPool,
     Padding,
     ReLU,
+    Scale,
     Spec,
 )
 from advdim.errors import AdvdimError, HypothesisError
@@ -404,7 +405,7 @@ def logit_law(spec: Spec, init: str = "he", full: bool = False) -> LogitLaw:
       between two positions the arc-cosine kernel of the Gaussian closure (wide limit); a ReLU of
       non-negative values is the identity;
     * average pool, global average pool: the exact linear map of the covariance between positions;
-    * batch norm (running statistics at init): ``1 / (1 + eps)``.
+    * batch norm (running statistics at init): ``1 / (1 + eps)``; ``scale(a)``: ``a^2``.
 
     Moments between positions are only carried up to the last average pool, which needs them; the
     logit variances are exact when the spec has none.  They are carried as the per-position second
@@ -463,6 +464,9 @@ def logit_law(spec: Spec, init: str = "he", full: bool = False) -> LogitLaw:
                                       "on the batch")
             diag = None if state.diag is None else state.diag / (1.0 + BN_EPS)
             state = _State(state.kind, state.m / (1.0 + BN_EPS), state.channels, diag)
+        elif isinstance(layer, Scale):  # every second moment times a^2 (exact)
+            a2 = float(layer.factor) ** 2
+            state = _State(state.kind, state.m * a2, state.channels, None if state.diag is None else state.diag * a2)
         else:
             raise HypothesisError(f"layer {step.index} ({layer.kind}): no forward second-moment law")
     v = state.m if state.kind == "flat" else np.repeat(state.per_position(spec.shapes()[-1][1:])[None],

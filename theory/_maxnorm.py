@@ -53,7 +53,7 @@ import numpy as np
 from advdim.theory import _graph
 from advdim.theory._graph import BN_EPS, Sign, Step
 
-from advdim.arch import AvgPool, BatchNorm, Conv, Dense, Family, Flatten, GlobalAvgPool, Padding, ReLU, Spec
+from advdim.arch import AvgPool, BatchNorm, Conv, Dense, Family, Flatten, GlobalAvgPool, Padding, ReLU, Scale, Spec
 from advdim.errors import AdvdimError, HypothesisError
 from advdim.inits import Init
 
@@ -66,7 +66,7 @@ class GateLaw(enum.Enum):
 
 
 #: the layers the model walks (the same as the exact path sums of :func:`advdim.theory._graph.input_variances`)
-SUPPORTED = (Conv, Dense, AvgPool, GlobalAvgPool, Flatten, ReLU, BatchNorm)
+SUPPORTED = (Conv, Dense, AvgPool, GlobalAvgPool, Flatten, ReLU, BatchNorm, Scale)
 #: default relative standard error of :func:`expected_max_norm` (after the control variates)
 REL_SE = 0.005
 #: draws of the pilot run that sizes the sample, and the most draws one estimate takes
@@ -143,6 +143,8 @@ def gate_correlations(spec: Spec, init: str = "he") -> dict[int, float]:
             q = (q + (k2 - 1) * c) / k2
         elif isinstance(layer, BatchNorm):
             q, c = q / (1 + BN_EPS), c / (1 + BN_EPS)
+        elif isinstance(layer, Scale):
+            q, c = q * layer.factor**2, c * layer.factor**2
         elif isinstance(layer, (Flatten, GlobalAvgPool, Dense)):
             break  # flat from here on: one gate per unit, no channel shared by positions
     return out
@@ -302,6 +304,8 @@ def _walk(st: list[Step], r: int, logit: int, weights: WeightFn, gates: GateFn,
             delta = np.repeat(np.repeat(delta, k, axis=2), k, axis=3) / delta.dtype.type(k * k)
         elif isinstance(layer, BatchNorm):
             delta = delta / delta.dtype.type(math.sqrt(1.0 + BN_EPS))
+        elif isinstance(layer, Scale):
+            delta = delta * delta.dtype.type(layer.factor)
         if energies is not None and isinstance(layer, (Dense, Conv)):
             energies.append(np.einsum("ij,ij->i", flat := delta.reshape(r, -1), flat, dtype=np.float64))
     assert delta is not None
@@ -774,14 +778,17 @@ def covers(spec: Spec, init: str = "he") -> str | None:
         if isinstance(layer, AvgPool):
             return (f"layer {s.label} avgpool: an average pool breaks H1 locally (its gates are coupled to the "
                     "weights; measured 3-6% above the model at s >= 16)")
+        if isinstance(layer, Scale) and init != Init.TORCH.value:
+            continue  # zero biases: relu(a z) = a relu(z), the model and the net are a times those without it
         if not isinstance(layer, (Conv, ReLU, Flatten, GlobalAvgPool, Dense)):
             return (f"layer {s.label} ({layer.kind}): not among the validated layers "
-                    "(conv, relu, flatten, globalavgpool, dense)")
+                    "(conv, relu, flatten, globalavgpool, dense; scale under zero biases)")
         if isinstance(layer, Conv) and layer.padding not in COVERED_PADDINGS:
             return f"layer {s.label}: {layer.padding.value} padding not validated"
         if isinstance(layer, ReLU) and s.sign is not Sign.SYMMETRIC:
             return f"layer {s.label}: a ReLU on a {s.sign.value} input"
-        if isinstance(layer, (Conv, Dense)) and i + 1 < len(st) and not isinstance(st[i + 1].layer, ReLU):
+        after = next((t.layer for t in st[i + 1:] if not isinstance(t.layer, Scale)), None)
+        if isinstance(layer, (Conv, Dense)) and i + 1 < len(st) and not isinstance(after, ReLU):
             return f"layer {s.label} ({layer.kind}) is not followed by a ReLU"
     if macs_per_draw(spec) * PILOT_DRAWS > MAX_MACS:
         return f"{macs_per_draw(spec) * PILOT_DRAWS:.2g} multiply-adds: above the budget of {MAX_MACS:.2g}"

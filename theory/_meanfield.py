@@ -63,6 +63,7 @@ from advdim.arch import (
     GlobalAvgPool,
     Padding,
     ReLU,
+    Scale,
     Spec,
 )
 from advdim.errors import AdvdimError, HypothesisError
@@ -321,7 +322,7 @@ def _check(spec: Spec, init: Init) -> tuple[Step, ...] | None:
     """The steps, or None when the first weight layer is dense (one position: the path sum is exact)."""
     st = tuple(_graph.steps(spec))
     for s in st:
-        if not isinstance(s.layer, (Conv, Dense, ReLU, AvgPool, GlobalAvgPool, Flatten, BatchNorm)):
+        if not isinstance(s.layer, (Conv, Dense, ReLU, AvgPool, GlobalAvgPool, Flatten, BatchNorm, Scale)):
             raise _unsupported(s)
         if isinstance(s.layer, BatchNorm) and s.layer.mode is not BNMode.RUNNING:
             raise HypothesisError(f"layer {s.index} batchnorm in batch mode couples the samples of a batch")
@@ -367,10 +368,11 @@ def _ops(st: tuple[Step, ...], lo: int, init: Init, readout: int) -> list[_Op]:
             (_, h, w), (_, ho, wo) = s.in_shape, s.out_shape
             ops.append(_Linear(_tap_axes(h, ho, layer), _tap_axes(w, wo, layer), var * s.in_shape[0],
                                var * (live or layer.out_channels)))
-        elif isinstance(layer, (AvgPool, GlobalAvgPool, BatchNorm)):
-            if isinstance(layer, BatchNorm):
+        elif isinstance(layer, (AvgPool, GlobalAvgPool, BatchNorm, Scale)):
+            if isinstance(layer, (BatchNorm, Scale)):
                 h, w = maps[s.index]
-                my, mx, scale = np.eye(h), np.eye(w), 1.0 / math.sqrt(1.0 + BN_EPS)
+                my, mx = np.eye(h), np.eye(w)
+                scale = float(layer.factor) if isinstance(layer, Scale) else 1.0 / math.sqrt(1.0 + BN_EPS)
             else:
                 (my, mx), scale = _linear_axes(s), 1.0
             if ops and isinstance(ops[-1], _Linear):
@@ -417,6 +419,8 @@ def _first(st: tuple[Step, ...], init: Init, gate: int, readout: int) -> _First:
             ly, lx = py @ ly, px @ lx
         elif isinstance(s.layer, BatchNorm):
             scale /= math.sqrt(1.0 + BN_EPS)
+        elif isinstance(s.layer, Scale):
+            scale *= float(s.layer.factor)
     ty, ry, wy = _route_lists(_tap_axes(h, ho, layer), ly)
     tx, rx, wx = _route_lists(_tap_axes(w, wo, layer), lx)
     # pairs (jy, jx), (jy', jx') of routes from each input position (y, x): arrays (h, w, jy, jx, jy, jx)

@@ -47,6 +47,7 @@ from advdim.arch.layers import (
     Padding,
     ReLU,
     Residual,
+    Scale,
     Shape,
     Spec,
 )
@@ -65,5 +66,5 @@ __all__ = [
     "GlobalMaxPool", "Layer", "MaxPool", "Padding", "ReLU", "Shape", "Spec", "family", "format_layer", "format_spec",
     "parse", "parse_family", "resolve", "sample_family", "shapes_of", "Target", "TargetKind", "load_object",
     "register_family", "resolve_target", "unregister_family", "GELU", "Attention", "BNMode", "LayerNorm", "Residual",
-    "BEYOND_FAMILIES", "PAPER_FAMILIES",
+    "Scale", "BEYOND_FAMILIES", "PAPER_FAMILIES",
 ]

@@ -270,9 +270,47 @@ class AvgPool(_Pool):
 
 @dataclass(frozen=True)
 class MaxPool(_Pool):
-    """Max pooling: the gradient is routed to the arg-max of each window."""
+    """Max pooling over ``size x size`` windows with ``stride`` and ``pad``: the gradient is routed
+    to the arg-max of each window.
+
+    ``maxpool(k)`` (``stride`` None, ``pad`` 0) is the non-overlapping pool of stride ``k``, which
+    must divide the map.  ``maxpool(k,s=S,pad=P)`` is ``nn.MaxPool2d(k, S, P)``: padding by ``-inf``
+    (a padded entry is never the maximum), floor mode (trailing inputs no window reaches are dropped),
+    ``P <= k // 2`` as PyTorch requires; its output side is ``(n + 2P - k) // S + 1``.  A stride equal
+    to the size with no padding is stored as None, so that ``maxpool(2,s=2)`` and ``maxpool(2)`` are one
+    spec::
+
+        >>> MaxPool(3, stride=2, pad=1).out_shape((4, 8, 8)), MaxPool(2, stride=2) == MaxPool(2)
+        ((4, 4, 4), True)
+    """
+
+    stride: int | None = None
+    pad: int = 0
 
     kind: ClassVar[str] = "maxpool"
+
+    def __post_init__(self) -> None:
+        if self.stride is not None and self.stride == self.size and self.pad == 0 \
+                and isinstance(self.stride, int) and not isinstance(self.stride, bool):
+            object.__setattr__(self, "stride", None)
+
+    @property
+    def step(self) -> int:
+        """The stride (``size`` for the non-overlapping pool)."""
+        return self.size if self.stride is None else self.stride
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if self.stride is None and self.pad == 0:
+            return super().out_shape(shape)
+        _positive(self, size=self.size, stride=self.step)
+        if not isinstance(self.pad, int) or isinstance(self.pad, bool) or not 0 <= self.pad <= self.size // 2:
+            raise SpecError(f"{format_layer(self)}: pad must be an integer from 0 to size // 2 = {self.size // 2} "
+                            f"(PyTorch's rule), got {self.pad!r}")
+        c, h, w = _need_map(self, shape)
+        if min(h, w) + 2 * self.pad < self.size:
+            raise SpecError(f"{format_layer(self)}: the window {self.size} is larger than the padded map "
+                            f"{h + 2 * self.pad}x{w + 2 * self.pad}")
+        return (c, (h + 2 * self.pad - self.size) // self.step + 1, (w + 2 * self.pad - self.size) // self.step + 1)
 
 
 @dataclass(frozen=True)
@@ -318,6 +356,37 @@ class ReLU(Layer):
     kind: ClassVar[str] = "relu"
 
     def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+@dataclass(frozen=True)
+class Scale(Layer):
+    """Multiplication by a positive constant ``factor`` (``scale(a)``), element-wise.
+
+    It multiplies every path of the path sum by ``a``, so ``E||d_x f||_2^2`` by ``a^2``, and commutes
+    with ReLU (``relu(a z) = a relu(z)``) and is absorbed by a norm layer.  A layer of ``r`` times He's
+    variance is the He layer followed by ``scale(sqrt(r))``.  ``factor`` lies in
+    ``[1/MAX_SCALE, MAX_SCALE]``::
+
+        >>> Scale(0.5).out_shape((3, 4, 4)), Scale(2) == Scale(2.0)
+        ((3, 4, 4), True)
+    """
+
+    factor: float
+
+    kind: ClassVar[str] = "scale"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, int) and not isinstance(self.factor, bool):
+            object.__setattr__(self, "factor", float(self.factor))  # one value, one text form
+
+    def out_shape(self, shape: Shape) -> Shape:
+        a = self.factor
+        if not isinstance(a, numbers.Real) or isinstance(a, bool) or not math.isfinite(a):
+            raise SpecError(f"scale: the factor must be a finite number, got {a!r}")
+        if not 1.0 / MAX_SCALE <= a <= MAX_SCALE:
+            raise SpecError(f"scale({a!r}): the factor must lie in [{1 / MAX_SCALE:g}, {MAX_SCALE:g}] (a positive "
+                            "constant; its square multiplies the gradient's variance)")
         return shape
 
 
@@ -414,11 +483,19 @@ class Residual(Layer):
 
     ``skip`` is the identity when the branch keeps the shape; otherwise a projection (see
     :meth:`projection`): a bias-free ``1x1`` convolution with the stride that maps the input map
-    onto the branch's output map, or a bias-free dense layer on flat inputs.
+    onto the branch's output map, or a bias-free dense layer on flat inputs.  ``projbn=true`` puts a
+    batch norm (running statistics, weight 1, bias 0 at init) after the projection, as torchvision's
+    ``downsample = Sequential(conv1x1(stride), BatchNorm2d)``; it needs a projection::
+
+        >>> from advdim.arch import parse
+        >>> block = parse("3x8x8 > res(conv(4,s=2) > relu > conv(4),projbn=true) > flatten > dense(2)").layers[0]
+        >>> [layer.kind for layer in block.skip_layers((3, 8, 8))]
+        ['conv', 'batchnorm']
     """
 
     branch: tuple[Layer, ...] = ()
     scale: float = 1.0
+    projbn: bool = False
 
     kind: ClassVar[str] = "res"
 
@@ -460,10 +537,22 @@ class Residual(Layer):
         """The skip connection's projection for input ``shape`` (``None``: the identity)."""
         return self._projection(shape, self.branch_shapes(shape)[-1])
 
-    @staticmethod
-    def _projection(shape: Shape, out: Shape) -> Layer | None:
+    def skip_layers(self, shape: Shape) -> tuple[Layer, ...]:
+        """The skip connection's layers for input ``shape``: ``()`` (the identity), the projection, or
+        the projection and its batch norm (``projbn``)."""
+        proj = self.projection(shape)
+        if proj is None:
+            return ()
+        return (proj, BatchNorm()) if self.projbn else (proj,)
+
+    def _projection(self, shape: Shape, out: Shape) -> Layer | None:
         """The projection from ``shape`` onto the branch's output shape ``out``."""
+        if not isinstance(self.projbn, bool):
+            raise SpecError(f"res: projbn must be true or false, got {self.projbn!r}")
         if out == shape:
+            if self.projbn:
+                raise SpecError(f"res: projbn=true puts a batch norm after the projection, but the branch keeps the "
+                                f"input shape {shape}: the skip is the identity (drop projbn)")
             return None
         if len(shape) == 1 and len(out) == 1:
             return Dense(out[0], bias=False)
@@ -487,20 +576,22 @@ class Residual(Layer):
     def out_shape_and_params(self, shape: Shape) -> tuple[Shape, int]:
         shapes, params = self._walk(shape, count_params=True)
         proj = self._projection(shape, shapes[-1])
-        return shapes[-1], params + (0 if proj is None else proj.n_params(shape))
+        skip = 0 if proj is None else proj.n_params(shape) + (2 * shapes[-1][0] if self.projbn else 0)
+        return shapes[-1], params + skip
 
     def args(self) -> dict[str, Any]:
-        return {"branch": self.branch, **({} if self.scale == 1.0 else {"scale": self.scale})}
+        return {"branch": self.branch, **({} if self.scale == 1.0 else {"scale": self.scale}),
+                **({"projbn": True} if self.projbn else {})}
 
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.kind: cls
-    for cls in (Conv, Dense, AvgPool, MaxPool, GlobalAvgPool, GlobalMaxPool, Flatten, ReLU, BatchNorm, LayerNorm,
-                GELU, Attention, Residual)
+    for cls in (Conv, Dense, AvgPool, MaxPool, GlobalAvgPool, GlobalMaxPool, Flatten, ReLU, Scale, BatchNorm,
+                LayerNorm, GELU, Attention, Residual)
 }
 
-AnyLayer = (Conv | Dense | AvgPool | MaxPool | GlobalAvgPool | GlobalMaxPool | Flatten | ReLU | BatchNorm | LayerNorm
-            | GELU | Attention | Residual)
+AnyLayer = (Conv | Dense | AvgPool | MaxPool | GlobalAvgPool | GlobalMaxPool | Flatten | ReLU | Scale | BatchNorm
+            | LayerNorm | GELU | Attention | Residual)
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,6 +748,11 @@ def layer_from_json(item: Any, where: str) -> Layer:
     return make_layer(where, kwargs.pop("kind"), [], kwargs)
 
 
+#: the arguments that are booleans (``true`` / ``false``) and real numbers; every other argument but a
+#: padding mode, a batch norm mode and a branch is an integer
+_BOOLS = ("bias", "projbn")
+_FLOATS = ("scale", "factor")
+
 #: reads a residual branch's text: ``(where, text) -> layers`` (the parser's, :mod:`advdim.arch.grammar`)
 BranchReader = Callable[[str, str], tuple]
 
@@ -675,18 +771,18 @@ def parse_value(where: str, name: str, raw: str, branch: BranchReader | None = N
             return BNMode.parse(raw)
         except SpecError as err:
             raise SpecError(f"{where}: {err}") from None
-    if name == "bias":
+    if name in _BOOLS:
         if raw.lower() in ("true", "1", "yes"):
             return True
         if raw.lower() in ("false", "0", "no"):
             return False
-        raise SpecError(f"{where}: bias must be true or false, got {_shown(raw)}")
+        raise SpecError(f"{where}: {name} must be true or false, got {_shown(raw)}")
     if name == "branch":
         if branch is None:
             raise SpecError(f"{where}: a residual branch in JSON is a list of layer objects, got text {_shown(raw)}")
         return branch(where, raw)
-    if name == "scale":
-        return read_float(where, "scale", raw)
+    if name in _FLOATS:
+        return read_float(where, name, raw)
     return read_int(where, name, raw)
 
 
@@ -695,17 +791,17 @@ def _json_value(where: str, name: str, raw: Any, branch: BranchReader | None) ->
     if isinstance(raw, str):
         check_ascii(where, raw)
         return parse_value(where, name, raw, branch)
-    if name == "bias" and isinstance(raw, bool):
+    if name in _BOOLS and isinstance(raw, bool):
         return raw
     if name == "branch" and isinstance(raw, list):
         return tuple(layer_from_json(item, f"{where}: branch layer {j}") for j, item in enumerate(raw))
-    if name == "scale" and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+    if name in _FLOATS and isinstance(raw, (int, float)) and not isinstance(raw, bool):
         if isinstance(raw, int):
             raw = float(json_int(where, name, raw))
         if not math.isfinite(raw):
-            raise SpecError(f"{where}: scale must be a finite number, got {raw!r}")
+            raise SpecError(f"{where}: {name} must be a finite number, got {raw!r}")
         return raw
-    if name not in ("bias", "padding", "mode", "branch", "scale") and isinstance(raw, int) \
+    if name not in (*_BOOLS, *_FLOATS, "padding", "mode", "branch") and isinstance(raw, int) \
             and not isinstance(raw, bool):
         return json_int(where, name, raw)
     raise SpecError(f"{where}: bad value {_shown(raw)} for {name}")
@@ -735,6 +831,8 @@ def make_layer(where: int | str, kind: str, positional: list[str], named: dict[s
         if not isinstance(key, str):
             raise SpecError(f"{at}: unknown argument {_shown(key)}")
         name = _LONG.get(key, key)
+        if name not in names and key in names:  # maxpool's pad is its own integer, not a conv's padding mode
+            name = key
         if name not in names:
             raise SpecError(f"{at}: unknown argument {_shown(key)}")
         if name in kwargs:

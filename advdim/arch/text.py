@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 _SHORT = {"kernel": "k", "stride": "s", "dilation": "dil", "padding": "pad", "size": "size"}
 _LONG = {v: k for k, v in _SHORT.items()}
 _POSITIONAL = {"conv": ("out_channels", "kernel"), "dense": ("out_features",), "avgpool": ("size",),
-               "maxpool": ("size",), "attn": ("heads",), "res": ("branch",)}
+               "maxpool": ("size",), "attn": ("heads",), "res": ("branch",), "scale": ("factor",)}
 
 
 def format_layer(layer: Layer) -> str:
