@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import sympy as sp
-from advdim.theory import _gauss, _graph, _maxnorm
+from advdim.theory import _gauss, _graph, _maxnorm, _postact
 from advdim.theory._graph import BN_EPS, Sign, Step
 
 from advdim.arch import (
@@ -57,7 +57,8 @@ def norm_key(q: float) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _variances(spec: Spec, init: str, logit: int) -> np.ndarray:
-    v = _graph.input_variances(spec, init, logit)
+    v = (_postact.input_variances(spec, init, logit) if _postact.applies(spec)  # ReLUs after residual adds
+         else _graph.input_variances(spec, init, logit))
     v.setflags(write=False)
     return v
 
@@ -297,9 +298,12 @@ def approximation(spec: Spec) -> str | None:
 
     A ReLU on a pre-activation residual sum (:data:`advdim.theory._graph.APPROX_REASON`) or on average
     pooled conv outputs is treated as a Bernoulli(1/2) gate independent of the weights, which it is
-    only approximately.  Every other spec with a law has an exact path sum: missing ReLUs (factor 1),
+    only approximately; post-activation blocks have the wide-limit chain law (:data:`_postact.LEVEL`).
+    Every other spec with a law has an exact path sum: missing ReLUs (factor 1),
     He-breaking layers and residual blocks (cross terms exactly zero) included.
     """
+    if _postact.applies(spec):
+        return _postact.LEVEL
     st = _graph.all_steps(spec)
     for s in st:
         if isinstance(s.layer, ReLU) and s.sign is Sign.APPROX:
@@ -839,13 +843,16 @@ def predict(target: Family | Spec | Target | str, sizes: Sequence[int] | None = 
             if not h[key] and held[key]:
                 held[key], why[key] = False, (r[key] if len(members) == 1 else f"s={s}: {r[key]}")
             why.setdefault(key, r[key])
-    bad = next((b for m in members for b in _graph.no_law_layers(m)), None)
+    chains = all(_postact.applies(m) for m in members)  # post-activation blocks: the chain law of theory/_postact.py
+    bad = None if chains else next((b for m in members for b in _graph.no_law_layers(m)), None)
     has_law = bad is None
 
     expr: sp.Expr | None = None
     exact = False
     beta: float | None = None
-    if has_law:
+    if chains:
+        beta, why["law"] = _postact.growth(members, init)
+    elif has_law:
         if not isinstance(target, Spec):
             try:
                 expr, constant_ratio = family_expression(target, min(sizes_t), channels, init)
