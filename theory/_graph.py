@@ -26,8 +26,9 @@ attention, batch-mode batch norm, a ReLU on a residual sum without sign symmetry
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,9 @@ class Step:
     branch: tuple[Step, ...] = ()
     skip: Step | None = None
     after: Sign = Sign.MIXED
+    #: a max pool right after a ReLU of a symmetric input: the mean-field correlation of two distinct
+    #: positions of one channel at that ReLU's input (:func:`window_correlations`); None: no law
+    rho: float | None = None
 
     @property
     def label(self) -> str:
@@ -286,8 +290,91 @@ def _chain(layers: tuple[Layer, ...], shape: Shape, state: Sign, prefix: str,
 
 
 def steps(spec: Spec) -> list[Step]:
-    """The top-level steps of ``spec`` (residual steps hold their branch and projection)."""
-    return _chain(spec.layers, spec.input_shape, Sign.INPUT, "", None)[0]
+    """The top-level steps of ``spec`` (residual steps hold their branch and projection); a max pool's
+    step carries its window correlation (:func:`window_correlations`)."""
+    st = _chain(spec.layers, spec.input_shape, Sign.INPUT, "", None)[0]
+    rho = window_correlations(st)
+    return [replace(s, rho=rho[s.index]) if s.index in rho else s for s in st]
+
+
+def kappa(rho: float) -> float:
+    """The arc-cosine kernel: ``E[relu(u) relu(v)] / (E u^2 / 2)`` for standard Gaussians of correlation ``rho``.
+
+    >>> round(kappa(0.0), 6), kappa(1.0)
+    (0.31831, 1.0)
+    """
+    rho = min(1.0, max(-1.0, rho))
+    return (math.sqrt(1.0 - rho * rho) + (math.pi - math.acos(rho)) * rho) / math.pi
+
+
+def window_correlations(st: Sequence[Step]) -> dict[int, float]:
+    """Per max pool that follows a ReLU of a symmetric input, before any other max pool: the mean-field
+    correlation ``rho`` of two distinct positions of one channel at that ReLU's input.
+
+    The recursion of :func:`advdim.theory._maxnorm.gate_correlations` over i.i.d. ``N(0, 1)`` inputs
+    (the simulation's): the input has ``rho = 0``; a convolution keeps ``rho`` (distinct outputs read
+    distinct inputs through the same tap; zero biases); a ReLU maps it to ``kappa(rho)``; a ``k x k``
+    average pool to ``k^2 rho / (1 + (k^2 - 1) rho)``; batch norm and ``scale`` keep it.  Nothing is
+    known after a max pool (the law of the window maxima), a residual block or a normalisation by
+    the data: the max pools after one have no law (:func:`no_law_reason`).
+
+    >>> from advdim.arch import parse
+    >>> spec = parse("3x8x8 > conv(4) > relu > conv(4) > relu > maxpool(3,s=2,pad=1) > flatten > dense(2)")
+    >>> {k: round(v, 4) for k, v in window_correlations(steps(spec)).items()}
+    {4: 0.3183}
+    """
+    rho, prev_rho, out = 0.0, 0.0, {}
+    for i, s in enumerate(st):
+        layer = s.layer
+        if isinstance(layer, MaxPool):
+            prev = st[i - 1] if i else None
+            if prev is not None and isinstance(prev.layer, ReLU) and prev.sign is Sign.SYMMETRIC:
+                out[s.index] = prev_rho
+            return out
+        if isinstance(layer, ReLU):
+            prev_rho = rho
+            if s.sign is not Sign.NONNEG:
+                rho = kappa(rho)
+        elif isinstance(layer, AvgPool):
+            k2 = layer.size**2
+            rho = k2 * rho / (1.0 + (k2 - 1) * rho)
+        elif not isinstance(layer, (Conv, Scale)) and not (isinstance(layer, BatchNorm)
+                                                          and layer.mode is BNMode.RUNNING):
+            return out  # flat from here on, or moments the recursion does not carry
+    return out
+
+
+def orthant(n: int, rho: float) -> float:
+    """``P(Z_1 <= 0, ..., Z_n <= 0)`` for ``n`` standard Gaussians of pairwise correlation ``rho`` in ``[0, 1]``:
+    ``int phi(z) Phi(a z)^n dz`` with ``a = sqrt(rho / (1 - rho))`` (Gauss-Hermite, 96 nodes).
+
+    >>> orthant(4, 0.0), round(orthant(2, 0.5), 6)  # 2^-n; 1/4 + asin(rho)/(2 pi)
+    (0.0625, 0.333333)
+    """
+    if not 0.0 <= rho <= 1.0:
+        raise AdvdimError(f"the orthant probability needs a correlation in [0, 1], got {rho!r}")
+    if rho == 0.0:
+        return 0.5**n
+    if rho >= 1.0:
+        return 0.5
+    z, w = np.polynomial.hermite_e.hermegauss(96)
+    a = math.sqrt(rho / (1.0 - rho))
+    phi = 0.5 * (1.0 + np.vectorize(math.erf)(a * z / math.sqrt(2.0)))
+    return float(np.sum(w * phi**n) / np.sum(w))
+
+
+def maxpool_gates(step: Step) -> np.ndarray:
+    """Per output position ``(Ho, Wo)`` of a max pool on a ReLU's output: ``P(max of its window > 0) =
+    1 - orthant(n, rho)``, ``n`` the window's entries inside the map (-inf padding is never the max).
+
+    The ReLU under a max pool is active on the routed unit iff the window's maximum pre-activation is
+    positive (``max relu(z) = relu(max z)``); with the window's pre-activations taken equicorrelated at
+    the mean-field ``rho`` of :func:`window_correlations`, this is the factor of the ReLU-max pair."""
+    assert step.rho is not None
+    ay, ax = step.axes()
+    n = ay.sum(axis=1)[:, None] * ax.sum(axis=1)[None, :]
+    table = {int(k): 1.0 - orthant(int(k), step.rho) for k in np.unique(n)}
+    return np.vectorize(table.__getitem__, otypes=[float])(n)
 
 
 def all_steps(spec: Spec) -> list[Step]:
@@ -307,18 +394,26 @@ def all_steps(spec: Spec) -> list[Step]:
 
 
 def routing_layers(spec: Spec) -> list[Step]:
-    """Layers after which no second-moment law follows (max pooling routes the gradient)."""
-    return [s for s in all_steps(spec) if isinstance(s.layer, (MaxPool, GlobalMaxPool))]
+    """Layers after which no second-moment law follows: max pooling routes the gradient, and its law
+    (the routed path sum) holds only where the window's correlation is known (:func:`window_correlations`)."""
+    return [s for s in all_steps(spec) if isinstance(s.layer, GlobalMaxPool)
+            or (isinstance(s.layer, MaxPool) and s.rho is None)]
 
 
 def no_law_reason(s: Step) -> tuple[str, str] | None:
     """``(hypothesis, reason)`` when no path-sum law follows this layer (None: it has one)."""
     layer = s.layer
     where = f"layer {s.label} {layer.kind}"
-    if isinstance(layer, (MaxPool, GlobalMaxPool)):
+    if isinstance(layer, MaxPool) and s.rho is not None:
+        return None  # the routed path sum with the window's gate (docs/theory.md, 'Max pooling')
+    if isinstance(layer, MaxPool):
         return "H1", (f"{where} passes only the arg-max of each window: the unit kept is active with "
-                      "probability other than 1/2, chosen by the weights (the routing itself keeps E||g||_2^2; "
-                      "docs/theory.md, 'Max pooling')")
+                      "probability other than 1/2, chosen by the weights; the law (the routed path sum) needs the "
+                      "pool right after a ReLU of a symmetric input with no max pool, residual block or data "
+                      "normalisation before it (the window's correlation is known only there)")
+    if isinstance(layer, GlobalMaxPool):
+        return "H1", (f"{where} passes only the arg-max of each window: the unit kept is active with "
+                      "probability other than 1/2, chosen by the weights")
     if isinstance(layer, ReLU) and s.sign is Sign.SHIFTED:
         return "H1", (f"{where} acts on a residual sum x + a*branch(x) of a non-negative x and a zero-mean branch: "
                       "active with a probability between 1/2 and 1, set by the ratio of the two terms")
@@ -423,6 +518,14 @@ def _back(step: Step, v: np.ndarray, init: str) -> np.ndarray:
         return v / (1.0 + BN_EPS)
     if isinstance(layer, Scale):
         return v * float(layer.factor) ** 2
+    if isinstance(layer, MaxPool) and step.rho is not None:
+        # each output routes to one arg-max of its n-entry window, each entry equally likely (exchangeable
+        # in the mean field); the ReLU under it is active w.p. 1 - orthant(n, rho), and the ReLU's own step
+        # multiplies by 1/2: the pool carries the rest, 2 (1 - orthant(n, rho))
+        ay, ax = step.axes()
+        n = ay.sum(axis=1)[:, None] * ax.sum(axis=1)[None, :]
+        routed = v * (2.0 * maxpool_gates(step) / n)[None]
+        return np.einsum("yi,cyx,xj->cij", ay.astype(np.float64), routed, ax.astype(np.float64))
     if isinstance(layer, Residual):  # V_in = back_skip(V) + a^2 back_branch(V): no cross terms (branch_is_odd)
         branch = v
         for b in reversed(step.branch):
