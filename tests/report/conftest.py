@@ -48,6 +48,16 @@ def failing_check(budget: Budget) -> list[Verdict]:
                     bool(measured - half <= 0.5 <= measured + half), "planted")]
 
 
+def wide_check(budget: Budget) -> list[Verdict]:
+    """A row as wide as real ones get: a long spec-text claim, a long detail line, long numbers."""
+    spec = " > ".join(["3x32x32"] + ["res(conv(64,3,s=1,pad=zeros) > batchnorm > relu > conv(64) > batchnorm)"] * 6
+                      + ["globalavgpool", "dense(10)"])
+    detail = "slopes over 16 draws (t critical values on 15.2 effective draws), " * 6
+    return [Verdict(f"slope of E||d_x L||_inf in d for {spec}", "Theorems 4-5, Corollary 6 and Appendix B", 0.123456789,
+                    0.1234567891234, (-0.123456789123, 0.987654321987), True, detail, power=0.987654321,
+                    resolution="slope +-0.05 at level 0.0016666666666666668 (Holm)")]
+
+
 def inconclusive_check(budget: Budget) -> list[Verdict]:
     """A claim inside an interval far too wide to tell it from the error it must catch (power 0.01)."""
     return [Verdict("underpowered claim (test)", "nowhere", 0.5, 0.6, (-4.0, 5.2), True, "planted", power=0.01,

@@ -16,7 +16,7 @@ import pytest
 
 from advdim.cli import main
 
-from .conftest import failing_check, series_check
+from .conftest import failing_check, series_check, wide_check
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,7 +28,10 @@ window.addEventListener('load', function () {
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0 && i.src.indexOf('data:image/') === 0; });
   var p = document.createElement('p'); p.id = 'probe';
   var rows = document.querySelectorAll('#verdicts tbody tr').length;
-  p.textContent = 'images ' + ok.length + ' of ' + imgs.length + ' rows ' + rows;
+  var badge = document.getElementById('outcome');
+  var wide = Math.max(document.documentElement.scrollWidth, document.body.scrollWidth);
+  p.textContent = 'images ' + ok.length + ' of ' + imgs.length + ' rows ' + rows + ' width ' + wide + ' of '
+    + window.innerWidth + ' badge ' + (badge ? badge.textContent : 'none');
   document.body.appendChild(p);
 });
 </script>"""
@@ -51,6 +54,7 @@ def test_report_renders_with_every_image(browser: str, tmp_path: Path, capsys: p
                                           extra_checks) -> None:  # type: ignore[no-untyped-def]
     extra_checks("series", series_check)
     extra_checks("planted", failing_check)
+    extra_checks("wide", wide_check)
     report = tmp_path / "report"
     assert main(["verify", "--only", "core", "--scale", "tiny", "--out", str(report)]) == 1
     capsys.readouterr()
@@ -62,11 +66,19 @@ def test_report_renders_with_every_image(browser: str, tmp_path: Path, capsys: p
 
     probed = report / "probed.html"
     probed.write_text(page.replace("</body>", PROBE + "</body>"))
-    dom = chromium("--virtual-time-budget=10000", "--dump-dom", probed.as_uri(), profile=tmp_path / "p1")
+    # a laptop screen: 1366 CSS pixels wide; the verdict table must fit without horizontal scrolling
+    dom = chromium("--virtual-time-budget=10000", "--window-size=1366,768", "--dump-dom", probed.as_uri(),
+                   profile=tmp_path / "p1")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    m = re.search(r'<p id="probe">images (\d+) of (\d+) rows (\d+)</p>', dom.stdout)
+    m = re.search(r'<p id="probe">images (\d+) of (\d+) rows (\d+) width (\d+) of (\d+) badge ([^<]*)</p>',
+                  dom.stdout)
     assert m, dom.stdout[-2000:]
     assert (int(m[1]), int(m[2]), int(m[3])) == (n_imgs, n_imgs, n_rows)
+    assert int(m[5]) == 1366 and int(m[4]) <= int(m[5]), f"the page is {m[4]} px wide on a {m[5]} px screen"
+    # the badge names the outcome and its counts, which agree with the rows of the table
+    n_fail = page.count('<tr class="verdict fail')
+    judged = n_rows - page.count('<tr class="verdict na')
+    assert m[6].startswith(f"FAIL: {n_fail} of {judged} judged claims failed"), m[6]
     srcs = re.findall(r'<img [^>]*src="([^"]*)"', dom.stdout)
     assert len(srcs) == n_imgs and all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in srcs)
     assert "planted false claim (test)" in dom.stdout and 'class="verdict fail"' in dom.stdout
@@ -86,3 +98,15 @@ def test_report_renders_with_every_image(browser: str, tmp_path: Path, capsys: p
     bright = img.mean(axis=2)
     plotted = (bright < 0.5).mean(axis=1)  # rows of the page holding dark ink: text, axes, curves
     assert np.count_nonzero(plotted > 0.01) > 400
+
+
+def test_the_width_probe_sees_a_page_wider_than_the_screen(browser: str, tmp_path: Path) -> None:
+    """The no-horizontal-scrolling check can fail: a 2000 px table on a 1366 px screen is seen."""
+    page = tmp_path / "wide.html"
+    page.write_text('<html><body><span id="outcome">PASS</span><table id="verdicts" style="width:2000px"><tbody>'
+                    "<tr><td>x</td></tr></tbody></table>" + PROBE + "</body></html>")
+    dom = chromium("--virtual-time-budget=5000", "--window-size=1366,768", "--dump-dom", page.as_uri(),
+                   profile=tmp_path / "p")
+    m = re.search(r'<p id="probe">images 0 of 0 rows 1 width (\d+) of (\d+) badge PASS</p>', dom.stdout)
+    assert m, dom.stdout[-2000:]
+    assert int(m[1]) >= 2000 > int(m[2]) == 1366
