@@ -121,6 +121,8 @@ class Sample:
         sq: ``target -> (units, sizes)``: per unit the mean of ``||.||_2^2``.
         changed: ``(units, sizes)``: labels the attack changed per unit (one row when up-sampled).
         per_draw: inputs behind each entry of ``changed``.
+        init_law: the init law recognised on the draws at the base size (:meth:`InitGuess.law_text`),
+            stated in each slope row; None: not examined.
     """
 
     setting: Setting
@@ -132,6 +134,7 @@ class Sample:
     per_draw: int
     attack: str
     notes: list[str] = field(default_factory=list)
+    init_law: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,10 @@ class Theory:
                            "has_law": None if pred is None else pred.has_law,
                            "hypotheses": None if pred is None else dict(pred.hypotheses),
                            "hypothesis_reasons": None if pred is None else dict(pred.reasons),
-                           "predicted_slope": None if pred is None else dict(pred.predicted_slope)},
+                           "predicted_slope": None if pred is None else dict(pred.predicted_slope),
+                           "law_specs": None if self.law_target is None else {  # with the init's scale layers
+                               str(k): self.law_target.spec(t.spec.input_shape[1], t.spec.input_shape[0]).to_text()
+                               for k, t in self.traces.items() if isinstance(t, Traced)}},
         }
 
 
@@ -239,6 +245,9 @@ def per_size_verdicts(sample: Sample, results: dict[str, FamilyResult], independ
                 extra = {**ours, **v.extra}
                 extra["series"] = {**extra["series"], "label": f"q = {key}", "figure": series["figure"]}
                 v = replace(v, extra={**extra, "target": tgt, "q": key})
+            if sample.init_law is not None:
+                v = replace(v, detail=f"{v.detail}; init of the draws: {sample.init_law}",
+                            extra={**v.extra, "init_law": sample.init_law})
             out.append(replace(v, claim=claim, reference=REFERENCE))
     return out
 

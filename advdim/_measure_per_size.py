@@ -15,6 +15,7 @@ from torch import nn
 from advdim.arch import Target as ArchTarget
 from advdim.arch import TargetKind
 from advdim.errors import AdvdimError, SpecError
+from advdim.initlaw import differs, spec_at_size
 from advdim.models import (
     FactoryFailed,
     Probe,
@@ -54,6 +55,8 @@ class _PerSize:
     traces: dict[int, Traced | Untraceable] = field(default_factory=dict)
     #: per size factor: the weights' moments; a string: why they could not be pooled; None: not traced
     stats: dict[int, InitStats | str | None] = field(default_factory=dict)
+    #: per traced size factor: the init recognised from those moments (:mod:`advdim.initlaw`)
+    inits: dict[int, InitGuess] = field(default_factory=dict)
     same_weights: list[int] = field(default_factory=list)  # factors at which every draw had the same weights
 
 
@@ -116,6 +119,8 @@ def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
                     stats = f"draw {draw}'s model differs from draw 0's ({first_line(e)})"
             prints.append(fp)
         info.stats[k] = stats
+        if stats is not None:
+            info.inits[k] = stats.result() if isinstance(stats, InitStats) else InitGuess(None, f"unknown: {stats}")
         if len(prints) > 1 and all(p == prints[0] for p in prints):
             info.same_weights.append(k)
         info.factors.append(k)
@@ -125,15 +130,14 @@ def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
 def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info: _PerSize) -> Theory:
     """The prediction for the traced specs at each size with the recognised init, or why there is none."""
     C, H, W = cfg.input_shape
-    inits = {k: s.result() if isinstance(s, InitStats) else InitGuess(None, f"unknown: {s}")
-             for k, s in info.stats.items() if s is not None}
+    inits = info.inits
     init = inits.get(factors[0]) if factors else None
     notes = []
-    if init is not None and init.scheme is not None:
+    if init is not None and init.base is not None:
         for k in factors[1:]:
-            if k in inits and inits[k].scheme != init.scheme:
-                notes.append(f"at d = {cfg.d_at(k)} the weights look different from the base size's {init.scheme}: "
-                             f"{inits[k].reason}; the prediction assumes {init.scheme} at every size")
+            if k in inits and differs(init, inits[k]):
+                notes.append(f"at d = {cfg.d_at(k)} the weights look different from the base size's {init.summary}: "
+                             f"{inits[k].reason}; the prediction assumes {init.summary} at every size")
 
     def without(reason: str, pred: Prediction | None = None) -> Theory:
         return Theory(dict(info.traces), init, pred, reason, None, tuple(notes))
@@ -147,11 +151,17 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
         return without(f"the factory returned the same weights for every draw at d = {cfg.d_at(info.same_weights[0])}"
                        " (does it seed its own generator?): the law is an average over initialisations; let it draw "
                        "from torch's global generator, which measure seeds with --seed + draw")
-    if init is None or init.scheme is None:
-        return without(f"the initialisation is not one the theory knows ({init.reason if init else 'not examined'})")
+    if init is None or init.base is None:
+        return without("the initialisation gives no law ("
+                       + (init.no_law or init.reason if init is not None else "not examined") + ")")
     if H != W:
         return without(f"the theory's input sizes are square (C x s x s), this input is {H}x{W}")
-    specs = {H * k: t.spec for k, t in info.traces.items() if isinstance(t, Traced)}
+    try:  # the recognised per-layer variances as scale layers of each size's spec (none for one scheme)
+        specs = {H * k: spec_at_size(t.spec, init, inits.get(k)) for k, t in info.traces.items()
+                 if isinstance(t, Traced)}
+    except AdvdimError as e:
+        return without(f"no law for the initialisation {init.summary}: {e}")
+    notes += init.notes()
 
     def at(size: int, channels: int) -> Any:
         if size not in specs:
@@ -162,7 +172,7 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
     from advdim.theory import predict
 
     try:
-        pred = predict(target, sizes=sorted(specs), channels=C, init=init.scheme, symmetry=False)
+        pred = predict(target, sizes=sorted(specs), channels=C, init=init.base, symmetry=False)
     except AdvdimError as e:
         return without(f"no prediction: {e}")
     if not pred.has_law:
@@ -173,8 +183,8 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
 def _law_init(theory: Theory) -> Any:
     from advdim.build import Init
 
-    assert theory.init is not None and theory.init.scheme is not None
-    return Init.parse(theory.init.scheme)
+    assert theory.init is not None and theory.init.base is not None
+    return Init.parse(theory.init.base)
 
 
 def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig, device: torch.device,
@@ -206,8 +216,9 @@ def sample_per_size(factory: Callable[..., Any], target: str, cfg: MeasureConfig
         first = next(iter(info.rejected.values()))
         notes.append(f"the factory's models do not accept the size factors {sorted(info.rejected)} ({first}): "
                      f"measured at factors {info.factors} only" + ("; no slope can be fitted" if n_s < 2 else ""))
+    base = info.inits.get(info.factors[0])
     return Sample(Setting.PER_SIZE, list(info.factors), [cfg.d_at(k) for k in info.factors], values, sq, changed,
-                  cfg.inputs, attack()[1], notes)
+                  cfg.inputs, attack()[1], notes, None if base is None else base.law_text())
 
 
 def canonical_factory(target: str) -> str:

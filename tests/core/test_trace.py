@@ -259,7 +259,6 @@ def _laplace() -> nn.Module:
     (lambda: _scaled(math.sqrt(1.6)), "0:conv(16,pad=zeros): variance 1."),  # 1.6 x He's: no scheme
     (_laplace, "kurtosis"),
     (lambda: _scaled(0.0), "0:conv(16,pad=zeros): variance 0"),
-    (lambda: _torch_net("orthogonal-gain-1", seed=2), "orthogonal rows with gain 1"),
 ])
 def test_a_weird_init_is_unknown_with_the_layer_named(make: object, layer: str) -> None:
     net = make()  # type: ignore[operator]
