@@ -46,20 +46,38 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from advdim.theory import _graph
 from advdim.theory._graph import BN_EPS, Sign, Step
 
-from advdim.arch import AvgPool, BatchNorm, BNMode, Conv, GlobalAvgPool, ReLU, Residual, Spec
+from advdim.arch import AvgPool, BatchNorm, BNMode, Conv, Dense, GlobalAvgPool, ReLU, Residual, Spec
 from advdim.errors import HypothesisError
 
 #: grid nodes per chain density (trapezoid on [0, SPAN sd]); error below 1e-7 relative (test_postact.py)
 POINTS = 401
 #: the grid spans this many standard deviations of the current pre-activation
 SPAN = 9.0
+
+
+#: ``E[w^2]`` of a weight layer's step, where it is not ``init``'s (torchvision's ``kaiming_normal_(mode="fan_out")``)
+Variance = Callable[[Step], float]
+
+
+def _variance(step: Step, init: str, variance: Variance | None) -> float:
+    return _graph.weight_variance(init, *step.fans) if variance is None else float(variance(step))
+
+
+def _back(step: Step, v: np.ndarray, init: str, variance: Variance | None) -> np.ndarray:
+    """``_graph._back``, with the weight layers' variances from ``variance`` when given."""
+    if variance is not None and isinstance(step.layer, Dense):
+        return np.full(step.in_shape, variance(step) * float(v.sum()))
+    if variance is not None and isinstance(step.layer, Conv):
+        ay, ax = step.axes()
+        return np.broadcast_to(variance(step) * (ay.T @ v.sum(axis=0) @ ax), step.in_shape).copy()
+    return _graph._back(step, v, init)
 
 
 class GateLaw(enum.Enum):
@@ -171,13 +189,13 @@ def applies(spec: Spec) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _forward(st: Sequence[Step], m: np.ndarray, init: str) -> np.ndarray:
+def _forward(st: Sequence[Step], m: np.ndarray, init: str, variance: Variance | None) -> np.ndarray:
     """Per-channel second moments ``(N, H, W)`` (N inputs or 1) after ``st`` from ``m`` of shape
     ``(N, C, H, W)`` (channels summed at the first conv, so every later channel is alike)."""
     for s in st:
         layer = s.layer
         if isinstance(layer, Conv):
-            var = _graph.weight_variance(init, *s.fans)
+            var = _variance(s, init, variance)
             ay, ax = (a.astype(np.float64) for a in s.axes())
             total = m.sum(axis=1) if m.ndim == 4 else s.in_shape[0] * m
             m = var * np.einsum("oh,nhw,pw->nop", ay, total, ax)
@@ -288,13 +306,15 @@ class ChainLaw:
     runs: dict[tuple[int, int], np.ndarray]
 
 
-def chain_law(spec: Spec, init: str = "he", inputs: np.ndarray | None = None, points: int = POINTS) -> ChainLaw:
+def chain_law(spec: Spec, init: str = "he", inputs: np.ndarray | None = None, points: int = POINTS,
+              variance: Variance | None = None) -> ChainLaw:
     """Run every position's chain ``x_k = relu(x_{k-1} + sqrt(v_k) xi_k)`` of ``spec``.
 
     Args:
         inputs: ``(N, C, H, W)`` inputs whose own forward moments are used (the exact wide limit
             given each input); None: the input's expectation, ``E x^2 = 1`` everywhere.
         points: grid nodes per density.
+        variance: ``E[w^2]`` per weight layer's step, instead of ``init``'s.
 
     >>> from advdim.arch import parse
     >>> law = chain_law(parse("3x8x8 > conv(8) > relu > res(conv(8) > relu > conv(8)) > relu > flatten > dense(2)"))
@@ -307,7 +327,7 @@ def chain_law(spec: Spec, init: str = "he", inputs: np.ndarray | None = None, po
     if m_in.ndim != 4 or m_in.shape[1:] != spec.input_shape:
         raise HypothesisError(f"inputs must have shape (N, {', '.join(map(str, spec.input_shape))}), got {m_in.shape}")
     gates = len(lay.blocks) + 1
-    q0 = _forward(lay.stem, m_in, init)
+    q0 = _forward(lay.stem, m_in, init, variance)
     ch = _Chains(points, gates)
     ch.start(q0.ravel(), 0)
     shape, seg = q0.shape, 0
@@ -321,9 +341,10 @@ def chain_law(spec: Spec, init: str = "he", inputs: np.ndarray | None = None, po
             layer = block.layer
             assert isinstance(layer, Residual)
             m_x = second[-1]
-            v = float(layer.scale) ** 2 * _forward(block.branch, m_x, init)
+            v = float(layer.scale) ** 2 * _forward(block.branch, m_x, init, variance)
             if block.skip is not None:  # a fresh centred Gaussian skip: the chain restarts
-                s = _forward((block.skip,), m_x, init) / (1.0 + BN_EPS if getattr(layer, "projbn", False) else 1.0)
+                bn = 1.0 + BN_EPS if getattr(layer, "projbn", False) else 1.0  # projbn: torchvision's downsample
+                s = _forward((block.skip,), m_x, init, variance) / bn
                 ch.start((s + v).ravel(), k)
                 shape, seg = v.shape, k
                 ratio.append(None)
@@ -347,13 +368,16 @@ def _run_prob(law: ChainLaw, gate_law: GateLaw, a: int, b: int) -> np.ndarray | 
 
 
 def input_variances(spec: Spec, init: str = "he", logit: int = 0, gate_law: GateLaw = GateLaw.CHAIN,
-                    inputs: np.ndarray | None = None, points: int = POINTS) -> np.ndarray:
+                    inputs: np.ndarray | None = None, points: int = POINTS,
+                    variance: Variance | None = None) -> np.ndarray:
     """``E[(d f_k / d x_i)^2]`` per input node in the wide limit, shape ``spec.input_shape``, float64.
 
     The run recursion of the module docstring, per position (zero padding included), from the chains
     of :func:`chain_law`; ``gate_law`` counts the post-activation gates by their runs (the law), by
     their marginals (``PRODUCT``, the per-block ``p_k (1 + G_k)``) or as Bernoulli(1/2) (``HALF``, the
-    naive path sum).  ``inputs``: average the exact laws given these inputs (see :func:`chain_law`).
+    naive path sum).  ``inputs``: average the exact laws given these inputs (see :func:`chain_law`);
+    ``variance``: ``E[w^2]`` per weight layer's step instead of ``init``'s (the stem, the blocks' convs and
+    projections, the head; a residual block in the tail keeps ``init``).
 
     Raises :class:`HypothesisError` when :func:`layout` does not recognise the spec.
 
@@ -365,13 +389,13 @@ def input_variances(spec: Spec, init: str = "he", logit: int = 0, gate_law: Gate
     lay = layout(spec)
     init = _graph.init_name(init)
     _graph.check_logit(spec, logit)
-    law = chain_law(spec, init, inputs, points)
+    law = chain_law(spec, init, inputs, points, variance)
     gates = len(lay.blocks) + 1
     n_in = law.p[0].shape[0]
     head = np.zeros(spec.shapes()[-1], dtype=np.float64)
     head[logit] = 1.0
     for s in reversed(lay.tail):
-        head = _graph._back(s, head, init)
+        head = _back(s, head, init, variance)
     arrive: dict[int, np.ndarray] = {gates - 1: np.broadcast_to(head, (n_in, *head.shape))}
     restarts = lay.restarts
     total = np.zeros(spec.input_shape)
@@ -387,7 +411,7 @@ def input_variances(spec: Spec, init: str = "he", logit: int = 0, gate_law: Gate
             for n in range(n_in):
                 v = leave[n]
                 for s in reversed(lay.stem):
-                    v = _graph._back(s, v, init)
+                    v = _back(s, v, init, variance)
                 total += v
             break
         block = lay.blocks[a - 1]
@@ -397,20 +421,20 @@ def input_variances(spec: Spec, init: str = "he", logit: int = 0, gate_law: Gate
         for n in range(n_in):
             v = leave[n]
             for s in reversed(block.branch):
-                v = _graph._back(s, v, init)
+                v = _back(s, v, init, variance)
             v = float(layer.scale) ** 2 * v
             if block.skip is not None:
                 bn = 1.0 + BN_EPS if getattr(layer, "projbn", False) else 1.0
-                v = v + _graph._back(block.skip, leave[n] / bn, init)
+                v = v + _back(block.skip, leave[n] / bn, init, variance)
             below.append(v)
         arrive[a - 1] = np.stack(below)
     return total / n_in
 
 
 def grad_sq_norm(spec: Spec, init: str = "he", logit: int = 0, gate_law: GateLaw = GateLaw.CHAIN,
-                 inputs: np.ndarray | None = None, points: int = POINTS) -> float:
+                 inputs: np.ndarray | None = None, points: int = POINTS, variance: Variance | None = None) -> float:
     """``E||d_x f_k||_2^2`` in the wide limit: the sum of :func:`input_variances`."""
-    return float(np.sum(input_variances(spec, init, logit, gate_law, inputs, points)))
+    return float(np.sum(input_variances(spec, init, logit, gate_law, inputs, points, variance)))
 
 
 def naive_path_sum(spec: Spec, init: str = "he", logit: int = 0) -> np.ndarray:
