@@ -118,6 +118,12 @@ UNIFORM_KURTOSIS_VAR = (81 * (1 / 9 - 1 / 25) + (54 / 5) ** 2 * (1 / 5 - 1 / 9)
                         - 2 * 9 * (54 / 5) * (1 / 7 - 1 / 15))  # about 1.317
 #: fewest weights in a layer for the kurtosis test of a Gaussian (Anscombe and Glynn's transform needs n >= 20)
 MIN_KURTOSIS_N = 20
+#: ``nn.init.trunc_normal_``'s default bounds ``[-2, 2]``: with a std of 0.02 they cut nothing, but in float32 its
+#: inverse-CDF draw hits ``erfinv(-1) = -inf`` with probability 2^-24 per weight (its uniform's lowest value),
+#: clamped to exactly -2 (timm's ViTs: about one weight in 17 million).  The Gaussian tests leave such weights
+#: out (their share of E[w^2] is ``4 * 2^-24``, nil); a uniform or an i.i.d. Gaussian law never puts a
+#: weight exactly there.
+TRUNC_BOUND = 2.0
 #: relative difference below which two variances are one (laws that coincide on a layer)
 SAME_VARIANCE = 1e-9
 
@@ -303,6 +309,8 @@ class _Acc:
     s2: float = 0.0
     s4: float = 0.0
     largest: float = 0.0  # max |w|
+    clamped: int = 0  # weights exactly at +-TRUNC_BOUND (trunc_normal_'s clamp of an infinite draw)
+    clamped_sum: float = 0.0
     gains: list[float | None] = field(default_factory=list)
 
     @property
@@ -311,6 +319,17 @@ class _Acc:
         rows, fan_in = self.shape[0], int(np.prod(self.shape[1:]))
         per_row = int(np.prod(self.shape[2:])) if len(self.shape) > 2 else 1
         return fan_in, rows * per_row, rows
+
+    def gaussian_moments(self, z: float) -> tuple[int, float, float, float]:
+        """``(n, sum w, sum w^2, sum w^4)`` for the Gaussian tests: without the weights exactly at
+        ``+-TRUNC_BOUND`` when there are no more of them than ``trunc_normal_``'s float32 clamp leaves
+        (:data:`TRUNC_BOUND`; at most ``n 2^-23`` expected, bounded at the tests' normal critical value ``z``)."""
+        expected = self.n * 2.0**-23
+        if self.clamped == 0 or self.clamped > expected + z * math.sqrt(expected) + z * z:
+            return self.n, self.s1, self.s2, self.s4
+        b2 = TRUNC_BOUND**2
+        return (self.n - self.clamped, self.s1 - self.clamped_sum, self.s2 - self.clamped * b2,
+                self.s4 - self.clamped * b2 * b2)
 
     @property
     def gain(self) -> float | None:
@@ -379,6 +398,9 @@ class InitStats:
             acc.s2 += float(sq.sum())
             acc.s4 += float((sq * sq).sum())
             acc.largest = max(acc.largest, float(np.abs(m).max()))
+            at = m[np.abs(m) == TRUNC_BOUND]
+            acc.clamped += at.size
+            acc.clamped_sum += float(at.sum())
             acc.gains.append(_orthogonal_gain(m, torch.finfo(w.dtype).eps if w.is_floating_point() else 0.0))
         self.draws += 1
 
@@ -397,28 +419,30 @@ class _Level:
 def _consistent(acc: _Acc, law: WeightLaw, param: float | None, level: _Level) -> bool:
     """Whether one layer's weights are consistent with ``law`` (module docstring); ``param`` the std of a
     fixed normal (an orthogonal layer's gain is read from its weights)."""
-    n, m2 = acc.n, acc.s2 / acc.n
     fan_in, fan_out, rows = acc.fans
     gain = acc.gain
     if law is WeightLaw.ORTHOGONAL:
         if gain is not None:
             return True
         # one row (or column): only its norm can be checked, sqrt(2) per unit vector
-        return min(rows, fan_in) < 2 and abs(m2 / law.variance(fan_in, fan_out, rows, math.sqrt(2)) - 1) <= 1e-4
+        return min(rows, fan_in) < 2 and abs(acc.s2 / acc.n / law.variance(fan_in, fan_out, rows, math.sqrt(2))
+                                             - 1) <= 1e-4
     if gain is not None:
         return False  # exactly orthogonal rows are not i.i.d. draws
     v = law.variance(fan_in, fan_out, rows, param)
     z = level.z
-    if abs(acc.s1 / n) > z * math.sqrt(v / n):
+    n, s1, s2, s4 = acc.gaussian_moments(z) if law.gaussian else (acc.n, acc.s1, acc.s2, acc.s4)
+    m2 = s2 / n
+    if abs(s1 / n) > z * math.sqrt(v / n):
         return False
     if law.uniform:  # uniform(-b, b), b = sqrt(3 v): inside the bound, variance b^2/3, kurtosis 9/5
-        kurt = acc.s4 / n / m2**2 if m2 > 0 else math.nan
+        kurt = s4 / n / m2**2 if m2 > 0 else math.nan
         return (acc.largest <= math.sqrt(3 * v) * (1 + 1e-6)
                 and abs(m2 / v - 1) <= z * math.sqrt((UNIFORM_KURTOSIS - 1) / n)
                 and abs(kurt - UNIFORM_KURTOSIS) <= z * math.sqrt(UNIFORM_KURTOSIS_VAR / n))
     if not level.chi2[0] <= n * m2 / v <= level.chi2[1]:  # n mean(w^2) / v is chi-square(n)
         return False
-    return n < MIN_KURTOSIS_N or abs(kurtosis_z(acc.s4 / n / m2**2, n)) <= z
+    return n < MIN_KURTOSIS_N or abs(kurtosis_z(s4 / n / m2**2, n)) <= z
 
 
 def kurtosis_z(b2: float, n: int) -> float:
@@ -515,6 +539,9 @@ def recognise_init(stats: InitStats, alpha: float = ALPHA) -> InitGuess:
                        else "variance estimated"))
         elif not r:
             note = "matches none of the known laws: variance estimated"
+        if acc.clamped and chosen is not None and chosen[0].gaussian:
+            note += (f"{'; ' if note else ''}{acc.clamped} weight(s) exactly at +-{TRUNC_BOUND:g} left out of the "
+                     "tests (trunc_normal_'s float32 clamp)")
         base = LayerInit(acc.label, n, m2 / (2 / acc.fans[0]), kurt, acc.gain, tuple(law.value for law, _ in r),
                          acc.fans, se=se, zero_mean=zero_mean, fixed_std=fixed, note=note)
         if chosen is None:

@@ -295,3 +295,20 @@ def test_a_module_that_is_not_traced_is_read_by_its_module_names() -> None:
     s = InitStats(names)
     s.add(weights)
     assert s.result().summary == "torch x1, fixed_normal(std=0.02) x2"
+
+
+@pytest.mark.parametrize(("clamped", "law"), [(1, "fixed_normal(std=0.02)"), (200, "estimated")])
+def test_trunc_normal_s_float32_clamp_is_left_out_up_to_its_rate(clamped: int, law: str) -> None:
+    """``trunc_normal_(std=0.02)`` puts a float32 weight exactly at -2 about once in 2^24 (its inverse-CDF
+    draw at -1 is -inf, clamped): one such weight leaves the law fixed_normal (and is named); 200 of them
+    in 200k weights are no such clamp, and the layer is estimated."""
+    torch.manual_seed(10)
+    spec = parse("1x20x20 > flatten > dense(500)")
+    w = nn.init.trunc_normal_(torch.empty(500, 400), std=0.02)
+    w.view(-1)[:clamped] = -2.0
+    s = InitStats(spec)
+    s.add([w])
+    guess = s.result()
+    assert guess.layers[0].law_text().startswith(law), guess.reason
+    if clamped == 1:
+        assert "1 weight(s) exactly at +-2 left out of the tests" in guess.reason
