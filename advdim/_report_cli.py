@@ -36,6 +36,25 @@ def command_line(command: str, *args: str, **options: Any) -> str:
 STYLES = {"FAIL": "[bold red]FAIL[/]", "pass": "[green]pass[/]", "inconclusive": "[yellow]inconclusive[/]"}
 
 
+#: the level of a law in a narrow table cell (the full word is in the JSON's ``extra.level``)
+SHORT_LEVEL = {"exact": "exact", "wide-limit": "wide-limit", "wide-limit (extrapolated in width)": "wide-limit",
+               "approximate": "approx.", "extreme-value fallback": "fallback"}
+
+
+def predicted_cell(row: dict[str, Any]) -> str:
+    """The predicted value with, below it, the level of the law behind it (exact, wide-limit, approx.,
+    fallback), so that a reader sees at a glance how far it can be trusted.
+
+    >>> predicted_cell({"predicted": 0.5, "extra": {"level": "wide-limit"}})
+    '0.5\\n(wide-limit)'
+    """
+    from advdim.report import fmt
+
+    level = (row.get("extra") or {}).get("level")
+    text = fmt(row.get("predicted"))
+    return f"{text}\n({SHORT_LEVEL.get(level, level)})" if level and row.get("predicted") is not None else text
+
+
 def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
     """The verdict table on stdout (one row per verdict: pass, FAIL, inconclusive or n/a).
 
@@ -56,7 +75,7 @@ def print_verdicts(title: str, rows: list[dict[str, Any]]) -> None:
         st = STYLES.get(st, st)
         if (r.get("extra") or {}).get("consistency"):
             st += f" ({r['extra']['consistency']})"
-        styled.append([i + 1, r["claim"], r["reference"], fmt(r["predicted"]), fmt(r["measured"]),
+        styled.append([i + 1, r["claim"], r["reference"], predicted_cell(r), fmt(r["measured"]),
                        fmt_interval(r["interval"]), st])
     # a terminal wraps to its width; piped output (logs, CI) gets wide enough rows to stay one line each
     if out.is_terminal:

@@ -606,6 +606,14 @@ figcaption{font-size:12px;color:#57606a;max-width:640px;margin-top:6px}
 """
 
 
+def _level_html(row: dict[str, Any]) -> str:
+    """The level of the law behind a row's prediction (exact, wide-limit, approximate, fallback), under it."""
+    level = (row.get("extra") or {}).get("level")
+    if not level or row.get("predicted") is None:
+        return ""
+    return f'<div class="detail level">{html.escape(str(level))}</div>'
+
+
 def _power_html(row: dict[str, Any]) -> str:
     """The power of a judged row under its word, e.g. "power 0.12 against slope +-0.05"."""
     power = _num(row.get("power"))
@@ -686,7 +694,8 @@ def _html(meta: dict[str, Any], rows: list[dict[str, Any]], overview: _Figure | 
         body.append(
             f'<tr class="verdict {cls}" id="v{i + 1}"><td>{i + 1}</td><td>{e(r["claim"])}{detail}</td>'
             f'<td>{e(r["reference"])}</td>'
-            f'<td class="num">{e(fmt(r.get("predicted")))}</td><td class="num">{e(fmt(r.get("measured")))}</td>'
+            f'<td class="num">{e(fmt(r.get("predicted")))}{_level_html(r)}</td>'
+            f'<td class="num">{e(fmt(r.get("measured")))}</td>'
             f'<td class="num">{e(fmt_interval(r.get("interval")))}</td>'
             f'<td class="v">{status(row_outcome(r))}{_power_html(r)}</td>'
             f'<td>{e(r["check"])} <span class="detail">({e(r["part"])})</span></td></tr>')

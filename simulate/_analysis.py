@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,45 @@ class TopologyLaw:
     sq: tuple[float, ...] | None  # E||d_x f_k||_2^2 per size
     slopes: dict[str, float | None]
     sq_exact: str | None = None  # why the path sum is only approximate (H1 fails), None when it is exact
+    #: the level of each predicted quantity (q key, and "sq" for E||d_x f_k||_2^2): the words of
+    #: ``advdim.theory._cli.Level`` (exact / wide-limit / approximate / extreme-value fallback)
+    levels: dict[str, str] = field(default_factory=dict)
+
+
+#: the levels of the laws, best first: the words of ``advdim.theory._cli.Level`` (without its CLI imports)
+LEVELS = ("exact", "wide-limit", "approximate", "extreme-value fallback", "none")
+
+
+def worst_level(words: Sequence[str | None]) -> str | None:
+    """The least trusted of several levels (a study over many topologies is as trusted as its worst law).
+
+    >>> worst_level(["exact", "approximate", "wide-limit"])
+    'approximate'
+    """
+    known = [w for w in words if w is not None]
+    return max(known, key=LEVELS.index) if known else None
+
+
+def _levels(pred: Any, sizes: tuple[int, ...], keys: tuple[str, ...], target: GradTarget, approx: str | None,
+            wide_used: bool) -> dict[str, str]:
+    """The level of each quantity of a :class:`TopologyLaw` (the rules of ``advdim theory``'s table,
+    ``advdim.theory._cli.norm_law``), from the structure alone: no law is computed twice."""
+    from advdim.theory import _maxnorm
+
+    # an average pool after the first conv: the path sum drops cross terms the wide limit keeps (theory's H1 note)
+    pooled = any(pred.pooling_correction_applies(s) for s in sizes)
+    approx_any = approx is not None or pooled
+    sq = "wide-limit" if wide_used else ("approximate" if approx_any else "exact")
+    out = {"sq": sq}
+    for key in keys:
+        if target is GradTarget.LOSS:  # the softmax factor under the predicted logit law: about 1% (docs/theory.md)
+            out[key] = "approximate"
+        elif key == "inf" and not all(_maxnorm.first_weighted_is_dense(pred.spec_at(s)) for s in sizes):
+            applies = all(_maxnorm.model_applies(pred.spec_at(s), pred.init) for s in sizes)
+            out[key] = "approximate" if applies else "extreme-value fallback"
+        else:  # Gaussian coordinates with the path-sum variances: exact as the widths grow
+            out[key] = "approximate" if approx_any else "wide-limit"
+    return out
 
 
 def predict_topology(fam: Family | Target, sizes: Sequence[int], channels: int,
@@ -92,10 +131,12 @@ def _topology_law(fam: Family | Target, sizes: tuple[int, ...], channels: int, i
     except Exception:  # the theory refuses (a hypothesis fails): no prefactor prediction
         sq = None
     approx = pred.approximate  # why the path sum is only approximate (None: exact given its hypotheses)
+    path_approx, wide_used = approx, False
     if wide and sq is not None and approx is not None and target is GradTarget.LOGIT:
         try:
             if all(pred.pooling_correction_applies(s) for s in sizes):
                 sq, approx = tuple(float(pred.wide_grad_sq_norm(s)) for s in sizes), None
+                wide_used = True
         except Exception:  # noqa: BLE001 - the wide law refuses (memory, a layer it has no law for): keep the path sum
             pass
     log_d = np.log([float(channels * s * s) for s in sizes])
@@ -105,7 +146,7 @@ def _topology_law(fam: Family | Target, sizes: tuple[int, ...], channels: int, i
                   for k, v in norms.items()}
     else:
         slopes = {k: pred.predicted_slope[k] if k in pred.predicted_slope else pred.slope_q(k) for k in keys}
-    return TopologyLaw(norms, sq, slopes, approx)
+    return TopologyLaw(norms, sq, slopes, approx, _levels(pred, sizes, keys, target, path_approx, wide_used))
 
 
 _cached_topology_law = functools.lru_cache(maxsize=4096)(_topology_law)
@@ -240,8 +281,10 @@ def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np
             ratio_n = ratio_units(sq[smask])
             approx = next((law.sq_exact for law, m in zip(laws, smask) if m and law is not None and law.sq_exact),
                           None)
+    levels = {k: w for k in ("sq", *values) if (w := worst_level([law.levels.get(k) for law in laws
+                                                                   if law is not None])) is not None}
     return FamilyResult(
         name, sizes_t, tuple(int(x) for x in d), units.channels, nets, units.draws, units.inputs, seed, tgt.value,
         exact_shortcuts, plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se,
         approx, {k: values[k].tolist() for k in values}, topologies, data, iid_inf, fixed, init, law_init, ratio_n,
-        no_law_reason)
+        no_law_reason, levels)

@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
             for r, stem in zip(results, stems):
                 plot_family(r, outputs, stem)
             outputs.file(RESULTS).write_text(json.dumps([r.to_record() for r in results], indent=1))
-        from advdim._report_cli import STYLES
+        from advdim._report_cli import STYLES, predicted_cell
         from advdim.report import exit_status, fmt, fmt_interval, status, summary_line
         from advdim.verdict import Outcome, count
 
@@ -180,7 +180,8 @@ def register(app: typer.Typer) -> None:
         def power(v: Verdict) -> str:
             return "-" if v.power is None or not v.outcome.judged else f"{v.power:.2f}"
 
-        rows = [[v.claim, fmt(v.predicted), fmt(v.measured), fmt_interval(v.interval), power(v),
+        rows = [[v.claim, predicted_cell({"predicted": v.predicted, "extra": v.extra}), fmt(v.measured),
+                 fmt_interval(v.interval), power(v),
                  STYLES.get(status(v.outcome), status(v.outcome))
                  + (f" ({v.extra['consistency']})" if v.extra.get("consistency") else "")] for v in verdicts]
         out.print(table("advdim simulate: predicted vs measured (interval: acceptance band, or 95% CI when n/a; "

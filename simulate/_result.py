@@ -6,7 +6,7 @@ Read by ``simulate``, ``measure``, ``verify`` and the plots; produced by :func:`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,9 @@ class FamilyResult:
     law_init: str = "he"  # the init the predicted law assumes
     prefactor_units: float | None = None  # effective units of the prefactor ratio
     no_law_reason: str | None = None  # why there is no prediction (None: the theory's own words)
+    #: the level of the law behind each prediction (q key, "sq" for the prefactor): exact / wide-limit /
+    #: approximate / extreme-value fallback, the worst over the units' laws (``simulate._analysis.worst_level``)
+    levels: dict[str, str] = field(default_factory=dict)
 
     @property
     def reference(self) -> str:
@@ -146,8 +149,10 @@ class FamilyResult:
         and ``outcomes``: how many of :meth:`verdicts` say pass, fail, inconclusive and n/a."""
         pre = self.prefactor_verdict()
         return {"family": self.family, "sizes": list(self.sizes), "nets": self.nets,
-                "q": {k: v.to_json() for k, v in self.q.items()},
+                "q": {k: {**v.to_json(), "level": self.levels.get(k) if v.predicted_slope is not None else None}
+                      for k, v in self.q.items()},
                 "prefactor": None if pre is None else {"ratio": pre.measured, "se": self.prefactor_se,
+                                                       "level": self.levels.get("sq"),
                                                        "pass": pre.passed, "outcome": pre.outcome.value,
                                                        "power": pre.power},
                 "outcomes": {o.value: n for o, n in count(self.verdicts()).items()}}
@@ -247,7 +252,20 @@ class FamilyResult:
         prefactor = self.prefactor_verdict(alpha)
         if prefactor is not None:
             out.append(prefactor)
-        return out
+        return [self._with_level(v) for v in out]
+
+    def _with_level(self, v: Verdict) -> Verdict:
+        """``v`` with the level of the law behind its prediction in ``extra["level"]`` (rows with a prediction)."""
+        if v.predicted is None:
+            return v
+        key = "sq" if "measured / theory" in v.claim else next(
+            (k for k in self.q if f"||_{k} vs d" in v.claim), None)
+        level = self.levels.get(key) if key is not None else None
+        if level is None:
+            return v
+        if key != "sq" and "(infinite-width limit)" in v.claim and level == "wide-limit":
+            level = "wide-limit (extrapolated in width)"
+        return replace(v, extra={**v.extra, "level": level})
 
     def prefactor_verdict(self, alpha: float = ALPHA) -> Verdict | None:
         """The row ``E||d_x f||_2^2 measured / theory`` (``None`` without a prediction of the prefactor).

@@ -83,7 +83,8 @@ def test_study_json_record_and_plots(tmp_path) -> None:  # type: ignore[no-untyp
     js = res.to_json()
     assert set(js) == {"family", "sizes", "nets", "q", "prefactor", "outcomes"} and set(js["q"]) == {"1", "2", "inf"}
     assert set(js["q"]["2"]) == {"predicted_slope", "measured_slope", "ci", "pass", "outcome", "power", "width_limit",
-                                 "judged"}
+                                 "judged", "level"}
+    assert js["q"]["2"]["level"] == "wide-limit" and js["prefactor"]["level"] == "exact"
     assert js["outcomes"] == {o.value: sum(v.outcome is o for v in res.verdicts()) for o in Outcome}
     assert js["q"]["2"]["outcome"] == res.q["2"].outcome.value and js["q"]["2"]["power"] == res.q["2"].power
     assert js["q"]["2"]["judged"] == "sampled_widths" and js["q"]["2"]["width_limit"] is None  # dense: index 0
