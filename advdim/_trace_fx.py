@@ -63,7 +63,7 @@ def _concrete_args(module: nn.Module) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
-def graph_of(module: nn.Module) -> tuple[torch.fx.GraphModule, list[Obstacle]]:
+def graph_of(module: nn.Module) -> tuple[torch.fx.GraphModule, dict[str, Obstacle]]:
     """The module's graph module (named after its class) and the obstacles of the submodules
     made leaves; :class:`NotLayer` when ``torch.fx`` fails in the module's own forward."""
     leaves: dict[str, Obstacle] = {}
@@ -84,21 +84,22 @@ def graph_of(module: nn.Module) -> tuple[torch.fx.GraphModule, list[Obstacle]]:
             continue
         gm = torch.fx.GraphModule(module, graph, class_name=type(module).__name__)
         gm.graph.eliminate_dead_code()
-        return gm, list(leaves.values())
+        return gm, leaves
     raise NotLayer(ObstacleKind.FX, f"torch.fx cannot trace inside more than {MAX_RETRIES} submodules (the first: "
                    f"{', '.join(list(leaves)[:3])})", "write their forwards without data-dependent control flow")
 
 
 def dynamic_nodes(gm: torch.fx.GraphModule) -> tuple[set[torch.fx.Node], set[torch.fx.Node]]:
     """``(network, sizes)``: the nodes that depend on the input's values, and those that depend only
-    on its shape (``x.size(0)``, ``x.shape[2] == 32``, timm's ``_assert``); the other nodes are
-    constants (parameters read directly, and what is computed from them)."""
+    on its shape or on fixed arguments (``x.size(0)``, ``x.shape[2] == 32``, timm's ``_assert``, the
+    check of a concrete argument); the other nodes are constants (parameters read directly, and what
+    is computed from them)."""
     network: set[torch.fx.Node] = set()
     sizes: set[torch.fx.Node] = set()
     for node in gm.graph.nodes:
         ins = node.all_input_nodes
-        if node.op == "placeholder":
-            network.add(node)
+        if node.op == "placeholder":  # one with a default is a concrete argument (timm's is_causal=False)
+            (sizes if node.args else network).add(node)
         elif (node.op == "call_method" and node.target in ("size", "dim")) or (
                 node.op == "call_function" and node.target is getattr and len(node.args) > 1
                 and node.args[1] in ("shape", "ndim")):

@@ -121,13 +121,13 @@ def trace_module(module: nn.Module, input_shape: Sequence[int]) -> Traced | Untr
     shape = tuple(int(n) for n in input_shape)
     root = type(module).__name__
     try:
-        gm, obstacles = graph_of(module)
+        gm, leaves = graph_of(module)
         shapes = node_shapes(gm, module, shape)
     except NotLayer as e:
         return Untraceable((Obstacle("", root, e.kind, e.what, e.fix),))
-    reader = _Reader(gm, shapes)
+    reader = _Reader(gm, shapes, leaves)
     layers, names = reader.read(shape)
-    obstacles += reader.found()
+    obstacles = reader.found()
     if obstacles:
         return Untraceable(tuple(obstacles))
     try:
@@ -169,8 +169,9 @@ class _Reader:
     no layer becomes an opaque layer of the shape the module gave it, a fork that is no residual
     block an opaque region up to where its paths meet."""
 
-    def __init__(self, gm: torch.fx.GraphModule, shapes: dict[torch.fx.Node, tuple[int, ...]]) -> None:
-        self.gm, self.shapes = gm, shapes
+    def __init__(self, gm: torch.fx.GraphModule, shapes: dict[torch.fx.Node, tuple[int, ...]],
+                 leaves: dict[str, Obstacle]) -> None:
+        self.gm, self.shapes, self.leaves = gm, shapes, leaves
         self.nodes = list(gm.graph.nodes)
         self.order = {n: i for i, n in enumerate(self.nodes)}
         self.network, self.sizes = dynamic_nodes(gm)
@@ -188,9 +189,11 @@ class _Reader:
         self.obstacles.setdefault(at, Obstacle(path, cls, e.kind, e.what, e.fix))
 
     def found(self) -> list[Obstacle]:
-        """The obstacles in graph order (those of no node, the interface's, first)."""
-        return [o for n, o in sorted(self.obstacles.items(), key=lambda kv: -1 if kv[0] is None
-                                     else self.order[kv[0]])]
+        """The obstacles in graph order (those of no node, the interface's, first; then the modules
+        torch.fx could not trace that the graph does not call)."""
+        got = [o for n, o in sorted(self.obstacles.items(), key=lambda kv: -1 if kv[0] is None
+                                    else self.order[kv[0]])]
+        return got + [o for o in self.leaves.values() if o not in got]
 
     def real(self, node: torch.fx.Node, default: tuple[int, ...]) -> tuple[int, ...]:
         """The node's output shape without the batch axis (``default`` when it is no tensor)."""
@@ -207,6 +210,9 @@ class _Reader:
             ins = [a for a in node.all_input_nodes if a in self.network]
             consts = [a for a in node.all_input_nodes if a not in self.network and a not in self.sizes]
             try:
+                if node.op == "call_module" and str(node.target) in self.leaves:
+                    self.obstacles[node] = self.leaves[str(node.target)]
+                    raise NotLayer(ObstacleKind.FX, self.leaves[str(node.target)].what)
                 if consts:
                     raise parameter_use(node, self.gm, self.parameters(consts))
                 if len(ins) > 1:
@@ -241,7 +247,7 @@ class _Reader:
 
     # -- the chain ---------------------------------------------------------------------------
     def read(self, input_shape: tuple[int, ...]) -> tuple[list[Layer], list[str]]:
-        inputs = [n for n in self.nodes if n.op == "placeholder"]
+        inputs = [n for n in self.nodes if n.op == "placeholder" and n in self.network]
         if len(inputs) != 1:
             self.note(NotLayer(ObstacleKind.INTERFACE, f"forward takes {len(inputs)} inputs ("
                                f"{', '.join(repr(n.target) for n in inputs)}), not one", "take one tensor"), None)
@@ -502,15 +508,33 @@ def _split_scale(layers: list[Layer]) -> tuple[list[Layer], float]:
     return out, scale
 
 
+def _unfilled(spec: Spec, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The spec's network with its conv / dense tensors left unfilled (they are copied from the module,
+    drawing them costs seconds on a ResNet-50) and every other tensor at its initial value (the
+    norms' ``reset_parameters``); drawn as usual when a layer has tensors of another kind."""
+    from advdim.build import build
+
+    with torch.device("meta"):
+        net = build(spec, seed=0, dtype=dtype, device="meta")
+    others = [m for m in net.modules() if not isinstance(m, (nn.Conv2d, nn.Linear)) and (
+        any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False)))]
+    if not all(callable(getattr(m, "reset_parameters", None)) for m in others):
+        return build(spec, seed=0, dtype=dtype, device=device)
+    net.to_empty(device=device)
+    with torch.no_grad():
+        for m in others:
+            m.reset_parameters()
+    return net
+
+
 def _reproduces(module: nn.Module, traced: Traced) -> str | None:
     """None when the spec's network with the module's weights gives the module's logits, else why not."""
-    from advdim.build import build
     from advdim.gradients import mode
 
     p0 = next(iter(module.parameters()), None)
     dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
     device = p0.device if p0 is not None else torch.device("cpu")
-    net = build(traced.spec, seed=0, dtype=dtype, device=device)
+    net = _unfilled(traced.spec, dtype, device)
     weight_layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # weight_labels' order
     if len(weight_layers) != len(traced.weight_modules):
         return f"the trace names {len(traced.weight_modules)} weight layers, its network has {len(weight_layers)}"
