@@ -276,9 +276,9 @@ class InitGuess:
         """What the law taken assumes beyond the recognised variances (stated with the prediction)."""
         if self.base is None or self.base == self.scheme:
             return ()
-        out = [f"the law: the theory's {self.base} law with each layer's own variance (a layer of r times its "
-               f"variance is that layer followed by scale(sqrt r)): {self.summary}; the path sum (q = 1, 2) uses "
-               "the variances only"]
+        out = [f"the law: the theory's {self.base} law with each layer's own variance (a layer of r times "
+               f"{self.base}'s variance is {self.base}'s layer followed by scale(sqrt r)): {self.summary}; the path "
+               "sum (q = 1, 2) uses the variances only"]
         if self.base == Init.HE.value:
             other = [x.layer for x in self.layers if not (x.weight_law.gaussian or x.estimated)]
             if other:
@@ -287,8 +287,11 @@ class InitGuess:
             if any(x.weight_law is WeightLaw.TORCH for x in self.layers):
                 out.append("PyTorch's default also draws uniform biases: the q = inf model takes zero biases")
         if self.estimated:
+            se = max(x.se for x in self.estimated)
             out.append(f"{len(self.estimated)} layer(s) have no known law: their variances are estimated from the "
-                       "draws, and the q = inf model takes them Gaussian")
+                       f"draws (relative se up to {se:.2g}, which the prefactor's prediction carries; the slopes do "
+                       "not depend on it while the layers' fans do not change with d), and the q = inf model takes "
+                       "them Gaussian")
         return tuple(out)
 
     def to_json(self) -> dict[str, Any]:

@@ -6,8 +6,10 @@ sample)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +314,61 @@ def test_trunc_normal_s_float32_clamp_is_left_out_up_to_its_rate(clamped: int, l
     assert guess.layers[0].law_text().startswith(law), guess.reason
     if clamped == 1:
         assert "1 weight(s) exactly at +-2 left out of the tests" in guess.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# advdim measure on a torchvision-style factory: the law of its per-layer variances, in every row
+# ---------------------------------------------------------------------------------------------
+def tv_style(input_shape: tuple[int, int, int], plant: float = 0.0) -> nn.Module:
+    """Convs ``kaiming_normal_(mode="fan_out")`` without biases, the head at PyTorch's default, drawn from
+    torch's global generator; ``plant`` scales the head by ``(d / 16) ** plant``."""
+    c, h, w = input_shape
+    net = nn.Sequential(nn.Conv2d(c, 8, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(16 * (h // 2) * (w // 2), 3))
+    for m in net:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    with torch.no_grad():
+        net[-1].weight.mul_((c * h * w / 16) ** plant)
+    return net
+
+
+def tv_planted(input_shape: tuple[int, int, int]) -> nn.Module:
+    return tv_style(input_shape, 0.2)
+
+
+def _measure(factory: str, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    from advdim.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        rc = main(["measure", f"{Path(__file__)}:{factory}", "--input-shape", "1,4,4", "--sizes", "1,2,4", "--draws",
+                   "8", "--inputs", "8", "--steps", "2", "--device", "cpu", "--json", "--out", str(out)])
+        return rc, json.loads(capsys.readouterr().out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_measure_predicts_with_the_recognised_per_layer_laws(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, a fan_out init meant "no prediction"; now the rows are judged against the He law of the
+    traced specs with ``scale(sqrt r)`` per layer, none fails, and every slope row names the init law.
+    The same net with its head scaled by (d/16)^0.2 is judged against the base size's laws (not
+    re-estimated per size, which would absorb the plant): its rows fail."""
+    rc, res = _measure("tv_style", tmp_path / "a", capsys)
+    law = "he_fan_out x2, torch x1"
+    assert res["init"]["law"]["summary"] == law and res["init"]["scheme"] is None
+    assert res["prediction"]["judged"] is True and res["counts"]["fail"] == 0 and rc in (0, 3)
+    assert res["prediction"]["law_specs"]["1"] == (
+        "1x4x4 > conv(8,pad=zeros,bias=false) > scale(0.3535533905932738) > relu > "
+        "conv(16,s=2,pad=zeros,bias=false) > scale(0.7071067811865476) > relu > flatten > dense(3) > "
+        "scale(0.408248290463863)")
+    slope_rows = [r for r in res["rows"] if r["claim"].startswith("slope of")]
+    assert slope_rows and all(f"init of the draws: {law}" in r["detail"] for r in slope_rows)
+    assert any("the q = inf model draws Gaussian weights" in n for n in res["notes"])
+    rc, bad = _measure("tv_planted", tmp_path / "b", capsys)
+    assert rc == 1 and bad["prediction"]["judged"] is True and bad["counts"]["fail"] > 0
+    assert any(f"the weights look different from the base size's {law}" in n for n in bad["notes"])
