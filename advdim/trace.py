@@ -38,7 +38,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -523,7 +523,7 @@ def _unfilled(spec: Spec, dtype: torch.dtype, device: torch.device) -> nn.Module
     net.to_empty(device=device)
     with torch.no_grad():
         for m in others:
-            m.reset_parameters()
+            cast(Any, m).reset_parameters()
     return net
 
 
