@@ -154,16 +154,18 @@ def _loglog_panel(ax: Any, result: FamilyResult, key: str, r: QResult, panel: _P
                          f"{r.measured_slope:.3f} [{r.ci[0]:.3f}, {r.ci[1]:.3f}]"))
     if r.predicted_means is not None and r.predicted_slope is not None:
         colour = GREY if panel.fallback else "C3"
-        what = "extreme-value fallback, not judged" if panel.fallback else "theory, finite-d law"
+        level = result.levels.get(key)
+        what = ("extreme-value fallback, not judged" if panel.fallback
+                else f"theory, finite-d law{f' ({level})' if level else ''}")
         (th,) = ax.plot(d, r.predicted_means, "--", color=colour, lw=1.3)
         entries.append((th, f"{what}: slope {r.predicted_slope:.3f}"))
         pred = np.array(r.predicted_means)
         if np.all((pred > hi) | (pred < lo)):  # the theory's level lies off every interval
             off = float(np.exp(np.mean(np.log(pred / m))) - 1)
             entries.append((Line2D([], [], linestyle="none"),
-                            f"theory level {abs(100 * off):.0f}% {'above' if off > 0 else 'below'} the points: "
-                            + ("its error" if panel.fallback else "the finite-width offset") + "; the level is not "
-                            "judged, the slope is"))
+                            f"theory {abs(100 * off):.0f}% {'above' if off > 0 else 'below'} the points: "
+                            + ("its error" if panel.fallback else "the finite-width offset")
+                            + " (only the slope is judged)"))
     limit = r.limit_slope if panel.judged_limit else None
     if limit is not None and r.limit is not None and r.predicted_slope is not None:
         lo_l, hi_l = r.predicted_slope + r.limit.ci[0], r.predicted_slope + r.limit.ci[1]
