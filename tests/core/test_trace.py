@@ -16,11 +16,12 @@ from hypothesis import given, settings
 from scipy import stats
 from torch import nn
 
+from advdim import _trace_fx
 from advdim.arch import Conv, Padding, Spec, parse
 from advdim.build import build
 from advdim.inits import Init
 from advdim.testing import specs
-from advdim.trace import InitStats, Traced, Untraceable, kurtosis_z, trace, trace_module
+from advdim.trace import InitStats, ObstacleKind, Traced, Untraceable, kurtosis_z, trace, trace_module
 
 
 def _unpadded_as_zeros(spec: Spec) -> Spec:
@@ -192,6 +193,212 @@ def test_the_numeric_check_passes_without_the_planted_hook() -> None:
     net = _seq(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
     assert isinstance(trace(net, (2, 4, 4)), Spec)
     assert isinstance(trace(_with_hook(), (2, 4, 4)), Untraceable)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every obstacle in one run
+# ---------------------------------------------------------------------------------------------
+class _DataDependent(nn.Module):
+    """Control flow on the input's values: torch.fx cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x
+
+
+class ThreeObstacles(nn.Module):
+    """A Tanh, a depthwise conv and a submodule torch.fx cannot trace, each planted at a named path;
+    ``clean=True`` puts a layer of the specs at each place (the control)."""
+
+    def __init__(self, clean: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.act = nn.ReLU() if clean else nn.Tanh()
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=1 if clean else 4)
+        self.gate = nn.Identity() if clean else _DataDependent()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gate(self.dw(self.act(self.conv(x)))).mean((2, 3)))
+
+
+def test_one_run_lists_all_of_three_planted_obstacles() -> None:
+    got = trace(ThreeObstacles(), (2, 4, 4))
+    assert isinstance(got, Untraceable)
+    assert [(o.path, o.cls, o.kind) for o in got.obstacles] == [
+        ("act", "Tanh", ObstacleKind.MODULE), ("dw", "Conv2d", ObstacleKind.SETTING),
+        ("gate", "_DataDependent", ObstacleKind.FX)]
+    assert "depthwise convolution (groups=4)" in got.obstacles[1].what
+    assert got.obstacles[1].fix == "advdim's conv has groups=1"
+    assert "torch.fx cannot trace inside 'gate'" in got.obstacles[2].what
+    assert "\n" not in got.reason and got.reason.startswith("module 'act' (Tanh) is not a layer")
+    assert "and 2 more: module 'dw' (Conv2d) is a depthwise convolution" in got.reason
+    assert trace(ThreeObstacles(clean=True), (2, 4, 4)) == parse(
+        "2x4x4 > conv(4,pad=zeros) > relu > conv(4,pad=zeros) > globalavgpool > dense(3)")
+
+
+class _ManyUntraceable(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList(_DataDependent() for _ in range(n))
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for g in self.gates:
+            x = g(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_the_retries_of_torch_fx_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each submodule torch.fx fails in costs one more trace: at most MAX_RETRIES, then one obstacle says so."""
+    monkeypatch.setattr(_trace_fx, "MAX_RETRIES", 2)
+    got = trace(_ManyUntraceable(2), (2, 4, 4))
+    assert isinstance(got, Untraceable) and [o.path for o in got.obstacles] == ["gates.0", "gates.1"]
+    got = trace(_ManyUntraceable(3), (2, 4, 4))
+    assert isinstance(got, Untraceable) and len(got.obstacles) == 1
+    assert "more than 2 submodules" in got.reason and got.obstacles[0].kind is ObstacleKind.FX
+
+
+# ---------------------------------------------------------------------------------------------
+# The idioms of torchvision and timm, written by hand (tests/zoo runs the libraries' own)
+# ---------------------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: conv-BN-ReLU-conv-BN, ``relu(out + identity)``, ``downsample =
+    Sequential(conv1x1(stride), BatchNorm2d)`` when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += identity
+        return self.relu(out)
+
+
+class StochasticDepth(nn.Module):
+    """Named as torchvision's: read whole, an identity in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (torch.rand(x.shape[0], 1, 1, 1) > 0.2) / 0.8 if self.training else x
+
+
+class DropPath(nn.Module):
+    """timm's form: ``if not self.training: return x`` (traced in eval mode)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return x * (torch.rand(x.shape[0], 1, 1, 1) > 0.2) / 0.8
+
+
+class Stem(nn.Module):
+    """Functional forms: ``F.max_pool2d(x, 3, 2, 1)``, ``F.gelu``, constant factors, ``x.flatten(1)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(F.gelu(self.conv(x)), 3, 2, 1) * 0.5
+        return self.fc(h.flatten(1) / 4)
+
+
+@pytest.mark.parametrize(("make", "text"), [
+    (lambda: _seq(nn.Conv2d(3, 4, 3, padding=1), BasicBlock(4, 4, 1), BasicBlock(4, 8, 2),
+                  nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(8, 3)),
+     "3x8x8 > conv(4,pad=zeros) > res(conv(4,pad=zeros,bias=false) > batchnorm > relu > conv(4,pad=zeros,bias=false)"
+     " > batchnorm) > relu > res(conv(8,s=2,pad=zeros,bias=false) > batchnorm > relu > conv(8,pad=zeros,bias=false)"
+     " > batchnorm,projbn=true) > relu > globalavgpool > dense(3)"),
+    (lambda: _seq(nn.Conv2d(3, 4, 3, padding=1), StochasticDepth(), DropPath(), nn.Dropout2d(), nn.GELU(),
+                  nn.MaxPool2d(3, 2, 1), nn.BatchNorm2d(4, eps=1e-3), nn.Identity(), torch.nn.Flatten(),
+                  nn.BatchNorm1d(64), nn.Dropout(), nn.Linear(64, 3)),
+     f"3x8x8 > conv(4,pad=zeros) > gelu > maxpool(3,s=2,pad=1) > batchnorm > scale({((1 + 1e-5) / 1.001) ** 0.5!r})"
+     " > flatten > batchnorm > dense(3)"),
+    (Stem, "3x8x8 > conv(4,pad=zeros) > gelu > maxpool(3,s=2,pad=1) > scale(0.5) > flatten > scale(0.25) > dense(5)"),
+])
+def test_an_idiom_of_the_libraries_is_traced_to_its_spec(make: object, text: str) -> None:
+    """Each trace is kept only when the spec's network reproduces the module's logits."""
+    traced = trace_module(make(), (3, 8, 8))  # type: ignore[operator]
+    assert isinstance(traced, Traced), traced
+    assert traced.spec == parse(text)
+
+
+class TinyViT(nn.Module):
+    """timm's ViT idioms: patch conv, ``flatten(2).transpose(1, 2)``, a class token, a positional
+    embedding, a LayerNorm on tokens, ``nn.MultiheadAttention``, layer scale, SiLU, token select."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 8))
+        self.norm = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.gamma = nn.Parameter(1e-5 * torch.ones(8))
+        self.act = nn.SiLU()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        h = self.norm(t)
+        t = t + self.gamma * self.attn(h, h, h, need_weights=False)[0]
+        return self.head(self.act(t)[:, 0])
+
+
+class SqueezeExcite(nn.Module):
+    """A product of two paths, with a Hardsigmoid and a Hardswish; then DenseNet's concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.fc1 = nn.Conv2d(4, 2, 1)
+        self.fc2 = nn.Conv2d(2, 4, 1)
+        self.gate = nn.Hardsigmoid()
+        self.act = nn.Hardswish()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.dw(self.conv(x)))
+        s = self.gate(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(h, 1)))))
+        h = h * s
+        return self.head(torch.cat([h, F.gelu(h, approximate="tanh")], 1).mean((2, 3)))
+
+
+K = ObstacleKind
+
+
+@pytest.mark.parametrize(("make", "shape", "expected"), [
+    (TinyViT, (3, 4, 4), [
+        ("", K.OPERATION, "flattens the map into tokens"), ("", K.OPERATION, "reorders tokens"),
+        ("", K.PARAMETER, "concatenates the parameter 'cls_token' (a class token)"),
+        ("", K.PARAMETER, "adds the parameter 'pos_embed' (a positional embedding)"),
+        ("norm", K.SETTING, "normalises tokens (B, N, D) = (B, 5, 8)"),
+        ("attn", K.MODULE, "replace MultiheadAttention by advdim.build.SelfAttention"),
+        ("", K.PARAMETER, "multiplies by the parameter 'gamma' (layer scale)"),
+        ("act", K.MODULE, "relu and gelu"), ("", K.OPERATION, "selects token 0 of (B, N, D) tokens")]),
+    (SqueezeExcite, (3, 4, 4), [
+        ("dw", K.SETTING, "depthwise convolution (groups=4)"), ("act", K.MODULE, "(Hardswish) is not a layer"),
+        ("gate", K.MODULE, "(Hardsigmoid) is not a layer"),
+        ("", K.TOPOLOGY, "multiplies two paths (squeeze-excite or gating)"),
+        ("", K.SETTING, "'tanh' approximation"), ("", K.TOPOLOGY, "concatenates paths (DenseNet)")]),
+])
+def test_every_idiom_outside_the_spec_language_is_named_in_one_run(
+        make: object, shape: tuple[int, ...], expected: list[tuple[str, ObstacleKind, str]]) -> None:
+    got = trace(make(), shape)  # type: ignore[operator]
+    assert isinstance(got, Untraceable)
+    assert [(o.path, o.kind) for o in got.obstacles] == [(p, k) for p, k, _ in expected]
+    for o, (_, _, words) in zip(got.obstacles, expected):
+        assert words in str(o), (o, words)
 
 
 # ---------------------------------------------------------------------------------------------
