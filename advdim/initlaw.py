@@ -485,6 +485,14 @@ def _variance(acc: _Acc, law: WeightLaw, param: float | None) -> float:
     return law.variance(*acc.fans, param)
 
 
+def _snap_gain(gain: float | None) -> float:
+    """An orthogonal layer's gain without the rounding of its dtype: sqrt(2) (advdim's scheme) within 1e-4 of
+    it in ``g^2``, else 6 significant digits (a float32 layer's measured gain is off by about 1e-7)."""
+    if gain is None or abs(gain**2 / 2 - 1) <= 1e-4:
+        return math.sqrt(2)  # None: a single row, tested against sqrt(2) only
+    return float(f"{gain:.6g}")
+
+
 def _same(a: float, b: float) -> bool:
     return abs(a - b) <= SAME_VARIANCE * max(abs(a), abs(b))
 
@@ -551,8 +559,7 @@ def recognise_init(stats: InitStats, alpha: float = ALPHA) -> InitGuess:
             layers.append(replace(base, param=m2))
         else:
             law, q = chosen
-            layers.append(replace(base, law=law.value, param=math.sqrt(2) if law is WeightLaw.ORTHOGONAL and q is None
-                                  else q))
+            layers.append(replace(base, law=law.value, param=_snap_gain(q) if law is WeightLaw.ORTHOGONAL else q))
     return _network(stats, tuple(layers), alpha)
 
 
@@ -700,13 +707,27 @@ def spec_at_size(spec: Spec, base: InitGuess, own: InitGuess | None) -> Spec:
     return spec_with_init(spec, own)
 
 
+def _same_estimate(x: LayerInit, y: LayerInit, z: float) -> bool:
+    """Whether ``y``'s measured ``mean w^2`` agrees with ``x``'s estimated variance (same fans), within ``z``
+    standard errors of the log ratio (a different fan: how the variance scales is unknown, not compared)."""
+    if x.fans != y.fans or x.param is None or not x.param > 0:
+        return True
+    m2 = y.variance_ratio * 2 / y.fans[0]
+    return m2 > 0 and abs(math.log(m2 / x.param)) <= z * math.hypot(x.se, y.se)
+
+
 def differs(base: InitGuess, other: InitGuess) -> list[str]:
     """The layers of ``other`` (the same network at another input size) whose weights do not fit the law
-    ``base`` took for them (estimated layers are not compared); when the sizes have different weight
-    layers, those of ``other`` that fit none of ``base``'s laws."""
+    ``base`` took for them (an estimated variance: the measured one within the standard errors, at equal
+    fans; level :data:`ALPHA` over the layers); when the sizes have different weight layers, those of
+    ``other`` that fit none of ``base``'s laws."""
     if base.scheme is not None and other.scheme == base.scheme:
         return []
     if [x.layer for x in base.layers] == [y.layer for y in other.layers]:
-        return [y.layer for x, y in zip(base.layers, other.layers) if not y.fits(x.weight_law, x.param)]
+        from scipy import stats as sst
+
+        z = float(sst.norm.ppf(1 - ALPHA / (2 * len(base.layers))))
+        return [y.layer for x, y in zip(base.layers, other.layers)
+                if not (y.fits(x.weight_law, x.param) if not x.estimated else _same_estimate(x, y, z))]
     laws = {(x.weight_law, x.param) for x in base.layers if not x.estimated}
     return [y.layer for y in other.layers if not any(y.fits(law, param) for law, param in laws)]
