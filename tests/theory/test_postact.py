@@ -60,6 +60,17 @@ def test_one_block_in_closed_form() -> None:
     assert abs(_postact.grad_sq_norm(spec, gate_law=GateLaw.PRODUCT) - 3.75) < 1e-6
 
 
+def test_a_max_pool_after_the_stem_starts_the_chains_at_the_window_max() -> None:
+    """maxpool(2): gate 0 is "the max of four independent centred Gaussians > 0", open w.p. 1 - 2^-4, and
+    the arg-max is each entry w.p. 1/4 in the interior (zero padding lowers the border entries' variance)."""
+    spec = parse("3x8x8 > conv(8,pad=zeros) > relu > maxpool(2) > res(conv(8,pad=zeros) > relu > conv(8,pad=zeros))"
+                 " > relu > flatten > dense(10)")
+    law = _postact.chain_law(spec)
+    assert law.route is not None and np.allclose(law.route.reshape(4, 4, 4)[1:3, 1:3], 0.25, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(law.p[0], 15 / 16, rtol=1e-7)
+    assert 15 / 16 * 0.5 < float(law.runs[(0, 1)].min()) < float(law.p[1].max()) < 1
+
+
 def test_the_grid_integrals_have_converged() -> None:
     """Gregory's rule on 401 nodes against 1601: the discretisation error is below 1e-7 relative."""
     spec = parse(block_spec(8, 8, 4, "zeros"))
@@ -155,12 +166,16 @@ def agrees(predicted: float, mean: float, se: float) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pad", ["circular", "zeros"])
-def test_real_nets_follow_the_chain_law_and_not_the_planted_ones(pad: str) -> None:
-    """Two BasicBlock-like blocks at s = 8 (advdim.build, He, eval batch norm), 300 nets x 8 inputs per
-    width, fixed seed.  Rejected by the same check: the naive path sum (p = 1/2), the per-block law
-    p_k (1 + G_k) and the law off by 10%."""
-    text = block_spec(0, 8, 2, pad).replace("(0,", "({c},")
+@pytest.mark.parametrize("text", [
+    block_spec(0, 8, 2, "circular").replace("(0,", "({c},"),
+    block_spec(0, 8, 2, "zeros").replace("(0,", "({c},"),
+    block_spec(0, 16, 2, "zeros").replace("(0,", "({c},").replace("batchnorm > relu > res", "batchnorm > relu > "
+                                                                      "maxpool(2) > res", 1),
+], ids=["circular", "zeros", "maxpool"])
+def test_real_nets_follow_the_chain_law_and_not_the_planted_ones(text: str) -> None:
+    """Two BasicBlock-like blocks (advdim.build, He, eval batch norm; s = 8, or s = 16 with a max pool after
+    the stem), 300 nets x 8 inputs per width, fixed seed.  Rejected by the same check: the naive path sum
+    (p = 1/2), the per-block law p_k (1 + G_k) and the law off by 10%."""
     law = _postact.grad_sq_norm(parse(text.format(c=16)))
     mean, se = extrapolated(text)
     assert se < 0.02 * law  # power: a 10% error is at least 5 standard errors away
