@@ -499,7 +499,7 @@ def _unpool(pool: Step, z: np.ndarray, route: np.ndarray | None, n: int) -> np.n
     out = np.zeros((c, pool.in_shape[1] * pool.in_shape[2]))
     live = windows >= 0
     o_idx = np.broadcast_to(np.arange(windows.shape[0])[:, None], windows.shape)[live]
-    np.add.at(out, (slice(None), windows[live]), z.reshape(c, -1)[:, o_idx] * r[live][None, :])
+    np.add.at(out.T, windows[live], (z.reshape(c, -1)[:, o_idx] * r[live][None, :]).T)  # out.T: a view
     return out.reshape(pool.in_shape)
 
 
