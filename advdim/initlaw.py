@@ -2,17 +2,19 @@
 
 :func:`recognise_init` compares the weights of each traced conv / dense layer (pooled over
 independent draws of the module) with the laws of :class:`advdim.inits.WeightLaw` -- He (fan_in or
-fan_out, normal or uniform), PyTorch's default, LeCun, Glorot / Xavier (normal or uniform),
-orthogonal rows of any gain, a normal of a fixed std (:data:`advdim.inits.FIXED_STDS`) -- for an
-i.i.d. law of variance ``v``, per layer of ``n`` weights:
+fan_out, normal or uniform), PyTorch's default, LeCun (normal, or timm's cut at 2 std), Glorot /
+Xavier (normal or uniform), a uniform of bound 1/sqrt(fan_out), orthogonal rows of any gain, a
+normal of a fixed std (:data:`advdim.inits.FIXED_STDS`) -- for an i.i.d. law of variance ``v``,
+per layer of ``n`` weights:
 
 - the mean: ``|mean w| <= c sqrt(v / n)``;
 - the variance: ``n mean(w^2) / v`` inside the chi-square(n) interval for a Gaussian;
-  ``|mean w^2 / v - 1| <= c sqrt(0.8 / n)`` for a uniform;
+  ``|mean w^2 / v - 1| <= c sqrt((K - 1) / n)`` for a bounded law of kurtosis ``K``;
 - the shape, from the kurtosis ``b2 = mean w^4 / mean(w^2)^2``: for a Gaussian, Anscombe and
   Glynn's normal score of ``b2`` (:func:`kurtosis_z`, the test of ``scipy.stats.kurtosistest``),
-  which rejects a uniform (``b2`` = 9/5) or a heavier tail; for a uniform, every weight inside
-  its bound ``sqrt(3 v)`` and ``|b2 - 9/5| <= c sqrt(V / n)`` with the delta-method ``V`` (about 1.317);
+  which rejects a uniform (``b2`` = 9/5) or a heavier tail; for a bounded law (:class:`BoundedShape`),
+  every weight inside its bound (``sqrt(3 v)`` for a uniform) and ``|b2 - K| <= c sqrt(V / n)`` with
+  its kurtosis ``K`` and the delta-method ``V`` (9/5 and about 1.317 for a uniform);
 
 and for orthogonal rows the structure itself: ``W W^T = g^2 I`` (or ``W^T W``), exactly up to
 rounding, which i.i.d. draws never are; the gain ``g`` is read off.  Each test has level
@@ -56,7 +58,8 @@ ALPHA = 0.01
 SCHEMES = (Init.HE, Init.TORCH, Init.LECUN, Init.GLOROT, Init.ORTHOGONAL)
 #: the per-layer laws tried, in the order they are named when several fit a layer equally often
 LAWS = (WeightLaw.HE, WeightLaw.HE_FAN_OUT, WeightLaw.HE_UNIFORM, WeightLaw.TORCH, WeightLaw.LECUN, WeightLaw.GLOROT,
-        WeightLaw.XAVIER_UNIFORM, WeightLaw.ORTHOGONAL, WeightLaw.FIXED_NORMAL)
+        WeightLaw.XAVIER_UNIFORM, WeightLaw.ORTHOGONAL, WeightLaw.FIXED_NORMAL, WeightLaw.UNIFORM_FAN_OUT,
+        WeightLaw.LECUN_TRUNCATED)
 
 Fans = tuple[int, int, int]
 
@@ -111,11 +114,51 @@ def module_weights(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
     return [n for n, _ in found], [w for _, w in found]
 
 
-#: kurtosis of a uniform law, and ``n`` times the delta-method variance of its sample kurtosis
-#: ``m4 / m2^2`` (moments 1/3, 1/5, 1/7, 1/9 of uniform(-1, 1))
-UNIFORM_KURTOSIS = 9 / 5
-UNIFORM_KURTOSIS_VAR = (81 * (1 / 9 - 1 / 25) + (54 / 5) ** 2 * (1 / 5 - 1 / 9)
-                        - 2 * 9 * (54 / 5) * (1 / 7 - 1 / 15))  # about 1.317
+@dataclass(frozen=True)
+class BoundedShape:
+    """The shape of a bounded symmetric law, from its moments ``mu_2k`` (k = 1..4) in any unit.
+
+    ``kurtosis`` is ``mu4 / mu2^2``; ``kurtosis_var`` is ``n`` times the delta-method variance of the
+    sample kurtosis ``m4 / m2^2`` (mean known, 0); ``bound`` the largest ``|w|`` over the standard deviation.
+
+    >>> round(BoundedShape.uniform().kurtosis_var, 4), round(BoundedShape.normal_cut_at(2.0).kurtosis, 4)
+    (1.3166, 2.3655)
+    """
+
+    moments: tuple[float, float, float, float]
+    bound: float
+
+    @classmethod
+    def uniform(cls) -> BoundedShape:
+        """uniform(-1, 1): moments 1/3, 1/5, 1/7, 1/9."""
+        return cls((1 / 3, 1 / 5, 1 / 7, 1 / 9), math.sqrt(3))
+
+    @classmethod
+    def normal_cut_at(cls, c: float) -> BoundedShape:
+        """N(0, 1) conditioned on ``|z| <= c``, from
+        ``E[z^2k; |z| <= c] = (2k - 1) E[z^(2k-2); |z| <= c] - 2 c^(2k-1) phi(c)``."""
+        phi = math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+        mass = math.erf(c / math.sqrt(2))
+        raw, out = mass, []
+        for k in range(1, 5):
+            raw = (2 * k - 1) * raw - 2 * c ** (2 * k - 1) * phi
+            out.append(raw / mass)
+        return cls((out[0], out[1], out[2], out[3]), c / math.sqrt(out[0]))
+
+    @property
+    def kurtosis(self) -> float:
+        m2, m4, _, _ = self.moments
+        return m4 / m2**2
+
+    @property
+    def kurtosis_var(self) -> float:
+        m2, m4, m6, m8 = self.moments
+        return ((m8 - m4**2) / m2**4 + 4 * m4**2 * (m4 - m2**2) / m2**6 - 4 * m4 * (m6 - m2 * m4) / m2**5)
+
+
+UNIFORM = BoundedShape.uniform()
+#: timm's ``lecun_normal_`` / ``trunc_normal_tf_`` shape: a normal cut at two of its standard deviations
+NORMAL_CUT_AT_2 = BoundedShape.normal_cut_at(2.0)
 #: fewest weights in a layer for the kurtosis test of a Gaussian (Anscombe and Glynn's transform needs n >= 20)
 MIN_KURTOSIS_N = 20
 #: ``nn.init.trunc_normal_``'s default bounds ``[-2, 2]``: with a std of 0.02 they cut nothing, but in float32 its
@@ -438,11 +481,12 @@ def _consistent(acc: _Acc, law: WeightLaw, param: float | None, level: _Level) -
     m2 = s2 / n
     if abs(s1 / n) > z * math.sqrt(v / n):
         return False
-    if law.uniform:  # uniform(-b, b), b = sqrt(3 v): inside the bound, variance b^2/3, kurtosis 9/5
+    if law.bounded:  # e.g. uniform(-b, b), b = sqrt(3 v): inside the bound, variance b^2/3, kurtosis 9/5
+        shape = UNIFORM if law.uniform else NORMAL_CUT_AT_2
         kurt = s4 / n / m2**2 if m2 > 0 else math.nan
-        return (acc.largest <= math.sqrt(3 * v) * (1 + 1e-6)
-                and abs(m2 / v - 1) <= z * math.sqrt((UNIFORM_KURTOSIS - 1) / n)
-                and abs(kurt - UNIFORM_KURTOSIS) <= z * math.sqrt(UNIFORM_KURTOSIS_VAR / n))
+        return (acc.largest <= shape.bound * math.sqrt(v) * (1 + 1e-6)
+                and abs(m2 / v - 1) <= z * math.sqrt((shape.kurtosis - 1) / n)
+                and abs(kurt - shape.kurtosis) <= z * math.sqrt(shape.kurtosis_var / n))
     if not level.chi2[0] <= n * m2 / v <= level.chi2[1]:  # n mean(w^2) / v is chi-square(n)
         return False
     return n < MIN_KURTOSIS_N or abs(kurtosis_z(s4 / n / m2**2, n)) <= z

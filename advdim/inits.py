@@ -61,6 +61,8 @@ class WeightLaw(Choice):
     LECUN = "lecun"  # N(0, 1/fan_in)
     GLOROT = "glorot"  # xavier_normal_: N(0, 2/(fan_in + fan_out))
     XAVIER_UNIFORM = "xavier_uniform"  # xavier_uniform_: U(-b, b), b = sqrt(6/(fan_in + fan_out))
+    UNIFORM_FAN_OUT = "uniform_fan_out"  # U(-b, b), b = 1/sqrt(fan_out): torchvision's EfficientNet heads
+    LECUN_TRUNCATED = "lecun_truncated"  # timm's lecun_normal_: N(0, s^2) cut at +-2s, variance 1/fan_in
     ORTHOGONAL = "orthogonal"  # orthogonal_(gain=g): entries of variance g^2 / max(rows, fan_in)
     FIXED_NORMAL = "fixed_normal"  # normal_ / trunc_normal_(std=s), s not a function of the fans
     ESTIMATED = "estimated"  # none of the above: the variance measured on the draws
@@ -75,7 +77,12 @@ class WeightLaw(Choice):
 
     @property
     def uniform(self) -> bool:
-        return self in (WeightLaw.HE_UNIFORM, WeightLaw.TORCH, WeightLaw.XAVIER_UNIFORM)
+        return self in (WeightLaw.HE_UNIFORM, WeightLaw.TORCH, WeightLaw.XAVIER_UNIFORM, WeightLaw.UNIFORM_FAN_OUT)
+
+    @property
+    def bounded(self) -> bool:
+        """Uniform, or a normal cut at two of its (pre-cut) standard deviations."""
+        return self.uniform or self is WeightLaw.LECUN_TRUNCATED
 
     @property
     def gaussian(self) -> bool:
@@ -90,6 +97,10 @@ class WeightLaw(Choice):
             return 2.0 / fan_in
         if self is WeightLaw.XAVIER_UNIFORM:
             return 2.0 / (fan_in + fan_out)
+        if self is WeightLaw.UNIFORM_FAN_OUT:
+            return 1.0 / (3.0 * fan_out)
+        if self is WeightLaw.LECUN_TRUNCATED:
+            return 1.0 / fan_in
         if self in (WeightLaw.ORTHOGONAL, WeightLaw.FIXED_NORMAL, WeightLaw.ESTIMATED):
             if param is None:
                 raise ValueError(f"the {self.value} law needs its parameter")

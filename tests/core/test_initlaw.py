@@ -63,6 +63,12 @@ def _lecun(w: torch.Tensor) -> None:
     nn.init.normal_(w, std=math.sqrt(1 / w[0].numel()))
 
 
+def _lecun_cut(w: torch.Tensor) -> None:
+    """timm's ``lecun_normal_``: a normal cut at +-2 of its std, the std raised so that the variance is 1/fan_in."""
+    std = math.sqrt(1 / w[0].numel()) / 0.87962566103423978
+    nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+
+
 CASES: list[tuple[str, Initialiser | None, str, float | None]] = [
     ("kaiming_normal_ (fan_in)", lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), "he", None),
     ("kaiming_normal_ (fan_out)", lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
@@ -76,6 +82,10 @@ CASES: list[tuple[str, Initialiser | None, str, float | None]] = [
     ("orthogonal_ (gain 0.7)", lambda w: nn.init.orthogonal_(w, gain=0.7), "orthogonal", 0.7),
     ("trunc_normal_ (std 0.02, timm)", lambda w: nn.init.trunc_normal_(w, std=0.02), "fixed_normal", 0.02),
     ("normal_ (std 0.01, torchvision heads)", lambda w: nn.init.normal_(w, std=0.01), "fixed_normal", 0.01),
+    ("uniform_ (1/sqrt(fan_out), torchvision's EfficientNet head)", lambda w: nn.init.uniform_(
+        w, -1 / math.sqrt(w.shape[0] * w[0, 0].numel()), 1 / math.sqrt(w.shape[0] * w[0, 0].numel())),
+     "uniform_fan_out", None),
+    ("timm's lecun_normal_ (cut at 2 std)", lambda w: _lecun_cut(w), "lecun_truncated", None),
 ]
 
 

@@ -87,3 +87,21 @@ def test_a_planted_variance_in_resnet18_is_estimated() -> None:
     est = guess.estimated[0]
     assert est.variance / (2 / est.fans[1]) == pytest.approx(1.3, abs=5 * 1.3 * est.se)
     assert guess.reason.startswith("unknown: layer3.0.conv2")
+
+
+@pytest.mark.parametrize(("make", "summary"), [
+    (lambda: torchvision.models.efficientnet_b0(num_classes=10), "he_fan_out x81, uniform_fan_out x1"),
+    (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), "he_fan_out x52, fixed_normal(std=0.01) x2"),
+    (lambda: torchvision.models.densenet121(num_classes=10), "he x120, torch x1"),
+    (lambda: timm.create_model("convnext_atto", num_classes=10), "fixed_normal(std=0.02) x41"),
+    (lambda: timm.create_model("mixer_s16_224", num_classes=10, img_size=32),
+     "lecun_truncated x1, xavier_uniform x32, estimated x1"),
+], ids=["efficientnet_b0", "mobilenet_v3_small", "densenet121", "timm convnext_atto", "timm mixer_s16_224"])
+def test_other_zoo_models_get_their_laws(make: object, summary: str) -> None:
+    """EfficientNet's head ``uniform_(+-1/sqrt(out_features))``, the 0.01 heads, DenseNet's fan_in convs,
+    timm's ``lecun_normal_`` stem (a normal cut at 2 std); the mixer's zero head has no law."""
+    torch.manual_seed(4)
+    guess = _recognise(make())  # type: ignore[operator]
+    assert guess.summary == summary, guess.reason
+    if "estimated" in summary:
+        assert guess.no_law is not None and "every weight is 0" in guess.no_law and guess.base is None
