@@ -408,7 +408,7 @@ def no_law_reason(s: Step) -> tuple[str, str] | None:
     layer = s.layer
     where = f"layer {s.label} {layer.kind}"
     if isinstance(layer, MaxPool) and s.rho is not None:
-        return None  # the routed path sum with the window's gate (docs/theory.md, 'Max pooling')
+        return None  # the routed path sum with the window's gate (docs/theory.md, 'Layers of library code')
     if isinstance(layer, MaxPool):
         return "H1", (f"{where} passes only the arg-max of each window: the unit kept is active with "
                       "probability other than 1/2, chosen by the weights; the law (the routed path sum) needs the "
