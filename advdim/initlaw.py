@@ -68,9 +68,9 @@ def _weight_layers(spec: Spec) -> list[tuple[str, Fans]]:
     """Per weight matrix of ``spec`` (the order of its built module's ``Conv2d`` / ``Linear`` modules):
     its label and its fans ``(fan_in, fan_out, rows)`` as PyTorch counts them."""
     def fans(layer: Layer, shape: tuple[int, ...]) -> Fans:
-        if isinstance(layer, Conv):
+        if isinstance(layer, Conv):  # fan_in: the layer's own in-degree (C_in k^2, per group for a grouped conv)
             k2 = layer.kernel * layer.kernel
-            return shape[0] * k2, layer.out_channels * k2, layer.out_channels
+            return layer.in_degree(shape), layer.out_channels * k2, layer.out_channels
         if isinstance(layer, Dense):
             return shape[0], layer.out_features, layer.out_features
         return shape[0], shape[0], shape[0]  # attention: D x D projections
