@@ -326,10 +326,7 @@ def _module_layer(m: nn.Module, at: str, shape: Shape) -> Layer | tuple[Layer, .
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
         return pool(m, at)
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        if m.output_size not in (1, (1, 1)):
-            raise NotLayer(ObstacleKind.SETTING, f"{at} pools to {m.output_size}, not to one value per channel",
-                           "pool to (1, 1) (a global pool) or with kernel = stride")
-        return GlobalAvgPool() if isinstance(m, nn.AdaptiveAvgPool2d) else GlobalMaxPool()
+        return adaptive_pool(m.output_size, isinstance(m, nn.AdaptiveAvgPool2d), at, shape)
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise NotLayer(ObstacleKind.OPERATION, f"{at} flattens dims {m.start_dim}..{m.end_dim}, not 1..-1",
@@ -364,6 +361,27 @@ def _module_layer(m: nn.Module, at: str, shape: Shape) -> Layer | tuple[Layer, .
                        "pad inside the conv (padding=dilation*(kernel-1)//2)")
     raise NotLayer(ObstacleKind.MODULE, f"{at} is not a layer of advdim's specs",
                    "advdim reads conv, dense, relu, gelu, pools, flatten, batchnorm, layernorm, attention, dropout")
+
+
+def adaptive_pool(size: Any, average: bool, at: str, shape: Shape) -> Layer | None:
+    """``AdaptiveAvgPool2d(o)`` / ``AdaptiveMaxPool2d(o)`` on an ``n x n`` map: a global pool for
+    ``o = 1``, an identity for ``o = n``, the pool of kernel = stride ``n / o`` when ``o`` divides ``n``
+    (VGG's ``(7, 7)`` on a 14 x 14 map); on a smaller map it repeats values (an upsampling)."""
+    o = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    if o == (1, 1):
+        return GlobalAvgPool() if average else GlobalMaxPool()
+    if None in o or len(shape) != 3 or o[0] != o[1] or shape[1] != shape[2]:
+        raise NotLayer(ObstacleKind.SETTING, f"{at} pools to {size} on a map of shape {shape}",
+                       "pool to (1, 1) (a global pool), or with kernel = stride on a square map")
+    n, k = shape[1], o[0]
+    if n == k:
+        return None
+    if n % k == 0:
+        return AvgPool(n // k) if average else MaxPool(n // k)
+    what = f"repeats the values of the {n}x{n} map to {k}x{k} (an upsampling)" if n < k \
+        else f"pools the {n}x{n} map to {k}x{k} with windows of unequal size"
+    raise NotLayer(ObstacleKind.SETTING, f"{at} {what}",
+                   f"give an input whose map here is a multiple of {k}x{k} (VGG: 224 x 224), or pool to (1, 1)")
 
 
 def _global_dims(node: torch.fx.Node) -> bool:
@@ -447,8 +465,7 @@ def layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: Shape, sizes:
             return flatten(shape)
         if target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-            if size in (1, (1, 1)):
-                return GlobalAvgPool() if target is F.adaptive_avg_pool2d else GlobalMaxPool()
+            return adaptive_pool(size, target is F.adaptive_avg_pool2d, at, shape)
         if target in (torch.mean, torch.amax) and _global_dims(node):
             return GlobalAvgPool() if target is torch.mean else GlobalMaxPool()
         if target in (F.max_pool2d, F.avg_pool2d):
@@ -486,6 +503,44 @@ def layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: Shape, sizes:
             raise _layout(node, at, shape, out)
     raise NotLayer(ObstacleKind.OPERATION, f"{at} is not a layer of advdim's specs",
                    "advdim reads conv, dense, relu, gelu, pools, flatten, batchnorm, layernorm, attention, dropout")
+
+
+def is_permute(node: torch.fx.Node, dims: tuple[int, ...]) -> bool:
+    """``x.permute(*dims)``, ``x.permute(dims)``, ``torch.permute(x, dims)`` (torchvision's ``Permute``)."""
+    if node.op == "call_method" and node.target == "permute":
+        args = node.args[1:]
+    elif node.op == "call_function" and node.target is torch.permute:
+        args = node.args[1:]
+    else:
+        return False
+    got: Any = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    if not got and "dims" in node.kwargs:
+        got = node.kwargs["dims"]
+    return isinstance(got, (tuple, list)) and tuple(d % 4 if isinstance(d, int) else d for d in got) == dims
+
+
+#: the layers a channels-last region may hold, each acting on the last axis at every position
+_PER_POSITION = (ReLU, GELU, LayerNorm, Scale, Factor)
+
+
+def last_axis_layers(node: torch.fx.Node, gm: torch.fx.GraphModule, channels: int,
+                     sizes: set[torch.fx.Node]) -> tuple[Layer, ...] | None:
+    """The layers of ``node`` acting on the last axis (``channels``) of a channels-last map, as the
+    same layers on the channels of a ``(C, H, W)`` map: ``nn.LayerNorm(C)`` a channel layernorm,
+    ``nn.Linear`` a 1x1 conv, element-wise layers themselves; None when ``node`` is no such layer
+    (the region is not read so); :class:`NotLayer` for a layer of the kind with another setting."""
+    m = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    if type(m) is nn.Linear:
+        return (Conv(m.out_features, 1, padding=Padding.ZEROS, bias=m.bias is not None),) \
+            if m.in_features == channels else None
+    if type(m) is nn.LayerNorm:
+        return (layernorm(m, describe(node, gm), (channels,)),)
+    try:
+        got = scale_of(node) or layer_of(node, gm, (channels,), sizes)
+    except NotLayer:
+        return None
+    layers = () if got is None else got if isinstance(got, tuple) else (got,)
+    return layers if all(isinstance(x, _PER_POSITION) for x in layers) else None
 
 
 _ADD = (operator.add, operator.iadd, torch.add)

@@ -52,7 +52,9 @@ from advdim._trace_layers import (
     Opaque,
     describe,
     is_add,
+    is_permute,
     join_obstacle,
+    last_axis_layers,
     layer_of,
     parameter_use,
     scale_of,
@@ -104,10 +106,17 @@ class Traced:
 
     spec: Spec
     weight_modules: tuple[str, ...]
+    #: the ``nn.Linear`` modules read as 1x1 convs (in a channels-last region)
+    as_conv: frozenset[str] = frozenset()
 
     def weights(self, module: nn.Module) -> list[torch.Tensor]:
-        """The weight tensors of ``module`` (a draw of the same architecture) in spec order."""
-        return [_get(module, name).weight.detach() for name in self.weight_modules]
+        """The weight tensors of ``module`` (a draw of the same architecture) in spec order, shaped as
+        the spec's layers (a Linear read as a 1x1 conv: ``(out, in, 1, 1)``)."""
+        return [self.weight(module, name).detach() for name in self.weight_modules]
+
+    def weight(self, module: nn.Module, name: str) -> torch.Tensor:
+        w: torch.Tensor = _get(module, name).weight
+        return w[:, :, None, None] if name in self.as_conv else w
 
 
 def trace(module: nn.Module, input_shape: Sequence[int]) -> Spec | Untraceable:
@@ -131,7 +140,7 @@ def trace_module(module: nn.Module, input_shape: Sequence[int]) -> Traced | Untr
     if obstacles:
         return Untraceable(tuple(obstacles))
     try:
-        traced = Traced(Spec(shape, tuple(layers)), tuple(names))
+        traced = Traced(Spec(shape, tuple(layers)), tuple(names), frozenset(reader.as_conv))
     except SpecError as e:
         return Untraceable((Obstacle("", root, ObstacleKind.SETTING, f"the traced layers do not form a valid spec: "
                                      f"{e}", "see the spec language's limits"),))
@@ -179,6 +188,8 @@ class _Reader:
         self.used: set[int] = set()  # ids of the modules holding weights, read so far
         self.obstacles: dict[torch.fx.Node | None, Obstacle] = {}
         self.reached: dict[torch.fx.Node, set[torch.fx.Node]] = {}
+        self.as_conv: set[str] = set()  # the Linear modules of channels-last regions, read as 1x1 convs
+        self.last = self.channels_last()
         self.local = self.read_nodes()
 
     # -- obstacles ---------------------------------------------------------------------------
@@ -200,6 +211,37 @@ class _Reader:
         got = self.shapes.get(node)
         return got[1:] if got else default
 
+    def channels_last(self) -> dict[torch.fx.Node, tuple[Layer, ...] | NotLayer]:
+        """The nodes of the channels-last regions (ConvNeXt's ``permute(0, 2, 3, 1) > LayerNorm > Linear >
+        GELU > Linear > permute(0, 3, 1, 2)``): one chain of layers acting on the last axis at every
+        position, read as the same layers on the channels of the map (the permutes identities)."""
+        found: dict[torch.fx.Node, tuple[Layer, ...] | NotLayer] = {}
+        for start in self.nodes:
+            shape = self.real(start.all_input_nodes[0], ()) if start.all_input_nodes else ()
+            if start not in self.network or len(shape) != 3 or not is_permute(start, (0, 2, 3, 1)):
+                continue
+            region: dict[torch.fx.Node, tuple[Layer, ...] | NotLayer] = {start: ()}
+            node, channels = start, shape[0]
+            while True:
+                users = self.users(node)
+                if len(users) != 1 or [a for a in users[0].all_input_nodes if a in self.network] != [node]:
+                    break
+                node = users[0]
+                if is_permute(node, (0, 3, 1, 2)):
+                    region[node] = ()
+                    found.update(region)
+                    break
+                try:
+                    layers = last_axis_layers(node, self.gm, channels, self.sizes)
+                except NotLayer as e:
+                    region[node] = e
+                    continue
+                if layers is None:
+                    break
+                region[node] = layers
+                channels = next((x.out_channels for x in layers if isinstance(x, Conv)), channels)
+        return found
+
     def read_nodes(self) -> dict[torch.fx.Node, NotLayer]:
         """Every node of the network read alone, with the shape the module gave its input: the
         obstacles that do not depend on how the nodes connect."""
@@ -209,6 +251,12 @@ class _Reader:
                 continue
             ins = [a for a in node.all_input_nodes if a in self.network]
             consts = [a for a in node.all_input_nodes if a not in self.network and a not in self.sizes]
+            if node in self.last:
+                got = self.last[node]
+                if isinstance(got, NotLayer):
+                    local[node] = got
+                    self.note(got, node)
+                continue
             try:
                 if node.op == "call_module" and str(node.target) in self.leaves:
                     self.obstacles[node] = self.leaves[str(node.target)]
@@ -335,7 +383,9 @@ class _Reader:
         opaque layer."""
         if node not in self.local and not self.unpacks(node):
             try:
-                got = scale_of(node) or layer_of(node, self.gm, shape, self.sizes)
+                got = self.last[node] if node in self.last else scale_of(node) or layer_of(
+                    node, self.gm, shape, self.sizes)
+                assert not isinstance(got, NotLayer)  # those are in self.local
                 layers = () if got is None else got if isinstance(got, tuple) else (got,)
                 out = shape
                 for layer in layers:
@@ -380,6 +430,8 @@ class _Reader:
             self.note(NotLayer(ObstacleKind.SHARED, f"module {target!r} is applied twice (shared weights)",
                                "the theory needs independent layers (H4): use one module per application"), node)
         self.used.add(id(mod))
+        if isinstance(mod, nn.Linear) and isinstance(layer, Conv):
+            self.as_conv.add(target)
         return [f"{target}.{p}" for p in "qkvo"] if isinstance(layer, Attention) else [target]
 
     def reach(self, starts: Sequence[torch.fx.Node], before: torch.fx.Node | None = None) -> set[torch.fx.Node]:
@@ -541,7 +593,7 @@ def _reproduces(module: nn.Module, traced: Traced) -> str | None:
     with torch.no_grad():
         for dst, name in zip(weight_layers, traced.weight_modules):
             src = _get(module, name)
-            dst.weight.copy_(src.weight)
+            dst.weight.copy_(traced.weight(module, name))
             if dst.bias is not None:
                 dst.bias.copy_(src.bias)
     x = torch.randn(2, *traced.spec.input_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

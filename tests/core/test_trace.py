@@ -178,7 +178,7 @@ def _bn_trained() -> nn.Module:
     (lambda: _seq(nn.Conv2d(2, 4, 3, stride=2), nn.Flatten(), nn.Linear(4, 3)), "does not divide the map"),
     (lambda: _seq(nn.AvgPool2d(3, stride=1), nn.Flatten(), nn.Linear(8, 3)), "not a non-overlapping average pool"),
     (lambda: _seq(nn.MaxPool2d(3, stride=1, ceil_mode=True), nn.Flatten(), nn.Linear(8, 3)), "ceil_mode=True"),
-    (lambda: _seq(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8, 3)), "pools to 2"),
+    (lambda: _seq(nn.AdaptiveAvgPool2d((2, 1)), nn.Flatten(), nn.Linear(4, 3)), "pools to (2, 1)"),
     (_bn_trained, "running statistics or an affine map other than at initialisation"),
     (_with_hook, "the trace does not reproduce the module's output"),
 ])
@@ -329,6 +329,46 @@ def test_an_idiom_of_the_libraries_is_traced_to_its_spec(make: object, text: str
     traced = trace_module(make(), (3, 8, 8))  # type: ignore[operator]
     assert isinstance(traced, Traced), traced
     assert traced.spec == parse(text)
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's MLP: ``permute(0, 2, 3, 1) > LayerNorm > Linear > GELU > Linear > permute(0, 3, 1, 2)``
+    in a residual block, then ``AdaptiveAvgPool2d(2)`` on the 4 x 4 map (``avgpool(2)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.LayerNorm(4)
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 4)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        h = self.fc2(F.gelu(self.fc1(self.norm(x.permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.head(torch.flatten(self.pool(x + h), 1))
+
+
+def test_a_channels_last_region_is_read_on_the_channels_of_the_map() -> None:
+    net = ChannelsLast()
+    traced = trace_module(net, (3, 4, 4))
+    assert isinstance(traced, Traced), traced
+    assert traced.spec == parse("3x4x4 > conv(4,pad=zeros) > res(layernorm > conv(16,1,pad=zeros) > gelu > "
+                                "conv(4,1,pad=zeros)) > avgpool(2) > flatten > dense(3)")
+    assert traced.as_conv == {"fc1", "fc2"}
+    s = InitStats(traced.spec)
+    s.add(traced.weights(net))  # the Linear weights shaped as the 1x1 convs they are read as
+    assert s.result().scheme == "torch"
+
+
+@pytest.mark.parametrize(("size", "side", "words"), [
+    (7, 1, "repeats the values of the 1x1 map to 7x7 (an upsampling)"),
+    (3, 4, "pools the 4x4 map to 3x3 with windows of unequal size")])
+def test_an_adaptive_pool_that_is_no_pool_of_the_specs_says_why(size: int, side: int, words: str) -> None:
+    net = _seq(nn.Conv2d(2, 4, 1), nn.AdaptiveAvgPool2d((size, size)), nn.Flatten(), nn.Linear(4 * size * size, 3))
+    got = trace(net, (2, side, side))
+    assert isinstance(got, Untraceable) and words in got.reason
 
 
 class TinyViT(nn.Module):

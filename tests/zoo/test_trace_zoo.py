@@ -56,12 +56,6 @@ def _depthwise(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
 
 
-def _linears(model: nn.Module, under: type) -> list[str]:
-    """The ``nn.Linear`` modules inside modules of class ``under`` (they map tokens or channels last)."""
-    return [f"{name}.{sub}" for name, m in model.named_modules() if isinstance(m, under)
-            for sub, s in m.named_modules() if isinstance(s, nn.Linear)]
-
-
 def _mobilenet(m: nn.Module) -> Expected:
     return ([(p, K.MODULE) for p in _named(m, nn.Hardswish, nn.Hardsigmoid)]
             + [(p, K.SETTING) for p in _depthwise(m)] + [(p, K.TOPOLOGY) for p in _named(m, SqueezeExcitation)])
@@ -78,8 +72,10 @@ def _densenet(m: nn.Module) -> Expected:
 
 
 def _tv_convnext(m: nn.Module) -> Expected:
-    return ([(p, K.SETTING) for p in _named(m, nn.LayerNorm) + _depthwise(m) + _linears(m, CNBlock)]
-            + [(p, K.OPERATION) for p in _named(m, Permute)]
+    """The channels-last MLP of each block (``Permute > LayerNorm > Linear > GELU > Linear > Permute``)
+    maps onto channel layernorm and 1x1 convs: the norms' eps 1e-6, the depthwise convs and the layer
+    scales remain."""
+    return ([(p, K.SETTING) for p in _named(m, nn.LayerNorm) + _depthwise(m)]
             + [(p, K.PARAMETER) for p in _named(m, CNBlock)])
 
 
@@ -174,7 +170,7 @@ def _reproduced(model: nn.Module, traced: Traced) -> None:
         for dst, name in zip([m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))],
                              traced.weight_modules, strict=True):
             src = model.get_submodule(name)
-            dst.weight.copy_(src.weight)
+            dst.weight.copy_(traced.weight(model, name))
             if dst.bias is not None:
                 dst.bias.copy_(src.bias)
         x = torch.randn(3, *traced.spec.input_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -237,6 +233,30 @@ def test_a_layernorm2d_of_advdim_s_eps_is_advdim_s_channel_layernorm(norm: type)
     traced = trace_module(model, (3, 4, 4))
     assert isinstance(traced, Traced), traced
     assert traced.spec == parse("3x4x4 > conv(8,pad=zeros) > layernorm > gelu > globalavgpool > dense(10)")
+    _reproduced(model, traced)
+
+
+def test_torchvision_s_channels_last_mlp_is_layernorm_and_1x1_convs() -> None:
+    """ConvNeXt's ``Permute([0, 2, 3, 1]) > LayerNorm > Linear > GELU > Linear > Permute([0, 3, 1, 2])``
+    (here with advdim's eps) in a residual block: the Linear weights are read as 1x1 convs."""
+    mlp = nn.Sequential(Permute([0, 2, 3, 1]), nn.LayerNorm(8, eps=1e-5), nn.Linear(8, 32), nn.GELU(),
+                        nn.Linear(32, 8), Permute([0, 3, 1, 2]), StochasticDepth(0.1, "row"))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = mlp
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.block(x)
+
+    model = _wrapped(Block(), 8, 8)
+    traced = trace_module(model, (3, 4, 4))
+    assert isinstance(traced, Traced), traced
+    assert traced.spec == parse("3x4x4 > conv(8,pad=zeros) > res(layernorm > conv(32,1,pad=zeros) > gelu > "
+                                "conv(8,1,pad=zeros)) > globalavgpool > dense(10)")
+    assert traced.as_conv == {"1.block.2", "1.block.4"}
+    assert [tuple(w.shape) for w in traced.weights(model)][1:3] == [(32, 8, 1, 1), (8, 32, 1, 1)]
     _reproduced(model, traced)
 
 
