@@ -1,25 +1,51 @@
-"""Read a user's ``nn.Module`` as an advdim :class:`~advdim.arch.Spec`.
+"""Read a user's ``nn.Module`` as an advdim :class:`~advdim.arch.Spec`, or name every obstacle.
 
-:func:`trace` runs ``torch.fx.symbolic_trace`` on the module and reads its graph as a chain of
-spec layers: ``Conv2d`` (square kernel, stride and dilation, ``groups=1``, padding 0 or
-``dilation*(k-1)//2`` in ``zeros`` / ``circular`` / ``reflect`` mode), ``Linear``, ``ReLU`` (module,
-``F.relu``, ``torch.relu``, ``x.relu()``), ``MaxPool2d`` / ``AvgPool2d`` (kernel = stride, no padding),
-``AdaptiveAvgPool2d(1)`` / ``AdaptiveMaxPool2d(1)`` and ``x.mean((2, 3))`` / ``x.amax((2, 3))`` (global
-pools), ``Flatten``, ``torch.flatten(x, 1)``, ``x.view(B, -1)`` / ``x.reshape(B, -1)``, ``BatchNorm2d``
-/ ``BatchNorm1d`` at initialisation (weight 1, bias 0; ``batchnorm`` with running mean 0, variance
-1, or ``batchnorm(mode=batch)`` for ``track_running_stats=False`` and advdim's ``BatchStatNorm``,
-which use batch statistics in eval mode, where gradients are measured), ``nn.LayerNorm(D)`` on a
-flat ``(B, D)`` and advdim's ``TokenLayerNorm`` on a map, ``GELU`` (exact form; module or
-``F.gelu``), advdim's ``SelfAttention``, and ``Identity`` / ``Dropout`` (identities in eval mode).
-A fork whose two paths meet at an addition is a residual block ``skip(x) + a * branch(x)``
-(``x + branch(x)``, ``x + 0.5 * branch(x)``, ``branch(x) / 2 + proj(x)``, ``out += x``): the skip is
-the identity or the block's projection (a bias-free 1x1 conv with the branch's stride, or a
-bias-free ``Linear`` on flat inputs), the branch any chain of layers and blocks, ``a`` a constant
-factor applied last in the branch.  Anything else -- a scaled skip, a shortcut with a batch norm,
-paths meeting at a product, another layer, a module applied twice, ``nn.MultiheadAttention`` -- is
-an :class:`Untraceable` naming it.  A trace is
-kept only when it reproduces the module: the spec's network, with the module's own weights copied
-in, must give the module's logits on a Gaussian input (eval mode, rounding of the module's dtype).
+:func:`trace` traces the module with ``torch.fx`` in eval mode (where gradients are measured) and
+reads its graph as a chain of spec layers and residual blocks:
+
+- ``Conv2d`` (square kernel, stride and dilation, ``groups=1``, padding 0 or ``dilation*(k-1)//2`` in
+  ``zeros`` / ``circular`` / ``reflect`` mode), ``Linear`` on flat inputs;
+- ``ReLU`` (module, ``inplace=True``, ``F.relu``, ``torch.relu``, ``x.relu()``), ``GELU`` (exact form;
+  module or ``F.gelu``);
+- ``MaxPool2d`` / ``F.max_pool2d`` of any stride and padding (``maxpool(k,s=S,pad=P)``, floor mode),
+  ``AvgPool2d`` of kernel = stride; ``AdaptiveAvgPool2d`` / ``AdaptiveMaxPool2d``, ``x.mean((2, 3))`` /
+  ``x.amax((2, 3))`` as global pools (output 1), identities (output = the map) or pools of kernel
+  ``n / o`` (output ``o`` dividing the map's side ``n``);
+- ``Flatten``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(B, -1)`` / ``x.reshape(B, -1)``;
+- ``BatchNorm2d`` / ``BatchNorm1d`` anywhere at initialisation (weight 1, bias 0): ``batchnorm`` with
+  running mean 0, variance 1 -- with another ``eps`` than the theory's ``batchnorm > scale(a)``,
+  ``a = sqrt((1 + 1e-5) / (1 + eps))``, which is what it does in eval mode -- or ``batchnorm(mode=batch)``
+  for ``track_running_stats=False`` and advdim's ``BatchStatNorm``;
+- ``nn.LayerNorm(D)`` on a flat ``(B, D)``, advdim's ``TokenLayerNorm`` and torchvision's / timm's
+  ``LayerNorm2d`` on a map (``layernorm``); a channels-last region ``permute(0, 2, 3, 1) > LayerNorm /
+  Linear / element-wise layers > permute(0, 3, 1, 2)`` (ConvNeXt's MLP) as the same layers on the
+  channels of the map, each ``Linear`` a 1x1 conv;
+- advdim's ``SelfAttention`` (``attn``) and ``ScaleBy``; a multiplication by a positive constant
+  (``scale(a)``);
+- identities in eval mode: ``Identity``, ``Dropout`` / ``Dropout2d`` (and ``F.dropout`` with
+  ``training=False``), torchvision's ``StochasticDepth`` and timm's ``DropPath`` (read whole, by class
+  name), ``x.contiguous()``, ``torch.cat([x], 1)`` of one tensor.
+
+A fork whose two paths meet at an addition is a residual block ``skip(x) + a * branch(x)`` (``x +
+branch(x)``, ``out += identity``, ``branch(x) / 2 + proj(x)``): the skip the identity, the block's
+projection (a bias-free 1x1 conv with the branch's stride, or a bias-free ``Linear`` on flat inputs),
+or that projection followed by a batch norm at initialisation (torchvision's ``downsample =
+Sequential(conv1x1, BatchNorm2d)``: ``projbn=true``); the branch any chain of layers and blocks,
+``a`` a constant factor applied last in the branch.  The ReLU after the addition of torchvision's
+blocks is the next layer: ``res(...) > relu``.
+
+Anything else is an :class:`Obstacle`, and one run lists them all (:class:`Untraceable`): past an
+obstacle the reading goes on with the shape the module itself gave that node (one run of the graph on
+a Gaussian batch), past a fork that is no residual block from where its paths meet.  When torch.fx
+fails inside a submodule, that submodule is made a leaf and the module traced again (at most
+``MAX_RETRIES`` times); each such leaf is an obstacle.  Named as such: SiLU, Hardswish, Hardsigmoid and
+other activations; grouped and depthwise convs; ``nn.MultiheadAttention``, timm's and torchvision's
+attention modules, ``nn.TransformerEncoderLayer``; LayerNorm on tokens or on the last axis of a map;
+``flatten(2)`` / ``transpose`` / ``permute`` into tokens, token select ``x[:, 0]`` and token mean;
+parameters used directly (class token, positional embedding, layer scale); products of paths
+(squeeze-excite) and concatenations (DenseNet); norms not at initialisation; modules applied twice.
+A trace is kept only when it reproduces the module: the spec's network, with the module's own weights
+copied in, must give the module's logits on a Gaussian input (eval mode, rounding of the module's dtype).
 
 Initialisation recognition (:func:`recognise_init`, :class:`InitStats`) lives in
 :mod:`advdim.initlaw` and is re-exported here.
@@ -29,8 +55,13 @@ Initialisation recognition (:func:`recognise_init`, :class:`InitStats`) lives in
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
     >>> trace(net, (1, 4, 4)).to_text()
     '1x4x4 > conv(4,pad=zeros) > relu > flatten > dense(3)'
-    >>> trace(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh()), (1, 4, 4)).reason
-    "module '1' (Tanh) is not a layer of advdim's specs"
+    >>> got = trace(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, groups=1), nn.Tanh(), nn.Conv2d(4, 4, 1, groups=4),
+    ...                           nn.Flatten(), nn.Linear(64, 3)), (1, 4, 4))
+    >>> [(o.path, o.cls, o.kind.value) for o in got.obstacles]
+    [('1', 'Tanh', 'module'), ('2', 'Conv2d', 'setting')]
+    >>> got.reason
+    "module '1' (Tanh) is not a layer of advdim's specs (advdim's activations are relu and gelu (exact); use \
+nn.ReLU or nn.GELU()); and 1 more: module '2' (Conv2d) is a depthwise convolution (groups=4)"
 """
 
 from __future__ import annotations
