@@ -94,7 +94,8 @@ def sq_norm_law(pred: Prediction, size: int, wide: bool = True) -> Law:
             law = cached_wide_law(pred.spec_at(size), pred.init, pred.logit)
         except (AdvdimError, MemoryError) as e:
             reason = str(e) if str(e) else "out of memory"
-            return Law(path, Level.APPROXIMATE, "path sum", f"{why}; the wide-limit law is not shown: {reason}")
+            also = f"; and {pred.approximate}" if pred.approximate is not None else ""
+            return Law(path, Level.APPROXIMATE, "path sum", f"{why}; the wide-limit law is not shown: {reason}{also}")
         return Law(law.value, Level.WIDE, "wide-limit covariance recursion (theory/_meanfield.py)",
                    f"{why}, which this law keeps; real nets with >= 64 channels agree within 2.5 se, 16 channels "
                    "run 1-3% higher (docs/theory.md, 'Average pooling beyond the path sum')", law.stderr, path)

@@ -308,8 +308,9 @@ def kappa(rho: float) -> float:
 
 
 def window_correlations(st: Sequence[Step]) -> dict[int, float]:
-    """Per max pool that follows a ReLU of a symmetric input, before any other max pool: the mean-field
-    correlation ``rho`` of two distinct positions of one channel at that ReLU's input.
+    """Per max pool that follows a ReLU of a symmetric input, or acts on a symmetric input right before a ReLU
+    (``relu(max z) = max relu(z)``), before any other max pool: the mean-field correlation ``rho`` of two
+    distinct positions of one channel at that ReLU's input (the window's pre-activations).
 
     The recursion of :func:`advdim.theory._maxnorm.gate_correlations` over i.i.d. ``N(0, 1)`` inputs
     (the simulation's): the input has ``rho = 0``; a convolution keeps ``rho`` (distinct outputs read
@@ -327,9 +328,11 @@ def window_correlations(st: Sequence[Step]) -> dict[int, float]:
     for i, s in enumerate(st):
         layer = s.layer
         if isinstance(layer, MaxPool):
-            prev = st[i - 1] if i else None
+            prev, nxt = (st[i - 1] if i else None), (st[i + 1] if i + 1 < len(st) else None)
             if prev is not None and isinstance(prev.layer, ReLU) and prev.sign is Sign.SYMMETRIC:
                 out[s.index] = prev_rho
+            elif s.sign is Sign.SYMMETRIC and nxt is not None and isinstance(nxt.layer, ReLU):
+                out[s.index] = rho  # max then ReLU: the same function as ReLU then max
             return out
         if isinstance(layer, ReLU):
             prev_rho = rho
@@ -367,8 +370,8 @@ def orthant(n: int, rho: float) -> float:
 
 
 def maxpool_gates(step: Step) -> np.ndarray:
-    """Per output position ``(Ho, Wo)`` of a max pool on a ReLU's output: ``P(max of its window > 0) =
-    1 - orthant(n, rho)``, ``n`` the window's entries inside the map (-inf padding is never the max).
+    """Per output position ``(Ho, Wo)`` of a max pool on a ReLU's output (or before a ReLU): ``P(max of its
+    window > 0) = 1 - orthant(n, rho)``, ``n`` the window's entries inside the map (-inf padding is never the max).
 
     The ReLU under a max pool is active on the routed unit iff the window's maximum pre-activation is
     positive (``max relu(z) = relu(max z)``); with the window's pre-activations taken equicorrelated at
@@ -412,8 +415,9 @@ def no_law_reason(s: Step) -> tuple[str, str] | None:
     if isinstance(layer, MaxPool):
         return "H1", (f"{where} passes only the arg-max of each window: the unit kept is active with "
                       "probability other than 1/2, chosen by the weights; the law (the routed path sum) needs the "
-                      "pool right after a ReLU of a symmetric input with no max pool, residual block or data "
-                      "normalisation before it (the window's correlation is known only there)")
+                      "pool right after a ReLU of a symmetric input (or on one, right before a ReLU) with no max "
+                      "pool, residual block or data normalisation before it (the window's correlation is known "
+                      "only there)")
     if isinstance(layer, GlobalMaxPool):
         return "H1", (f"{where} passes only the arg-max of each window: the unit kept is active with "
                       "probability other than 1/2, chosen by the weights")
@@ -523,8 +527,8 @@ def _back(step: Step, v: np.ndarray, init: str) -> np.ndarray:
         return v * float(layer.factor) ** 2
     if isinstance(layer, MaxPool) and step.rho is not None:
         # each output routes to one arg-max of its n-entry window, each entry equally likely (exchangeable
-        # in the mean field); the ReLU under it is active w.p. 1 - orthant(n, rho), and the ReLU's own step
-        # multiplies by 1/2: the pool carries the rest, 2 (1 - orthant(n, rho))
+        # in the mean field); the ReLU under (or right after) it is active w.p. 1 - orthant(n, rho), and the
+        # ReLU's own step multiplies by 1/2: the pool carries the rest, 2 (1 - orthant(n, rho))
         ay, ax = step.axes()
         n = ay.sum(axis=1)[:, None] * ax.sum(axis=1)[None, :]
         routed = v * (2.0 * maxpool_gates(step) / n)[None]

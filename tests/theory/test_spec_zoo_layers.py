@@ -135,8 +135,16 @@ def test_routing_keeps_the_total_times_the_gate(pool: str) -> None:
     np.testing.assert_array_equal(ay, brute)
 
 
+@pytest.mark.parametrize("pool", ["maxpool(2)", "maxpool(3,s=2,pad=1)"])
+def test_max_then_relu_is_relu_then_max(pool: str) -> None:
+    """``relu(max z) = max relu(z)``: the two orders are one function and get one law, node by node."""
+    first = parse(f"3x8x8 > conv(4) > relu > conv(4) > relu > {pool} > conv(4) > relu > flatten > dense(2)")
+    second = parse(f"3x8x8 > conv(4) > relu > conv(4) > {pool} > relu > conv(4) > relu > flatten > dense(2)")
+    np.testing.assert_allclose(_graph.input_variances(second), _graph.input_variances(first), rtol=1e-12)
+
+
 @pytest.mark.parametrize(("text", "words"), [
-    ("3x8x8 > conv(4) > maxpool(2) > relu > flatten > dense(2)", "right after a ReLU"),
+    ("3x8x8 > conv(4) > maxpool(2) > conv(4) > relu > flatten > dense(2)", "right after a ReLU"),
     ("3x8x8 > maxpool(2) > conv(4) > relu > flatten > dense(2)", "right after a ReLU"),
     ("3x16x16 > conv(4) > relu > maxpool(2) > conv(4) > relu > maxpool(2) > flatten > dense(2)", "no max pool"),
     ("3x8x8 > conv(4) > res(conv(4) > relu > conv(4)) > relu > maxpool(2) > flatten > dense(2)", "residual block"),
