@@ -173,7 +173,8 @@ def layout(spec: Spec) -> Layout:
             raise HypothesisError(f"after the post-activation blocks, layer {s.label} {s.layer.kind} has no law")
         if isinstance(s.layer, (AvgPool, GlobalAvgPool)):
             raise HypothesisError(f"layer {s.label} {s.layer.kind} pools after post-activation blocks: it pairs paths "
-                                  "through different positions, whose gate correlations this law does not include")
+                                  "through different positions, whose gate correlations this law does not include "
+                                  "(measured +33% to +36% above the law that ignores them, docs/theory.md)")
     return Layout(stem, stem_relu, blocks, tail, pool)
 
 

@@ -16,6 +16,8 @@ import pytest
 from advdim.theory import _postact, predict
 from advdim.theory._numeric import SIGMAS, mc_grad_sq
 from advdim.theory._postact import GateLaw
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from advdim.arch import parse
 from advdim.errors import HypothesisError
@@ -48,6 +50,26 @@ def test_bernoulli_half_gates_give_the_path_sum(text: str) -> None:
     np.testing.assert_allclose(half, _postact.naive_path_sum(spec), rtol=1e-12, atol=0)
 
 
+@given(c=st.integers(1, 4), k=st.integers(1, 3), pad=st.sampled_from(["circular", "zeros", "reflect"]),
+       bn=st.booleans(), down=st.integers(0, 3), scale=st.sampled_from([1.0, 0.5]), logit=st.integers(0, 2))
+@settings(max_examples=25)
+def test_bernoulli_half_gates_give_the_path_sum_on_any_stack(c: int, k: int, pad: str, bn: bool, down: int,
+                                                             scale: float, logit: int) -> None:
+    """The same identity on random stacks: widths, depths, paddings, batch norms, a projection block at any
+    depth (or none), a branch scale, any logit."""
+    assume(down >= k or k >= 2)  # at least one identity block (a projection block alone has the plain path sum)
+    b = "batchnorm > " if bn else ""
+    widths = [c if j <= down else 2 * c for j in range(k)]  # the projection block doubles the channels
+    blocks = [f"res(conv({w},pad={pad}) > {b}relu > conv({w},pad={pad}){' > batchnorm' if bn else ''},scale={scale})"
+              f" > relu" for w in widths]
+    if down < k:
+        blocks[down] = (f"res(conv({2 * c},s=2,pad={pad}) > {b}relu > conv({2 * c},pad={pad})"
+                        f"{' > batchnorm' if bn else ''}) > relu")
+    spec = parse(f"2x8x8 > conv({c},pad={pad}) > {b}relu > " + " > ".join(blocks) + " > flatten > dense(3)")
+    half = _postact.input_variances(spec, logit=logit, gate_law=GateLaw.HALF, points=41)
+    np.testing.assert_allclose(half, _postact.naive_path_sum(spec, logit=logit), rtol=1e-12, atol=0)
+
+
 def test_one_block_in_closed_form() -> None:
     """He, no batch norm: v_1 = 2 E[x_0^2] = Var z_0, so z_1 = x_0 + xi with x_0 = relu(z_0), z_0, xi ~ N(0, 1):
     p_1 = 1/4 + 1/2 P(xi < |z_0|) = 5/8, R(0, 1) = 1/2 * 3/4 = 3/8, and E||d_x f||^2 = 2 * 2 (R(0,1) + 2 p_0 p_1)
@@ -78,10 +100,12 @@ def test_the_grid_integrals_have_converged() -> None:
     assert abs(coarse / fine - 1) < 1e-7
 
 
-def test_the_chains_match_a_scalar_monte_carlo() -> None:
-    """The grid's run probabilities against 4 x 10^5 draws of the scalar chain with the same variances
-    (5 standard errors of a binomial proportion; fixed seed)."""
-    spec = parse(block_spec(8, 8, 4))
+@pytest.mark.parametrize(("pad", "where"), [("circular", (0, 0)), ("zeros", (0, 0)), ("zeros", (0, 3))])
+def test_the_chains_match_a_scalar_monte_carlo(pad: str, where: tuple[int, int]) -> None:
+    """The grid's run probabilities against 4 x 10^5 draws of the scalar chain with the same variance ratios
+    (5 standard errors of a binomial proportion; fixed seed), in the bulk and at zero-padded borders, where
+    the branch variance v_k(p) reads fewer taps."""
+    spec = parse(block_spec(8, 8, 4, pad))
     law = _postact.chain_law(spec)
     rng = np.random.default_rng(1)
     n = 400_000
@@ -89,14 +113,14 @@ def test_the_chains_match_a_scalar_monte_carlo() -> None:
     opened = [z > 0]
     x = np.maximum(z, 0)
     for k in range(1, 5):
-        ratio = float(law.ratio[k][0, 0, 0])  # v_k / E[x_{k-1}^2], the same at every position (circular)
+        ratio = float(law.ratio[k][(0, *where)])  # v_k(p) / E[x_{k-1}(p)^2] at this position
         z = x + math.sqrt(ratio * float(np.mean(x**2))) * rng.standard_normal(n)
         opened.append(z > 0)
         x = np.maximum(z, 0)
     for (a, b), r in law.runs.items():
         hit = np.all(np.stack(opened[a: b + 1]), axis=0).mean()
         se = math.sqrt(hit * (1 - hit) / n)
-        assert abs(hit - float(r[0, 0, 0])) < SIGMAS * se, (a, b, hit, float(r[0, 0, 0]))
+        assert abs(hit - float(r[(0, *where)])) < SIGMAS * se, (a, b, hit, float(r[(0, *where)]))
 
 
 def test_input_fluctuations_move_the_law_little() -> None:
