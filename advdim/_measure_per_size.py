@@ -161,7 +161,6 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
                  if isinstance(t, Traced)}
     except AdvdimError as e:
         return without(f"no law for the initialisation {init.summary}: {e}")
-    notes += init.notes()
 
     def at(size: int, channels: int) -> Any:
         if size not in specs:
@@ -177,7 +176,7 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
         return without(f"no prediction: {e}")
     if not pred.has_law:
         return without(pred.reasons.get("law", "the theory gives no law for this network"), pred)
-    return Theory(dict(info.traces), init, pred, None, target, tuple(notes))
+    return Theory(dict(info.traces), init, pred, None, target, (*notes, *init.notes()))
 
 
 def _law_init(theory: Theory) -> Any:

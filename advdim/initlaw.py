@@ -319,9 +319,9 @@ class InitGuess:
         """What the law taken assumes beyond the recognised variances (stated with the prediction)."""
         if self.base is None or self.base == self.scheme:
             return ()
-        out = [f"the law: the theory's {self.base} law with each layer's own variance (a layer of r times "
-               f"{self.base}'s variance is {self.base}'s layer followed by scale(sqrt r)): {self.summary}; the path "
-               "sum (q = 1, 2) uses the variances only"]
+        out = [f"the law: the theory's {self.base} law with each layer's own variance (a layer of r times the "
+               f"{self.base} scheme's variance is its {self.base} layer followed by scale(sqrt r)): {self.summary}; "
+               "the path sum (q = 1, 2) uses the variances only"]
         if self.base == Init.HE.value:
             other = [x.layer for x in self.layers if not (x.weight_law.gaussian or x.estimated)]
             if other:
