@@ -4,9 +4,9 @@ theory/_postact.py (issue 20, item 5).  Runs in the zoo venv (``make test``'s se
 The nets are built by torchvision: ``conv3x3 > BatchNorm2d > ReLU > BasicBlock(C, C) x 2 >
 BasicBlock(C, 2C, stride 2, downsample = conv1x1 + BatchNorm2d) > Flatten > Linear``, initialised as
 ``torchvision.models.ResNet`` does (``kaiming_normal_(mode="fan_out")`` on every conv, batch norms 1 and
-0, ``nn.Linear``'s default), in eval mode.  The law is computed on the matching spec with those
-variances (``variance=``); its projection has no batch norm, a factor 1 + 1e-5 on one term, far
-below the Monte Carlo's error.
+0, ``nn.Linear``'s default), in eval mode.  The law is computed on the spec ``advdim.trace`` reads
+from the torchvision module (one spec: the law and the nets it is checked on), with those variances
+(``variance=``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from advdim.theory._postact import GateLaw
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
-from advdim.arch import Conv, parse
+from advdim.arch import Conv, Spec, parse
+from advdim.trace import trace
 
 SIDE = 8
 SIGMAS = 5.0  # two-sided false-failure rate 5.7e-7 for a normal mean
@@ -46,7 +47,7 @@ def torchvision_net(c: int, seed: int) -> nn.Module:
 def matching_spec(c: int) -> str:
     conv = "pad=zeros,bias=false"
     block = f"res(conv({c},{conv}) > batchnorm > relu > conv({c},{conv}) > batchnorm) > relu"
-    down = f"res(conv({2 * c},s=2,{conv}) > batchnorm > relu > conv({2 * c},{conv}) > batchnorm) > relu"
+    down = f"res(conv({2 * c},s=2,{conv}) > batchnorm > relu > conv({2 * c},{conv}) > batchnorm,projbn=true) > relu"
     return f"3x{SIDE}x{SIDE} > conv({c},{conv}) > batchnorm > relu > {block} > {block} > {down} > flatten > dense(10)"
 
 
@@ -76,8 +77,11 @@ def test_torchvision_basic_blocks_follow_the_chain_law_and_not_the_planted_ones(
     finite-width excess is O(1/C)).  The law (ratio 1) agrees within 5 standard errors; the naive path sum
     (p = 1/2), the per-block law p_k (1 + G_k) and the law off by 10% do not."""
     torch.set_num_threads(1)
-    laws = {g: [_postact.grad_sq_norm(parse(matching_spec(c)), gate_law=g, variance=torchvision_variance)
-                for c in (16, 64)] for g in GateLaw}
+    specs = [trace(torchvision_net(c, 0).float(), (3, SIDE, SIDE)) for c in (16, 64)]
+    for c, spec in zip((16, 64), specs):
+        assert isinstance(spec, Spec) and spec == parse(matching_spec(c)), spec
+    laws = {g: [_postact.grad_sq_norm(spec, gate_law=g, variance=torchvision_variance) for spec in specs]
+            for g in GateLaw}
     law = laws[GateLaw.CHAIN]
     (m16, se16), (m64, se64) = measured(16, 300, 0), measured(64, 300, 1)
     ratio = (4 * m64 / law[1] - m16 / law[0]) / 3
