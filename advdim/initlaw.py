@@ -255,11 +255,15 @@ class LayerInit:
         return law is not WeightLaw.FIXED_NORMAL or self.fixed_std == param
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "weights": self.n, "variance_ratio_to_he": self.variance_ratio,
-                "kurtosis": self.kurtosis, "orthogonal_gain": self.orthogonal_gain, "schemes": list(self.schemes),
-                "fans": list(self.fans), "law": self.law, "law_text": self.law_text(), "param": self.param,
-                "variance": self.variance, "ratio_to_he": self.ratio, "estimated": self.estimated,
-                "variance_se_relative": self.se if self.estimated else None, "note": self.note or None}
+        """The layer as JSON (a number that is not finite, e.g. the kurtosis of all-zero weights, is null)."""
+        def num(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
+        return {"layer": self.layer, "weights": self.n, "variance_ratio_to_he": num(self.variance_ratio),
+                "kurtosis": num(self.kurtosis), "orthogonal_gain": self.orthogonal_gain, "schemes": list(self.schemes),
+                "fans": list(self.fans), "law": self.law, "law_text": self.law_text(), "param": num(self.param),
+                "variance": num(self.variance), "ratio_to_he": num(self.ratio), "estimated": self.estimated,
+                "variance_se_relative": num(self.se) if self.estimated else None, "note": self.note or None}
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,7 @@ def test_weights_without_a_path_sum_law_are_refused(weights: Callable[[], torch.
     s.add([weights()])
     guess = s.result()
     assert guess.no_law is not None and words in guess.no_law and guess.base is None
+    json.dumps(guess.to_json(), allow_nan=False)  # strict JSON (all-zero weights: no kurtosis, no se)
     with pytest.raises(AdvdimError, match="gives no law"):
         spec_with_init(spec, guess)
 
