@@ -253,8 +253,10 @@ def layernorm(m: nn.LayerNorm, at: str, shape: Shape) -> LayerNorm:
     if len(shape) == 2:
         raise NotLayer(ObstacleKind.SETTING, f"{at} normalises tokens (B, N, D) = (B, {shape[0]}, {shape[1]})", fix)
     if len(shape) == 3 and not _channel_norm(m):
-        raise NotLayer(ObstacleKind.SETTING, f"{at} normalises the last axis of the (C, H, W) map, not the channels "
-                       "at each position", fix)
+        last = f" {shape} (the channels of a channels-last (B, H, W, C) map)" \
+            if tuple(m.normalized_shape) == shape[-1:] else ""
+        raise NotLayer(ObstacleKind.SETTING, f"{at} normalises the last axis of the (C, H, W) map{last}, not the "
+                       "channels at each position", fix + _LAST_FIX)
     if tuple(m.normalized_shape) != (shape[0],):
         raise NotLayer(ObstacleKind.SETTING, f"{at} normalises a shape {tuple(m.normalized_shape)}, not the "
                        f"{shape[0]} features", fix)
@@ -290,6 +292,11 @@ _TOKEN_FIX = "advdim's token layers (advdim.build.SelfAttention, TokenLayerNorm;
              "on the positions of the (D, H, W) map: keep the map"
 
 
+#: what makes a channels-last layer traceable
+_LAST_FIX = "; between permute(0, 2, 3, 1) and permute(0, 3, 1, 2) with only LayerNorm, Linear and element-wise " \
+            "layers between them, advdim reads them on the channels of the map"
+
+
 def is_eval_identity(m: nn.Module) -> bool:
     return isinstance(m, (nn.Identity, *_DROPOUT)) or type(m).__name__ in _EVAL_IDENTITIES
 
@@ -317,6 +324,9 @@ def _module_layer(m: nn.Module, at: str, shape: Shape) -> Layer | tuple[Layer, .
         if len(shape) == 2:
             raise NotLayer(ObstacleKind.SETTING, f"{at} maps tokens (B, N, D) = (B, {shape[0]}, {shape[1]})",
                            f"advdim's dense takes flat (B, D) inputs; {_TOKEN_FIX}")
+        if len(shape) == 3 and shape[-1] == m.in_features:
+            raise NotLayer(ObstacleKind.SETTING, f"{at} maps the last axis of a channels-last map (B, H, W, C) = "
+                           f"(B, {', '.join(map(str, shape))})", "advdim's dense takes flat (B, D) inputs" + _LAST_FIX)
         if flat != m.in_features:
             raise NotLayer(ObstacleKind.SETTING, f"{at} takes {m.in_features} features but receives shape {shape}",
                            "advdim's dense takes flat (B, D) inputs")
@@ -432,7 +442,7 @@ def _layout(node: torch.fx.Node, at: str, shape: Shape, out: Shape | None) -> No
         return NotLayer(ObstacleKind.OPERATION, f"{at} flattens dims {start}..{end}, not 1..-1", "flatten from dim 1")
     if target in ("transpose", "permute", "movedim", "swapaxes"):
         what = "tokens (B, N, D)" if len(shape) == 2 or (target == "transpose" and args[:2] == (1, 2)) \
-            else "the axes (channels last)"
+            else "the axes back from channels last" if is_permute(node, (0, 3, 1, 2)) else "the axes (channels last)"
         return NotLayer(ObstacleKind.OPERATION, f"{at} reorders {what}", _TOKEN_FIX)
     if target in ("view", "reshape") and len(shape) == 3 and out == (shape[0], shape[1] * shape[2]):
         return NotLayer(ObstacleKind.OPERATION, f"{at} flattens the map into tokens (B, D, H*W)", _TOKEN_FIX)
