@@ -149,6 +149,9 @@ def test_max_then_relu_is_relu_then_max(pool: str) -> None:
     ("3x16x16 > conv(4) > relu > maxpool(2) > conv(4) > relu > maxpool(2) > flatten > dense(2)", "no max pool"),
     ("3x8x8 > conv(4) > res(conv(4) > relu > conv(4)) > relu > maxpool(2) > flatten > dense(2)", "residual block"),
     ("3x8x8 > conv(4) > layernorm > relu > maxpool(2) > flatten > dense(2)", "right after a ReLU"),
+    ("3x8x8 > conv(4) > relu > maxpool(2) > conv(4) > relu > globalavgpool > dense(2)", "averages positions after"),
+    ("3x8x8 > conv(4) > relu > maxpool(2) > res(conv(4) > relu > avgpool(2) > conv(4)) > flatten > dense(2)",
+     "averages positions after"),
 ])
 def test_max_pools_without_a_law_say_why(text: str, words: str) -> None:
     spec = parse(text)
