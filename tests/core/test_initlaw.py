@@ -379,6 +379,15 @@ def tv_planted(input_shape: tuple[int, int, int]) -> nn.Module:
     return tv_style(input_shape, 0.2)
 
 
+def fixed_head(input_shape: tuple[int, int, int]) -> nn.Module:
+    """:func:`tv_style` with its head drawn ``normal_(std=0.02)`` (no bias): a variance that does not
+    shrink as the head's fan-in grows with d, so its ratio to He's grows like d."""
+    net = tv_style(input_shape)
+    nn.init.normal_(net[-1].weight, std=0.02)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
 def _measure(factory: str, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
     from advdim.cli import main
 
@@ -413,3 +422,20 @@ def test_measure_predicts_with_the_recognised_per_layer_laws(tmp_path: Path,
     rc, bad = _measure("tv_planted", tmp_path / "b", capsys)
     assert rc == 1 and bad["prediction"]["judged"] is True and bad["counts"]["fail"] > 0
     assert any(f"the weights look different from the base size's {law}" in n for n in bad["notes"])
+
+
+def test_measure_rewrites_each_size_for_a_head_of_fixed_std(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A dense head of std 0.02 after flatten has ratio 0.0004 fan_in / 2 to He's, 0.0128 at d = 16 and
+    0.2048 at d = 256: the law's spec at each size carries its own scale, the predicted slope of
+    ``E||d_x f_0||_2`` is 1/2 above the He-fan_out / default-head net's (its ``E||.||^2`` grows like d),
+    and the measured slopes agree with it (no row fails)."""
+    _, ref = _measure("tv_style", tmp_path / "a", capsys)
+    rc, res = _measure("fixed_head", tmp_path / "b", capsys)
+    assert res["init"]["law"]["summary"] == "he_fan_out x2, fixed_normal(std=0.02) x1"
+    specs = res["prediction"]["law_specs"]
+    assert specs["1"].endswith(f"dense(3) > scale({math.sqrt(0.0004 * 64 / 2)!r})")
+    assert specs["4"].endswith(f"dense(3) > scale({math.sqrt(0.0004 * 1024 / 2)!r})")
+    assert res["prediction"]["judged"] is True and res["counts"]["fail"] == 0 and rc in (0, 3)
+    slope, base = res["q"]["2"]["logit"]["predicted_slope"], ref["q"]["2"]["logit"]["predicted_slope"]
+    assert slope == pytest.approx(base + 0.5, abs=0.02)
