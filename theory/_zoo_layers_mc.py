@@ -151,6 +151,8 @@ ROWS = (
         "maxpool(3,s=2,pad=1) > conv(16,pad=zeros) > relu > globalavgpool > dense(10)", (16, 32), 1000),
     Row("maxpool, then a global average pool, 64 channels", "3x{s}x{s} > conv(64) > relu > maxpool(2) > conv(64) > "
         "relu > globalavgpool > dense(10)", (8, 16), 300),
+    Row("resnet18's stem, then a global average pool", "3x{s}x{s} > conv(64,k=7,s=2,pad=zeros,bias=false) > "
+        "batchnorm > relu > maxpool(3,s=2,pad=1) > conv(16,pad=zeros) > relu > globalavgpool > dense(10)", (32,), 500),
 )
 
 
