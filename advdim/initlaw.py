@@ -332,7 +332,8 @@ class InitGuess:
                 out.append(f"the q = inf model draws Gaussian weights of these variances; {len(other)} layer(s) are "
                            f"uniform or orthogonal ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})")
             if any(x.weight_law is WeightLaw.TORCH for x in self.layers):
-                out.append("PyTorch's default also draws uniform biases: the q = inf model takes zero biases")
+                out.append("PyTorch's default also draws uniform biases: the path sum does not depend on them (the "
+                           "sign symmetry of (w, b)), the q = inf model takes them zero")
         if self.estimated:
             se = max(x.se for x in self.estimated)
             out.append(f"{len(self.estimated)} layer(s) have no known law: their variances are estimated from the "

@@ -220,10 +220,20 @@ def _orthogonal_gain_1() -> nn.Module:
     return net
 
 
+def _default_then_fan_out() -> nn.Module:
+    """PyTorch's default on the first conv and the head, He fan_out on the second conv: every layer keeps
+    its default uniform biases, which the He law (zero biases) leaves out -- the path sum does not depend
+    on them (the sign symmetry of (w, b))."""
+    net = _net(None)
+    nn.init.kaiming_normal_(net[2].weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
 @pytest.mark.parametrize(("make", "spec", "base", "text"), [
     (_Mixed, MIXED, "he", "he_fan_out x3, fixed_normal(std=0.01) x1, torch x1"),
     (_orthogonal_gain_1, SPEC, "orthogonal", "orthogonal(gain=1) x3"),
-], ids=["torchvision-style mix", "orthogonal gain 1"])
+    (_default_then_fan_out, SPEC, "he", "torch x2, he_fan_out x1"),
+], ids=["torchvision-style mix", "orthogonal gain 1", "default with biases"])
 def test_the_law_of_the_recognised_variances_matches_a_monte_carlo_of_real_nets(
         make: Callable[[], nn.Module], spec: Spec, base: str, text: str) -> None:
     """``predict(spec_with_init(spec, guess), init=guess.base)``: the path sum equals the mean of
