@@ -205,33 +205,34 @@ def _functional_pool(node: torch.fx.Node, at: str) -> Layer:
         raise NotLayer(ObstacleKind.SETTING, f"{at}: {e}", "use kernel = stride pooling") from None
 
 
-def batchnorm(m: nn.modules.batchnorm._BatchNorm, at: str) -> BatchNorm | tuple[BatchNorm, Scale]:
+def batchnorm(m: nn.modules.batchnorm._BatchNorm, at: str) -> tuple[Layer, ...]:
     """The mode is what the module does in eval mode, where every gradient is measured: batch
     statistics for :class:`~advdim.build.BatchStatNorm` and ``track_running_stats=False``, else the
-    running statistics (which must be those of initialisation).  With running statistics at
-    initialisation the module is ``x / sqrt(1 + eps)``: another ``eps`` than the theory's is
-    ``batchnorm > scale(sqrt((1 + BN_EPS) / (1 + eps)))`` (MobileNet's and EfficientNet-v2's 1e-3)."""
+    running statistics (which must be those of initialisation, mean 0 and variance 1).  The module is
+    then ``gamma * x / sqrt(1 + eps)`` (bias 0, one weight ``gamma`` for every channel):
+    ``batchnorm``, then ``scale(sqrt((1 + BN_EPS) / (1 + eps)))`` for another ``eps`` than the
+    theory's (MobileNet's 1e-3), then the factor ``gamma`` when it is not 1 -- last in a residual
+    branch, its scale (timm's zero-initialised last batch norm: ``res(..., scale=0)``)."""
     mean, var = m.running_mean, m.running_var
     batch = isinstance(m, BatchStatNorm) or not m.track_running_stats or mean is None or var is None
     if batch and abs(m.eps - BN_EPS) > 1e-12:
         raise NotLayer(ObstacleKind.SETTING, f"{at} has eps {m.eps:g}; the theory's batchnorm has eps {BN_EPS:g}",
                        f"use eps={BN_EPS:g}")
-    at_init = batch or (mean is not None and var is not None and bool((mean == 0).all()) and bool((var == 1).all()))
-    if m.affine:
-        at_init = at_init and bool((m.weight == 1).all()) and bool((m.bias == 0).all())
-    if not at_init:
-        off = [f"{name} {_values(t)}" for name, t, want in (("running mean", None if batch else mean, 0),
-               ("running variance", None if batch else var, 1), ("weight", m.weight if m.affine else None, 1),
-               ("bias", m.bias if m.affine else None, 0)) if t is not None and not bool((t == want).all())]
-        zero = " (a zero-initialised last batch norm of a residual branch)" if off == ["weight 0"] else ""
+    weight = m.weight.detach() if m.affine and m.weight is not None else torch.ones(1)
+    gamma = float(weight.flatten()[0])
+    off = [f"{name} {_values(t)}" for name, t, ok in (
+        ("running mean", None if batch else mean, lambda t: bool((t == 0).all())),
+        ("running variance", None if batch else var, lambda t: bool((t == 1).all())),
+        ("weight", weight, lambda t: bool((t == gamma).all())),
+        ("bias", m.bias if m.affine else None, lambda t: bool((t == 0).all()))) if t is not None and not ok(t)]
+    if off:
         raise NotLayer(ObstacleKind.STATE, f"{at} holds running statistics or an affine map other than at "
-                       f"initialisation (mean 0, variance 1, weight 1, bias 0): {', '.join(off)}{zero}",
+                       f"initialisation (mean 0, variance 1, one weight for all channels, bias 0): {', '.join(off)}",
                        "the theory covers batchnorm at initialisation only")
-    if batch:
-        return BatchNorm(BNMode.BATCH)
-    if abs(m.eps - BN_EPS) > 1e-12:
-        return BatchNorm(BNMode.RUNNING), Scale(math.sqrt((1 + BN_EPS) / (1 + m.eps)))
-    return BatchNorm(BNMode.RUNNING)
+    layers: tuple[Layer, ...] = (BatchNorm(BNMode.BATCH if batch else BNMode.RUNNING),)
+    if not batch and abs(m.eps - BN_EPS) > 1e-12:
+        layers += (Scale(math.sqrt((1 + BN_EPS) / (1 + m.eps))),)
+    return layers + ((Factor(gamma),) if gamma != 1.0 else ())
 
 
 def _values(t: torch.Tensor) -> str:

@@ -12,10 +12,11 @@ reads its graph as a chain of spec layers and residual blocks:
   ``x.amax((2, 3))`` as global pools (output 1), identities (output = the map) or pools of kernel
   ``n / o`` (output ``o`` dividing the map's side ``n``);
 - ``Flatten``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(B, -1)`` / ``x.reshape(B, -1)``;
-- ``BatchNorm2d`` / ``BatchNorm1d`` anywhere at initialisation (weight 1, bias 0): ``batchnorm`` with
-  running mean 0, variance 1 -- with another ``eps`` than the theory's ``batchnorm > scale(a)``,
-  ``a = sqrt((1 + 1e-5) / (1 + eps))``, which is what it does in eval mode -- or ``batchnorm(mode=batch)``
-  for ``track_running_stats=False`` and advdim's ``BatchStatNorm``;
+- ``BatchNorm2d`` / ``BatchNorm1d`` anywhere at initialisation (bias 0, one weight ``gamma`` for all
+  channels): ``batchnorm`` with running mean 0, variance 1 -- with another ``eps`` than the theory's
+  followed by ``scale(sqrt((1 + 1e-5) / (1 + eps)))``, which is what it does in eval mode -- or
+  ``batchnorm(mode=batch)`` for ``track_running_stats=False`` and advdim's ``BatchStatNorm``; then the
+  factor ``gamma`` when it is not 1 (timm's zero-initialised last batch norm: ``res(..., scale=0)``);
 - ``nn.LayerNorm(D)`` on a flat ``(B, D)``, advdim's ``TokenLayerNorm`` and torchvision's / timm's
   ``LayerNorm2d`` on a map (``layernorm``); a channels-last region ``permute(0, 2, 3, 1) > LayerNorm /
   Linear / element-wise layers > permute(0, 3, 1, 2)`` (ConvNeXt's MLP) as the same layers on the

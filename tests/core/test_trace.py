@@ -188,6 +188,33 @@ def test_an_untraceable_module_says_why(make: object, words: str) -> None:
     assert words in got.reason and "\n" not in got.reason
 
 
+class ZeroLast(nn.Module):
+    """A block whose last batch norm has weight ``gamma`` (timm's zero_init_last: 0), then one of weight 0.5."""
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.bn_half = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2, 3)
+        nn.init.constant_(self.bn.weight, gamma)
+        nn.init.constant_(self.bn_half.weight, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn_half(x + self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_a_batch_norm_of_one_weight_for_all_channels_is_batchnorm_then_that_factor() -> None:
+    assert trace(ZeroLast(0.0), (2, 4, 4)) == parse(
+        "2x4x4 > res(conv(2,pad=zeros) > batchnorm,scale=0) > batchnorm > scale(0.5) > globalavgpool > dense(3)")
+    net = ZeroLast(0.0)
+    with torch.no_grad():
+        net.bn.weight[0] = 1.0  # two weights: no factor of the specs
+    got = trace(net, (2, 4, 4))
+    assert isinstance(got, Untraceable) and got.obstacles[0].kind is ObstacleKind.STATE
+    assert "weight 0..1" in got.reason
+
+
 def test_the_numeric_check_passes_without_the_planted_hook() -> None:
     """The control of the hook case: the same net without the hook is traced."""
     net = _seq(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))

@@ -27,7 +27,7 @@ from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAtten
 from torchvision.ops import Permute, SqueezeExcitation, StochasticDepth
 from torchvision.ops.misc import Conv2dNormActivation
 
-from advdim.arch import Spec, parse
+from advdim.arch import BatchNorm, Residual, Spec, parse
 from advdim.build import build
 from advdim.trace import ObstacleKind, Traced, Untraceable, trace, trace_module
 
@@ -101,11 +101,6 @@ def _timm_vit(m: nn.Module) -> Expected:
             + [(f"{b}.attn", K.MODULE) for b in blocks])
 
 
-def _timm_resnet(m: nn.Module) -> Expected:
-    """timm zero-initialises the last batch norm of each block (``zero_init_last``): weight 0."""
-    return [(f"{p}.bn2", K.STATE) for p in _named(m, timm.models.resnet.BasicBlock)]
-
-
 def _timm_convnext(m: nn.Module) -> Expected:
     return ([(p, K.SETTING) for p in _named(m, TimmLayerNorm2d) + _depthwise(m)]
             + [(p, K.PARAMETER) for p in _named(m, timm.models.convnext.ConvNeXtBlock)])
@@ -132,7 +127,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], Expected] | 
     "tv_swin_t": (lambda: torchvision.models.swin_t(num_classes=10), _swin),
     "timm_vit_tiny_patch16_224": (lambda: _timm("vit_tiny_patch16_224", img_size=32, patch_size=8), _timm_vit),
     "timm_deit_tiny_patch16_224": (lambda: _timm("deit_tiny_patch16_224", img_size=32, patch_size=8), _timm_vit),
-    "timm_resnet18": (lambda: _timm("resnet18"), _timm_resnet),
+    "timm_resnet18": (lambda: _timm("resnet18"), None),
     "timm_convnext_atto": (lambda: _timm("convnext_atto"), _timm_convnext),
     "timm_mixer_s16_224": (lambda: _timm("mixer_s16_224", img_size=32), _mixer),
 }
@@ -192,6 +187,18 @@ def test_torchvision_resnet18_is_its_spec_with_post_activation_blocks_and_bn_aft
               for c, s in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1))]
     assert traced.spec == parse(" > ".join(["3x32x32 > conv(64,7,s=2,pad=zeros,bias=false) > batchnorm > relu > "
                                             "maxpool(3,s=2,pad=1)", *blocks, "globalavgpool > dense(10)"]))
+    _reproduced(model, traced)
+
+
+def test_timm_resnet18_s_zero_initialised_last_batch_norms_are_residual_scales_0() -> None:
+    """timm's ``zero_init_last``: each block's last batch norm has weight 0, so at initialisation (eval
+    mode) the block is its skip: ``res(... > batchnorm, scale=0)``."""
+    model = _timm("resnet18")
+    traced = trace_module(model, SHAPE)
+    assert isinstance(traced, Traced), traced
+    blocks = [x for x in traced.spec.layers if isinstance(x, Residual)]
+    assert len(blocks) == 8 and all(b.scale == 0.0 and isinstance(b.branch[-1], BatchNorm) for b in blocks)
+    assert [b.projbn for b in blocks] == [False, False, True, False, True, False, True, False]
     _reproduced(model, traced)
 
 
