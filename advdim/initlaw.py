@@ -26,7 +26,9 @@ A layer consistent with several laws of equal variance there (He and He fan_out 
 is named by the law most layers of the network follow.  A layer consistent with laws of different
 variances (too few weights to tell) takes the one the network's unambiguous layers use, else it is
 estimated; a layer consistent with none is **estimated**: its variance is ``mean w^2`` over the
-draws, with its standard error, and the result says so.  :attr:`InitGuess.scheme` is the one
+draws, with its standard error, and the result says so -- unless several such layers of different
+fans look like one normal of a fixed std (:func:`_pooled_fixed_std`), named ``fixed_normal`` with
+the pooled std.  :attr:`InitGuess.scheme` is the one
 :class:`advdim.inits.Init` scheme of the whole network when there is one (the theory takes it as
 is); otherwise :func:`spec_with_init` rewrites the spec so that the theory's He law on it is the
 law of the recognised per-layer variances (Theorems 4-5 need only zero-mean independent weights of
@@ -213,6 +215,11 @@ class LayerInit:
     def estimated(self) -> bool:
         return self.weight_law is WeightLaw.ESTIMATED
 
+    @property
+    def pooled(self) -> bool:
+        """A fixed normal whose std was estimated from several layers (not one of the listed stds)."""
+        return self.weight_law is WeightLaw.FIXED_NORMAL and self.param not in FIXED_STDS
+
     def variance_at(self, fans: Fans) -> float:
         """The law's ``E[w^2]`` at a layer of these fans (the same layer at another input size)."""
         if self.estimated and fans != self.fans:
@@ -236,7 +243,7 @@ class LayerInit:
         if self.estimated:
             return (f"estimated: variance {self.variance:.4g} ({self.ratio:.3g} x He's 2/fan_in), from {self.n} "
                     f"weights, se {self.se:.2g}")
-        return self.weight_law.text(self.param)
+        return self.weight_law.text(self.param) + (" estimated" if self.pooled else "")
 
     def describe(self) -> str:
         """What the weights look like (the measured moments)."""
@@ -334,9 +341,10 @@ class InitGuess:
             if any(x.weight_law is WeightLaw.TORCH for x in self.layers):
                 out.append("PyTorch's default also draws uniform biases: the path sum does not depend on them (the "
                            "sign symmetry of (w, b)), the q = inf model takes them zero")
-        if self.estimated:
-            se = max(x.se for x in self.estimated)
-            out.append(f"{len(self.estimated)} layer(s) have no known law: their variances are estimated from the "
+        guessed = [x for x in self.layers if x.estimated or x.pooled]
+        if guessed:
+            se = max(x.se for x in guessed)
+            out.append(f"{len(guessed)} layer(s) have no listed law: their variances are estimated from the "
                        f"draws (relative se up to {se:.2g}, which the prefactor's prediction carries; the slopes do "
                        "not depend on it while the layers' fans do not change with d), and the q = inf model takes "
                        "them Gaussian")
@@ -609,7 +617,47 @@ def recognise_init(stats: InitStats, alpha: float = ALPHA) -> InitGuess:
         else:
             law, q = chosen
             layers.append(replace(base, law=law.value, param=_snap_gain(q) if law is WeightLaw.ORTHOGONAL else q))
-    return _network(stats, tuple(layers), alpha)
+    return _network(stats, _pooled_fixed_std(stats, layers, z), alpha)
+
+
+def _pooled_fixed_std(stats: InitStats, layers: list[LayerInit], z: float) -> tuple[LayerInit, ...]:
+    """The layers that match no law but look like one normal of a std that does not depend on the fans
+    (a fixed std not in :data:`~advdim.inits.FIXED_STDS`), named ``fixed_normal`` with the pooled std.
+
+    Candidates: layers estimated for matching no law, of zero mean and Gaussian kurtosis (at ``z``).
+    With at least two of them of different fan_in, each layer's ``mean w^2`` is compared with the pooled
+    ``mean w^2`` of the others (``|log ratio| <= z sqrt(2/n + 2/N_rest)``, the Gaussian's standard
+    errors); the fixed std is taken when every layer agrees and the same comparison of ``fan_in mean w^2``
+    (a variance proportional to 1/fan_in) does not: else the layers stay estimated.
+    """
+    accs = {acc.label: acc for acc in stats.accs}
+    pool = [i for i, x in enumerate(layers) if x.estimated and not x.schemes and x.zero_mean and x.param
+            and x.n >= MIN_KURTOSIS_N and abs(kurtosis_z(x.kurtosis, x.n)) <= z]
+    if len(pool) < 2 or len({layers[i].fans[0] for i in pool}) < 2:
+        return tuple(layers)
+
+    def homogeneous(weight: dict[int, float]) -> bool:
+        """Every layer's ``weight * mean w^2`` within the standard errors of the pooled others'."""
+        for i in pool:
+            rest = [j for j in pool if j != i]
+            n_rest = sum(accs[layers[j].layer].n for j in rest)
+            v_rest = sum(weight[j] * accs[layers[j].layer].s2 for j in rest) / n_rest
+            v_i = weight[i] * accs[layers[i].layer].s2 / accs[layers[i].layer].n
+            if abs(math.log(v_i / v_rest)) > z * math.sqrt(2 / layers[i].n + 2 / n_rest):
+                return False
+        return True
+
+    if not homogeneous(dict.fromkeys(pool, 1.0)) or homogeneous({i: float(layers[i].fans[0]) for i in pool}):
+        return tuple(layers)
+    n_all = sum(accs[layers[i].layer].n for i in pool)
+    var = sum(accs[layers[i].layer].s2 for i in pool) / n_all
+    note = (f"one normal over {len(pool)} layers of different fans, not one of the listed stds: std "
+            f"{math.sqrt(var):.4g} estimated from {n_all} weights (se of the variance {math.sqrt(2 / n_all):.2g})")
+    out = list(layers)
+    for i in pool:
+        out[i] = replace(layers[i], law=WeightLaw.FIXED_NORMAL.value, param=math.sqrt(var), se=math.sqrt(2 / n_all),
+                         note=note)
+    return tuple(out)
 
 
 def _network(stats: InitStats, layers: tuple[LayerInit, ...], alpha: float) -> InitGuess:
@@ -772,11 +820,18 @@ def differs(base: InitGuess, other: InitGuess) -> list[str]:
     ``other`` that fit none of ``base``'s laws."""
     if base.scheme is not None and other.scheme == base.scheme:
         return []
+
+    def fits(x: LayerInit, y: LayerInit, z: float) -> bool:
+        if x.estimated:
+            return _same_estimate(x, y, z)
+        if x.pooled:  # an estimated fixed std: any fans
+            return _same_estimate(replace(x, fans=y.fans, param=x.variance), y, z)
+        return y.fits(x.weight_law, x.param)
+
     if [x.layer for x in base.layers] == [y.layer for y in other.layers]:
         from scipy import stats as sst
 
         z = float(sst.norm.ppf(1 - ALPHA / (2 * len(base.layers))))
-        return [y.layer for x, y in zip(base.layers, other.layers)
-                if not (y.fits(x.weight_law, x.param) if not x.estimated else _same_estimate(x, y, z))]
+        return [y.layer for x, y in zip(base.layers, other.layers) if not fits(x, y, z)]
     laws = {(x.weight_law, x.param) for x in base.layers if not x.estimated}
     return [y.layer for y in other.layers if not any(y.fits(law, param) for law, param in laws)]

@@ -449,3 +449,24 @@ def test_measure_rewrites_each_size_for_a_head_of_fixed_std(tmp_path: Path,
     assert res["prediction"]["judged"] is True and res["counts"]["fail"] == 0 and rc in (0, 3)
     slope, base = res["q"]["2"]["logit"]["predicted_slope"], ref["q"]["2"]["logit"]["predicted_slope"]
     assert slope == pytest.approx(base + 0.5, abs=0.02)
+
+
+def test_a_fixed_std_off_the_list_is_found_by_comparing_layers() -> None:
+    """Three layers of fan_in 27, 144 and 512 all drawn normal_(std=0.05) (not a listed std): one normal
+    whose variance does not follow the fans, named fixed_normal with the pooled std (within 5 se of
+    0.05^2) and carried to any fans; two layers of 1.6 x He's variance (which does follow 1/fan_in) stay
+    estimated."""
+    torch.manual_seed(11)
+    guess = _guess(lambda: _net(lambda w: nn.init.normal_(w, std=0.05)))
+    assert [x.law for x in guess.layers] == ["fixed_normal"] * 3 and guess.base == "he", guess.reason
+    x = guess.layers[0]
+    assert x.pooled and x.law_text().endswith("estimated") and "one normal over 3 layers" in guess.reason
+    assert x.param**2 == pytest.approx(0.05**2, rel=5 * x.se)
+    assert x.variance_at((1000, 10, 10)) == x.param**2
+    assert any("3 layer(s) have no listed law" in n for n in guess.notes())
+
+    def he_16(w: torch.Tensor) -> None:
+        nn.init.normal_(w, std=math.sqrt(1.6 * 2 / w[0].numel()))
+
+    odd = _guess(lambda: _net(he_16))
+    assert [x.law for x in odd.layers] == ["estimated"] * 3
