@@ -9,7 +9,9 @@ documented bound), each with a planted error the same check must catch.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from advdim.theory._law import MAXPOOL_BOUND, layer_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advdim.arch import family, parse
+from advdim.arch import Conv, Dense, MaxPool, Padding, Spec, family, parse
 from advdim.errors import HypothesisError
 
 BASE = "3x8x8 > conv(8) > relu > conv(8) > relu > flatten > dense(4)"
@@ -214,3 +216,64 @@ def test_monte_carlo_of_real_nets_agrees_and_a_planted_error_is_caught(text: str
     law = predict(spec).grad_sq_norm(8)
     assert _agrees(mc_grad_sq(spec, n_nets=nets, seed=7), law, bound)
     assert not _agrees(mc_grad_sq(spec, n_nets=nets, seed=7, variance_factor=1.3), law, bound)
+
+
+def _brute_classes(spec: Spec) -> list[tuple]:
+    """Per input node, the multiset of path-degree multisets of its paths to logit 0, by explicit recursion
+    over the graph (conv taps, zero or circular padding; max-pool windows; dense; ReLU and flatten keep the
+    node)."""
+    shapes = spec.shapes()
+    edges: list[list[tuple[int, int]] | None] = []  # per layer: (src, dst) over flat indices; None: node-wise
+    for layer, shp_in, shp_out in zip(spec.layers, shapes, shapes[1:]):
+        if isinstance(layer, (Conv, MaxPool)):
+            (c_in, h, w), (c_out, ho, wo) = shp_in, shp_out
+            k, s, p = ((layer.kernel, layer.stride, layer.pad) if isinstance(layer, Conv)
+                       else (layer.size, layer.step, layer.pad))
+            pairs = []
+            for co in range(c_out):
+                for oy in range(ho):
+                    for ox in range(wo):
+                        for ty in range(k):
+                            for tx in range(k):
+                                y, x = oy * s - p + ty, ox * s - p + tx
+                                if isinstance(layer, Conv) and layer.padding is Padding.CIRCULAR:
+                                    y, x = y % h, x % w
+                                if 0 <= y < h and 0 <= x < w:
+                                    for ci in (range(c_in) if isinstance(layer, Conv) else (co,)):
+                                        pairs.append((ci * h * w + y * w + x, co * ho * wo + oy * wo + ox))
+            edges.append(pairs)
+        elif isinstance(layer, Dense):
+            edges.append([(i, j) for j in range(layer.out_features) for i in range(shp_in[0])])
+        else:
+            edges.append(None)
+    indeg = [None if e is None else Counter(dst for _, dst in e) for e in edges]
+
+    @functools.cache
+    def paths(layer: int, node: int) -> tuple:
+        if layer == len(spec.layers):
+            return ((),) if node == 0 else ()
+        if edges[layer] is None:
+            return paths(layer + 1, node)
+        out = []
+        for src, dst in edges[layer]:
+            if src == node:
+                out += [tuple(sorted((*p, indeg[layer][dst]))) for p in paths(layer + 1, dst)]
+        return tuple(sorted(out))
+
+    return [paths(0, i) for i in range(spec.d)]
+
+
+@pytest.mark.parametrize("text", [
+    "1x5x5 > conv(1,k=3,pad=zeros) > relu > maxpool(3,s=2,pad=1) > flatten > dense(2)",
+    "1x6x6 > conv(2,k=3,pad=zeros) > relu > maxpool(2,s=1) > flatten > dense(2)",
+    "2x7x7 > conv(1,k=3,pad=circular) > relu > maxpool(3,s=2) > flatten > dense(2)",
+])
+def test_s_classes_of_overlapping_pools_equal_brute_force(text: str) -> None:
+    """The path-degree classes (assumption S) through overlapping and padded windows, against an explicit
+    enumeration of every path: the same partition of the input nodes."""
+    spec = parse(text)
+    brute = _brute_classes(spec)
+    ids = {key: i for i, key in enumerate(dict.fromkeys(brute))}
+    fast = _graph.path_degree_classes(spec).ids.ravel().tolist()
+    pairs = set(zip(fast, [ids[key] for key in brute]))
+    assert len(pairs) == len(set(fast)) == len(ids)
