@@ -270,7 +270,8 @@ class LayerInit:
                 "kurtosis": num(self.kurtosis), "orthogonal_gain": self.orthogonal_gain, "schemes": list(self.schemes),
                 "fans": list(self.fans), "law": self.law, "law_text": self.law_text(), "param": num(self.param),
                 "variance": num(self.variance), "ratio_to_he": num(self.ratio), "estimated": self.estimated,
-                "variance_se_relative": num(self.se) if self.estimated else None, "note": self.note or None}
+                "pooled_std": self.pooled, "variance_se_relative": num(self.se) if self.estimated or self.pooled
+                else None, "note": self.note or None}
 
 
 @dataclass(frozen=True)
