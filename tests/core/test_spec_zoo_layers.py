@@ -151,3 +151,19 @@ def test_post_activation_block_parses_and_builds() -> None:
     h = net[2](net[1](net[0](x)))
     torch.testing.assert_close(net[4](net[3](h)), torch.relu(h + net[3].branch(h)))
     assert net(x).shape == (2, 2)
+
+
+@settings(max_examples=80, deadline=None)
+@given(a=st.floats(1e-3, 1e3), k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2),
+       projbn=st.booleans(), scale=st.floats(-2.0, 2.0))
+def test_random_specs_round_trip(a: float, k: int, s: int, p: int, projbn: bool, scale: float) -> None:
+    """Any factor, any valid pool and either projbn: text and JSON read back the same spec (floats by their
+    shortest repr)."""
+    p = min(p, k // 2)
+    text = (f"3x9x9 > conv(4) > scale({a!r}) > relu > maxpool({k},s={s},pad={p}) > "
+            f"res(conv(6,s=1) > relu > conv(6),scale={scale!r},projbn={'true' if projbn else 'false'}) > flatten > "
+            "dense(2)")
+    spec = parse(text)
+    assert parse(spec.to_text()) == spec
+    assert Spec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert spec.layers[1] == Scale(a) and spec.layers[3] == MaxPool(k, stride=s, pad=p)
