@@ -112,23 +112,33 @@ def dynamic_nodes(gm: torch.fx.GraphModule) -> tuple[set[torch.fx.Node], set[tor
 
 
 class _Shapes(torch.fx.Interpreter):
-    """Runs the graph, keeping each node's output shape (a tensor's)."""
+    """Runs the graph, keeping each node's output shape (a tensor's), and the value of each tensor
+    computed from parameters alone whose entries are all equal (a layer scale at initialisation)."""
 
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm)
         self.shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
+        self.uniform: dict[torch.fx.Node, float] = {}
+        self.constant: set[torch.fx.Node] = set()
 
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
+        if n.op == "get_attr" or (n.op != "placeholder" and n.all_input_nodes and all(
+                a in self.constant for a in n.all_input_nodes)):
+            self.constant.add(n)
         if isinstance(out, torch.Tensor):
             self.shapes[n] = tuple(int(s) for s in out.shape)
+            if n in self.constant and out.numel() and out.is_floating_point():
+                first = out.flatten()[0]
+                if bool((out == first).all()):
+                    self.uniform[n] = float(first)
         return out
 
 
-def node_shapes(gm: torch.fx.GraphModule, module: nn.Module,
-                input_shape: tuple[int, ...]) -> dict[torch.fx.Node, tuple[int, ...]]:
-    """Each node's output shape on a Gaussian batch of two (eval mode), batch axis included;
-    :class:`NotLayer` when the module fails on that input."""
+def node_shapes(gm: torch.fx.GraphModule, module: nn.Module, input_shape: tuple[int, ...],
+                ) -> tuple[dict[torch.fx.Node, tuple[int, ...]], dict[torch.fx.Node, float]]:
+    """Each node's output shape on a Gaussian batch of two (eval mode), batch axis included, and the
+    value of each constant tensor of equal entries; :class:`NotLayer` when the module fails on that input."""
     p0 = next(iter(module.parameters()), None)
     dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
     device = p0.device if p0 is not None else torch.device("cpu")
@@ -140,4 +150,4 @@ def node_shapes(gm: torch.fx.GraphModule, module: nn.Module,
     except Exception as e:  # noqa: BLE001 - the module fails on its own input shape
         raise NotLayer(ObstacleKind.INTERFACE, f"the module fails on an input of shape {(2, *input_shape)}: "
                        f"{first_line(e)}", "give the input shape the module takes") from None
-    return run.shapes
+    return run.shapes, run.uniform

@@ -565,7 +565,7 @@ def is_add(node: torch.fx.Node) -> bool:
             ("add", "add_"))) and len(node.args) == 2 and not node.kwargs
 
 
-def _is_mul(node: torch.fx.Node) -> bool:
+def is_mul(node: torch.fx.Node) -> bool:
     return (node.op == "call_function" and node.target in _MUL) or (node.op == "call_method" and node.target in
                                                                     ("mul", "mul_"))
 
@@ -577,7 +577,7 @@ def scale_of(node: torch.fx.Node) -> Factor | None:
     fn, method = node.op == "call_function", node.op == "call_method"
     a, b = node.args
     numbers = [x for x in (a, b) if isinstance(x, (int, float)) and not isinstance(x, bool)]
-    if _is_mul(node):
+    if is_mul(node):
         return Factor(float(numbers[0])) if len(numbers) == 1 else None
     if (fn and node.target in _DIV) or (method and node.target in ("div", "div_")):
         return Factor(1.0 / float(b)) if isinstance(b, (int, float)) and not isinstance(b, bool) and b != 0 \
@@ -595,7 +595,7 @@ def parameter_use(node: torch.fx.Node, gm: torch.fx.GraphModule, params: list[st
     if name == "cat":
         return NotLayer(ObstacleKind.PARAMETER, f"{at} concatenates the parameter {names} (a class token)",
                         "advdim's specs have no class token: pool the map instead (globalavgpool)")
-    if _is_mul(node):
+    if is_mul(node):
         return NotLayer(ObstacleKind.PARAMETER, f"{at} multiplies by the parameter {names} (layer scale)",
                         "advdim's specs have no learned scale; a constant factor last in a residual branch is "
                         "res(..., scale=a)")
@@ -613,7 +613,7 @@ def join_obstacle(node: torch.fx.Node, gm: torch.fx.GraphModule) -> NotLayer | N
     fix = "advdim's specs join paths only at a residual block's addition"
     if name == "cat":
         return NotLayer(ObstacleKind.TOPOLOGY, f"{at} concatenates paths (DenseNet)", fix)
-    if _is_mul(node):
+    if is_mul(node):
         return NotLayer(ObstacleKind.TOPOLOGY, f"{at} multiplies two paths (squeeze-excite or gating)", fix)
     if name in ("matmul", "bmm", "scaled_dot_product_attention", "einsum", "baddbmm"):
         return NotLayer(ObstacleKind.TOPOLOGY, f"{at} multiplies paths (attention written out)",

@@ -22,7 +22,8 @@ reads its graph as a chain of spec layers and residual blocks:
   Linear / element-wise layers > permute(0, 3, 1, 2)`` (ConvNeXt's MLP) as the same layers on the
   channels of the map, each ``Linear`` a 1x1 conv;
 - advdim's ``SelfAttention`` (``attn``) and ``ScaleBy``; a multiplication by a positive constant
-  (``scale(a)``);
+  (``scale(a)``), or by a parameter whose entries are all equal (a layer scale at initialisation:
+  ConvNeXt's ``gamma = 1e-6``, which last in a residual branch is the block's scale);
 - identities in eval mode: ``Identity``, ``Dropout`` / ``Dropout2d`` (and ``F.dropout`` with
   ``training=False``), torchvision's ``StochasticDepth`` and timm's ``DropPath`` (read whole, by class
   name), ``x.contiguous()``, ``torch.cat([x], 1)`` of one tensor.
@@ -43,7 +44,7 @@ fails inside a submodule, that submodule is made a leaf and the module traced ag
 other activations; grouped and depthwise convs; ``nn.MultiheadAttention``, timm's and torchvision's
 attention modules, ``nn.TransformerEncoderLayer``; LayerNorm on tokens or on the last axis of a map;
 ``flatten(2)`` / ``transpose`` / ``permute`` into tokens, token select ``x[:, 0]`` and token mean;
-parameters used directly (class token, positional embedding, layer scale); products of paths
+parameters used directly (class token, positional embedding, a trained layer scale); products of paths
 (squeeze-excite) and concatenations (DenseNet); norms not at initialisation; modules applied twice.
 A trace is kept only when it reproduces the module: the spec's network, with the module's own weights
 copied in, must give the module's logits on a Gaussian input (eval mode, rounding of the module's dtype).
@@ -84,6 +85,7 @@ from advdim._trace_layers import (
     Opaque,
     describe,
     is_add,
+    is_mul,
     is_permute,
     join_obstacle,
     last_axis_layers,
@@ -163,10 +165,10 @@ def trace_module(module: nn.Module, input_shape: Sequence[int]) -> Traced | Untr
     root = type(module).__name__
     try:
         gm, leaves = graph_of(module)
-        shapes = node_shapes(gm, module, shape)
+        shapes, uniform = node_shapes(gm, module, shape)
     except NotLayer as e:
         return Untraceable((Obstacle("", root, e.kind, e.what, e.fix),))
-    reader = _Reader(gm, shapes, leaves)
+    reader = _Reader(gm, shapes, leaves, uniform)
     layers, names = reader.read(shape)
     obstacles = reader.found()
     if obstacles:
@@ -211,8 +213,8 @@ class _Reader:
     block an opaque region up to where its paths meet."""
 
     def __init__(self, gm: torch.fx.GraphModule, shapes: dict[torch.fx.Node, tuple[int, ...]],
-                 leaves: dict[str, Obstacle]) -> None:
-        self.gm, self.shapes, self.leaves = gm, shapes, leaves
+                 leaves: dict[str, Obstacle], uniform: dict[torch.fx.Node, float]) -> None:
+        self.gm, self.shapes, self.leaves, self.uniform = gm, shapes, leaves, uniform
         self.nodes = list(gm.graph.nodes)
         self.order = {n: i for i, n in enumerate(self.nodes)}
         self.network, self.sizes = dynamic_nodes(gm)
@@ -293,8 +295,10 @@ class _Reader:
                 if node.op == "call_module" and str(node.target) in self.leaves:
                     self.obstacles[node] = self.leaves[str(node.target)]
                     raise NotLayer(ObstacleKind.FX, self.leaves[str(node.target)].what)
-                if consts:
+                if consts and self.factor(node) is None:
                     raise parameter_use(node, self.gm, self.parameters(consts))
+                if consts:
+                    continue
                 if len(ins) > 1:
                     e = join_obstacle(node, self.gm)
                     if e is not None:
@@ -306,6 +310,20 @@ class _Reader:
                 local[node] = e
                 self.note(e, node)
         return local
+
+    def factor(self, node: torch.fx.Node) -> Factor | None:
+        """``h * gamma`` (``gamma * h``, ``h.mul(gamma)``) for a parameter of equal entries: its value now,
+        a constant factor (a layer scale at initialisation, ``gamma = 1e-6``)."""
+        if not (is_mul(node) and len(node.args) == 2 and not node.kwargs):
+            return None
+        ins = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        net = [a for a in ins if a in self.network]
+        const = [a for a in ins if a not in self.network]
+        if len(net) != 1 or len(const) != 1 or const[0] not in self.uniform:
+            return None
+        if self.shapes.get(node) != self.shapes.get(net[0]):
+            return None  # the factor broadcasts the path to another shape
+        return Factor(self.uniform[const[0]])
 
     def unpacks(self, node: torch.fx.Node) -> bool:
         """``out[0]`` of a module returning several values (``nn.MultiheadAttention``): part of that module."""
@@ -415,7 +433,7 @@ class _Reader:
         opaque layer."""
         if node not in self.local and not self.unpacks(node):
             try:
-                got = self.last[node] if node in self.last else scale_of(node) or layer_of(
+                got = self.last[node] if node in self.last else scale_of(node) or self.factor(node) or layer_of(
                     node, self.gm, shape, self.sizes)
                 assert not isinstance(got, NotLayer)  # those are in self.local
                 layers = () if got is None else got if isinstance(got, tuple) else (got,)
@@ -428,7 +446,10 @@ class _Reader:
             except SpecError as e:
                 self.note(NotLayer(ObstacleKind.SETTING, f"{describe(node, self.gm)}: {e}",
                                    "see the spec language's limits"), node)
-        return (Opaque(self.real(node, shape)),)
+        real = self.real(node, shape)
+        if node in self.last and len(real) == 3:  # a channels-last region is read on the channels of the map
+            real = (real[2], real[0], real[1])
+        return (Opaque(real),)
 
     def fork(self, path: _Path, value: torch.fx.Node, users: list[torch.fx.Node], shape: tuple[int, ...],
              stop: torch.fx.Node | None) -> tuple[torch.fx.Node, tuple[int, ...]]:

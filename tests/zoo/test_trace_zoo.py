@@ -20,7 +20,6 @@ from timm.layers import DropPath
 from timm.layers import LayerNorm2d as TimmLayerNorm2d
 from torch import nn
 from torchvision.models import resnet as tv_resnet
-from torchvision.models.convnext import CNBlock
 from torchvision.models.convnext import LayerNorm2d as TvLayerNorm2d
 from torchvision.models.densenet import _DenseBlock, _DenseLayer
 from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention
@@ -71,12 +70,11 @@ def _densenet(m: nn.Module) -> Expected:
     return [(p, K.TOPOLOGY) for p in _named(m, _DenseLayer, _DenseBlock) if not p.endswith(".denselayer1")]
 
 
-def _tv_convnext(m: nn.Module) -> Expected:
+def _convnext(m: nn.Module) -> Expected:
     """The channels-last MLP of each block (``Permute > LayerNorm > Linear > GELU > Linear > Permute``)
-    maps onto channel layernorm and 1x1 convs: the norms' eps 1e-6, the depthwise convs and the layer
-    scales remain."""
-    return ([(p, K.SETTING) for p in _named(m, nn.LayerNorm) + _depthwise(m)]
-            + [(p, K.PARAMETER) for p in _named(m, CNBlock)])
+    maps onto channel layernorm and 1x1 convs, the layer scale (1e-6 for every channel at init) onto
+    the block's scale: the norms' eps 1e-6 and the depthwise convs remain."""
+    return [(p, K.SETTING) for p in _named(m, nn.LayerNorm) + _depthwise(m)]
 
 
 def _tv_vit_expected(m: nn.Module) -> Expected:
@@ -101,11 +99,6 @@ def _timm_vit(m: nn.Module) -> Expected:
             + [(f"{b}.attn", K.MODULE) for b in blocks])
 
 
-def _timm_convnext(m: nn.Module) -> Expected:
-    return ([(p, K.SETTING) for p in _named(m, TimmLayerNorm2d) + _depthwise(m)]
-            + [(p, K.PARAMETER) for p in _named(m, timm.models.convnext.ConvNeXtBlock)])
-
-
 def _mixer(m: nn.Module) -> Expected:
     blocks = [f"blocks.{i}" for i in range(len(m.blocks))]
     return ([("stem", K.OPERATION)] * 2 + [("norm", K.SETTING), ("", K.OPERATION)]
@@ -122,13 +115,13 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], Expected] | 
     "tv_mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), _mobilenet),
     "tv_densenet121": (lambda: torchvision.models.densenet121(num_classes=10), _densenet),
     "tv_efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), _efficientnet),
-    "tv_convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=10), _tv_convnext),
+    "tv_convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=10), _convnext),
     "tv_vit_b_16_small": (_tv_vit, _tv_vit_expected),
     "tv_swin_t": (lambda: torchvision.models.swin_t(num_classes=10), _swin),
     "timm_vit_tiny_patch16_224": (lambda: _timm("vit_tiny_patch16_224", img_size=32, patch_size=8), _timm_vit),
     "timm_deit_tiny_patch16_224": (lambda: _timm("deit_tiny_patch16_224", img_size=32, patch_size=8), _timm_vit),
     "timm_resnet18": (lambda: _timm("resnet18"), None),
-    "timm_convnext_atto": (lambda: _timm("convnext_atto"), _timm_convnext),
+    "timm_convnext_atto": (lambda: _timm("convnext_atto"), _convnext),
     "timm_mixer_s16_224": (lambda: _timm("mixer_s16_224", img_size=32), _mixer),
 }
 
