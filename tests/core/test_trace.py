@@ -92,6 +92,16 @@ def test_a_built_spec_traces_back_to_itself(spec: Spec) -> None:
     assert _unpadded_as_zeros(got.spec) == _unpadded_as_zeros(spec)
 
 
+@pytest.mark.parametrize("text", [
+    "3x8x8 > conv(4) > scale(0.5) > relu > maxpool(3,s=2,pad=1) > res(conv(8,s=2) > relu > conv(8) > batchnorm,"
+    "projbn=true) > res(conv(8) > scale(2.0),scale=0.5) > globalavgpool > dense(3)",
+    "3x8x8 > conv(4) > res(conv(4) > batchnorm,scale=0) > flatten > dense(3)",
+    "3x8x8 > conv(4) > layernorm > attn(2) > globalmaxpool > dense(3)"])
+def test_scale_overlapping_maxpool_projbn_and_scale_0_trace_back_to_themselves(text: str) -> None:
+    spec = parse(text)
+    assert trace(build(spec, seed=0), spec.input_shape) == spec
+
+
 class ScaledSkip(nn.Module):
     """A skip connection scaled by 0.5 (residual blocks scale only their branch)."""
 
