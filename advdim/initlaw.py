@@ -401,14 +401,16 @@ class _Acc:
         return gain
 
 
+#: weights per float64 block of :meth:`InitStats.add` (32 MB)
+CHUNK = 1 << 22
 #: rows (or columns) of a weight matrix whose orthogonality is tested (any subset of orthonormal rows is orthonormal)
 ORTHOGONAL_PROBE = 64
 
 
-def _orthogonal_gain(w: np.ndarray, eps: float) -> float | None:
+def _orthogonal_gain(w: torch.Tensor, eps: float) -> float | None:
     """``g`` when ``W W^T = g^2 I`` (rows <= columns) or ``W^T W = g^2 I`` exactly up to rounding, else None.
 
-    ``w``: the weights as a float64 ``(rows, fan_in)`` matrix; ``eps``: the machine epsilon of the
+    ``w``: the weights as a ``(rows, fan_in)`` matrix; ``eps``: the machine epsilon of the
     layer's own dtype.  Tested on the first :data:`ORTHOGONAL_PROBE` rows (columns), so that a large
     layer costs ``64^2 n`` operations.  Rounding leaves off-diagonal entries of order
     ``eps / sqrt(n)`` relative to the diagonal; i.i.d. draws leave entries of order ``1 / sqrt(n)``
@@ -419,7 +421,7 @@ def _orthogonal_gain(w: np.ndarray, eps: float) -> float | None:
     rows, cols = w.shape
     if min(rows, cols) < 2:
         return None
-    sub = w[:ORTHOGONAL_PROBE] if rows <= cols else w[:, :ORTHOGONAL_PROBE].T
+    sub = (w[:ORTHOGONAL_PROBE] if rows <= cols else w[:, :ORTHOGONAL_PROBE].T).cpu().double().numpy()
     g = sub @ sub.T
     g2 = float(np.diagonal(g).mean())
     if not g2 > 0:
@@ -451,17 +453,20 @@ class InitStats:
         for acc, w in zip(self.accs, weights):
             if tuple(w.shape) != acc.shape:
                 raise ValueError(f"layer {acc.label}: weights of shape {tuple(w.shape)}, expected {acc.shape}")
-            m = w.detach().cpu().double().numpy().reshape(w.shape[0], -1)
-            sq = m * m
-            acc.n += m.size
-            acc.s1 += float(m.sum())
-            acc.s2 += float(sq.sum())
-            acc.s4 += float((sq * sq).sum())
-            acc.largest = max(acc.largest, float(np.abs(m).max()))
-            at = m[np.abs(m) == TRUNC_BOUND]
-            acc.clamped += at.size
-            acc.clamped_sum += float(at.sum())
-            acc.gains.append(_orthogonal_gain(m, torch.finfo(w.dtype).eps if w.is_floating_point() else 0.0))
+            flat = w.detach().reshape(w.shape[0], -1)
+            step = max(1, CHUNK // max(1, flat.shape[1]))
+            for r0 in range(0, flat.shape[0], step):  # float64 blocks of at most CHUNK weights (a VGG fc: 100M)
+                m = flat[r0:r0 + step].cpu().double().numpy()
+                sq = m * m
+                acc.n += m.size
+                acc.s1 += float(m.sum())
+                acc.s2 += float(sq.sum())
+                acc.s4 += float((sq * sq).sum())
+                acc.largest = max(acc.largest, float(np.abs(m).max()))
+                at = m[np.abs(m) == TRUNC_BOUND]
+                acc.clamped += at.size
+                acc.clamped_sum += float(at.sum())
+            acc.gains.append(_orthogonal_gain(flat, torch.finfo(w.dtype).eps if w.is_floating_point() else 0.0))
         self.draws += 1
 
     def result(self, alpha: float = ALPHA) -> InitGuess:
