@@ -132,6 +132,16 @@ class Untraceable:
         named = "; ".join(o.what for o in rest[:_NAMED])
         return f"{first}; and {len(rest)} more: {named}{'; ...' if len(rest) > _NAMED else ''}"
 
+    def summary(self) -> str:
+        """One line grouping the obstacles by class and kind, most frequent first, each with its first
+        instance and fix (for tables: a ConvNeXt's 41 obstacles are two kinds)."""
+        groups: dict[tuple[str, ObstacleKind], list[Obstacle]] = {}
+        for o in self.obstacles:
+            groups.setdefault((o.cls, o.kind), []).append(o)
+        parts = [f"{len(g)} x {cls} ({kind.value}), e.g. {g[0]}"
+                 for (cls, kind), g in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+        return f"{len(self.obstacles)} obstacle(s): " + "; ".join(parts)
+
 
 @dataclass(frozen=True)
 class Traced:

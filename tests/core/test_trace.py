@@ -269,6 +269,7 @@ def test_one_run_lists_all_of_three_planted_obstacles() -> None:
     assert "torch.fx cannot trace inside 'gate'" in got.obstacles[2].what
     assert "\n" not in got.reason and got.reason.startswith("module 'act' (Tanh) is not a layer")
     assert "and 2 more: module 'dw' (Conv2d) is a depthwise convolution" in got.reason
+    assert got.summary().startswith("3 obstacle(s): 1 x Tanh (module), e.g. module 'act' (Tanh) is not a layer")
     assert trace(ThreeObstacles(clean=True), (2, 4, 4)) == parse(
         "2x4x4 > conv(4,pad=zeros) > relu > conv(4,pad=zeros) > globalavgpool > dense(3)")
 
