@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from advdim.arch import Attention, Conv, Dense, Layer, Residual, Spec, format_layer
+from advdim.arch import Attention, Conv, Dense, Layer, Residual, Scale, Spec, format_layer
 from advdim.errors import AdvdimError
 from advdim.inits import FIXED_STDS, Init, WeightLaw
 
@@ -752,11 +752,6 @@ def spec_with_init(spec: Spec, guess: InitGuess) -> Spec:
     bad = next((x for x, r in zip(guess.layers, ratios) if not r > 0), None)
     if bad is not None:
         raise AdvdimError(f"layer {bad.layer}: its weights have variance 0: no law")
-    try:
-        from advdim.arch import Scale
-    except ImportError:  # the spec language before scale(a)
-        raise AdvdimError("the spec language has no scale(a) layer: a mixed initialisation has no law here") from None
-
     def scaled(r: float) -> list[Layer]:
         return [] if _same(r, 1.0) else [Scale(math.sqrt(r))]
 
