@@ -2,7 +2,7 @@
 
 ``python -m advdim.theory._zoo_layers_mc [--quick]`` prints the table of docs/theory.md ("Layers of
 library code"): per row and size, the law of ``E||d_x f_0||_2^2``, ``E||d_x f_0||_1`` and
-``E||d_x f_0||_inf`` (:func:`advdim.theory._cli.best_laws`, with its level) beside the mean over
+``E||d_x f_0||_inf`` (:func:`advdim.theory._best.best_laws`, with its level) beside the mean over
 independently initialised nets (He, float64, 8 ``N(0, I)`` inputs each) with its standard error.  The
 nets are our builds of the spec, and where torchvision is installed (``.venv-zoo``) also the library's
 own modules: the stem of ``torchvision.models.resnet18`` (``conv1``, ``bn1``, ``relu``, ``maxpool``,
@@ -178,7 +178,7 @@ def measure_row(row: Row, size: int, nets: int | None = None, seed: int = 0) -> 
     """The law and the Monte Carlo of one row at one side: per statistic ``(law, level, mean, se)``; a row
     without a law is compared with :func:`routed_path_sum` (level ``refused``)."""
     from advdim.theory import predict
-    from advdim.theory._cli import SQ, best_laws
+    from advdim.theory._best import SQ, best_laws
 
     spec = parse(row.text.format(s=size))
     laws = best_laws(predict(spec))

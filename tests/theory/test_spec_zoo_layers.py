@@ -175,7 +175,7 @@ def test_torchvision_stem_has_an_approximate_law_with_every_quantity() -> None:
     """The resnet18 stem (conv 7x7/2, BN, ReLU, maxpool 3/2/1) under a conv head: a law at every size, its level
     approximate, the q-norms from the routed profile, q = inf by the fallback (max pools are outside the
     channel-gate model)."""
-    from advdim.theory._cli import Level, best_laws
+    from advdim.theory._best import Level, best_laws
 
     text = ("3x{s}x{s} > conv(64,k=7,s=2,pad=zeros,bias=false) > batchnorm > relu > maxpool(3,s=2,pad=1) > "
             "conv(16,pad=zeros) > relu > flatten > dense(10)")
