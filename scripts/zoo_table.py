@@ -81,7 +81,7 @@ def measure_one(model: Any, args: argparse.Namespace, device: torch.device) -> d
         return row
     th = m.theory
     row["traced"] = _obstacles(th)
-    row["init"] = th.init.reason if th.init is not None else "not examined (no trace)"
+    row["init"] = th.init.law_text() if th.init is not None else "not examined (no trace)"
     pred = th.prediction
     if th.reason is None and pred is not None:
         row["prediction"] = "; ".join(f"q={k}: {v:+.3f}" for k, v in sorted(dict(pred.predicted_slope).items())
