@@ -72,14 +72,20 @@ def test_bernoulli_half_gates_give_the_path_sum_on_any_stack(c: int, k: int, pad
 
 def test_one_block_in_closed_form() -> None:
     """He, no batch norm: v_1 = 2 E[x_0^2] = Var z_0, so z_1 = x_0 + xi with x_0 = relu(z_0), z_0, xi ~ N(0, 1):
-    p_1 = 1/4 + 1/2 P(xi < |z_0|) = 5/8, R(0, 1) = 1/2 * 3/4 = 3/8, and E||d_x f||^2 = 2 * 2 (R(0,1) + 2 p_0 p_1)
-    = 4; the per-block law p_1 (1 + G) gives 4 * 15/16 = 3.75."""
+    p_1 = 1/4 + 1/2 P(xi < |z_0|) = 5/8, R(0, 1) = 1/2 * 3/4 = 3/8, and without the stem coupling
+    E||d_x f||^2 = 2 * 2 (R(0,1) + 2 p_0 p_1) = 4; the per-block law p_1 (1 + G) gives 4 * 15/16 = 3.75.  The stem's
+    27 weights given z_0 = sigma |a| zeta have E||w||^2 = sigma^2 (26 + zeta^2): the run from gate 0 becomes
+    E[(26 + zeta^2)/27 1(zeta > 0) Phi(zeta)] = 3/8 + 1/(4 pi 27) (int_0^inf x^2 phi Phi dx = 3/8 + 1/(4 pi)), and
+    E||d_x f||^2 = 4 + 1/(27 pi)."""
     spec = parse(block_spec(8, 8, 1, bn=False))
-    law = _postact.chain_law(spec)
+    law = _postact.chain_law(spec, coupling=False)
     assert abs(float(law.p[1].max()) - 5 / 8) < 1e-7 and abs(float(law.p[1].min()) - 5 / 8) < 1e-7
     assert abs(float(law.runs[(0, 1)].max()) - 3 / 8) < 1e-7
-    assert abs(_postact.grad_sq_norm(spec) - 4.0) < 1e-6
+    assert abs(_postact.grad_sq_norm(spec, coupling=False) - 4.0) < 1e-6
     assert abs(_postact.grad_sq_norm(spec, gate_law=GateLaw.PRODUCT) - 3.75) < 1e-6
+    coupled = _postact.chain_law(spec)
+    assert abs(float(coupled.runs[(0, 1)].max()) - (3 / 8 + 1 / (4 * math.pi * 27))) < 1e-7
+    assert abs(_postact.grad_sq_norm(spec) - (4 + 1 / (27 * math.pi))) < 1e-6
 
 
 def test_a_max_pool_after_the_stem_starts_the_chains_at_the_window_max() -> None:
@@ -106,7 +112,7 @@ def test_the_chains_match_a_scalar_monte_carlo(pad: str, where: tuple[int, int])
     (5 standard errors of a binomial proportion; fixed seed), in the bulk and at zero-padded borders, where
     the branch variance v_k(p) reads fewer taps."""
     spec = parse(block_spec(8, 8, 4, pad))
-    law = _postact.chain_law(spec)
+    law = _postact.chain_law(spec, coupling=False)
     rng = np.random.default_rng(1)
     n = 400_000
     z = rng.standard_normal(n)  # units of sd(z_0)
