@@ -75,11 +75,13 @@ class Obstacle:
 
 
 class NotLayer(Exception):  # noqa: N818 - internal: becomes an Obstacle
-    """A node (``node``, or the one being read) that is an obstacle."""
+    """A node (``node``, or the one being read) that is an obstacle; ``secondary``: one that follows
+    from obstacles noted already (a skip connection through an opaque node), read past but not noted."""
 
-    def __init__(self, kind: ObstacleKind, what: str, fix: str = "", node: torch.fx.Node | None = None) -> None:
+    def __init__(self, kind: ObstacleKind, what: str, fix: str = "", node: torch.fx.Node | None = None,
+                 secondary: bool = False) -> None:
         super().__init__(what)
-        self.kind, self.what, self.fix, self.node = kind, what, fix, node
+        self.kind, self.what, self.fix, self.node, self.secondary = kind, what, fix, node, secondary
 
 
 @dataclass(frozen=True)
@@ -171,15 +173,16 @@ def conv(m: nn.Conv2d, at: str) -> Conv:
     return Conv(m.out_channels, k, stride, dil, padding, m.bias is not None)
 
 
-def pool(m: nn.MaxPool2d | nn.AvgPool2d, at: str) -> Layer:
+def pool(m: nn.MaxPool2d | nn.AvgPool2d, at: str, shape: Shape) -> Layer:
     """A max pool of any stride and padding (``maxpool(k,s=S,pad=P)``, floor mode); an average pool
-    of kernel = stride without padding."""
+    of kernel = stride without padding.  ``ceil_mode=True`` is floor mode on a map ``shape`` whose
+    windows leave no input behind (timm's ``AvgPool2d(2, 2, ceil_mode=True)`` on an even map)."""
     k = _pair(m.kernel_size, "kernel", at)
     stride = k if m.stride is None else _pair(m.stride, "stride", at)
     pad = _pair(m.padding, "padding", at)
-    if m.ceil_mode:
-        raise NotLayer(ObstacleKind.SETTING, f"{at} rounds its output side up (ceil_mode=True)",
-                       "use ceil_mode=False (floor mode)")
+    if m.ceil_mode and (len(shape) != 3 or any((n + 2 * pad - k) % stride for n in shape[1:])):
+        raise NotLayer(ObstacleKind.SETTING, f"{at} rounds its output side up (ceil_mode=True) on the map {shape}: "
+                       "a partial last window", "use ceil_mode=False (floor mode), or a map its windows tile")
     if isinstance(m, nn.MaxPool2d):
         if _pair(m.dilation, "dilation", at) != 1 or m.return_indices:
             raise NotLayer(ObstacleKind.SETTING, f"{at} is a dilated max pool or returns indices",
@@ -193,14 +196,14 @@ def pool(m: nn.MaxPool2d | nn.AvgPool2d, at: str) -> Layer:
     return AvgPool(k)
 
 
-def _functional_pool(node: torch.fx.Node, at: str) -> Layer:
+def _functional_pool(node: torch.fx.Node, at: str, shape: Shape) -> Layer:
     """``F.max_pool2d(x, k)`` / ``F.avg_pool2d(x, k)``: read as the module of the same arguments."""
     names = ["kernel_size", "stride", "padding"]
     names += ["dilation", "ceil_mode", "return_indices"] if node.target is F.max_pool2d \
         else ["ceil_mode", "count_include_pad", "divisor_override"]
     kwargs: dict[str, Any] = {**dict(zip(names, node.args[1:])), **node.kwargs}
     try:
-        return pool(nn.MaxPool2d(**kwargs) if node.target is F.max_pool2d else nn.AvgPool2d(**kwargs), at)
+        return pool(nn.MaxPool2d(**kwargs) if node.target is F.max_pool2d else nn.AvgPool2d(**kwargs), at, shape)
     except (TypeError, ValueError) as e:
         raise NotLayer(ObstacleKind.SETTING, f"{at}: {e}", "use kernel = stride pooling") from None
 
@@ -335,7 +338,7 @@ def _module_layer(m: nn.Module, at: str, shape: Shape) -> Layer | tuple[Layer, .
     if isinstance(m, nn.ReLU):
         return ReLU()
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        return pool(m, at)
+        return pool(m, at, shape)
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return adaptive_pool(m.output_size, isinstance(m, nn.AdaptiveAvgPool2d), at, shape)
     if isinstance(m, nn.Flatten):
@@ -447,6 +450,9 @@ def _layout(node: torch.fx.Node, at: str, shape: Shape, out: Shape | None) -> No
         return NotLayer(ObstacleKind.OPERATION, f"{at} reorders {what}", _TOKEN_FIX)
     if target in ("view", "reshape") and len(shape) == 3 and out == (shape[0], shape[1] * shape[2]):
         return NotLayer(ObstacleKind.OPERATION, f"{at} flattens the map into tokens (B, D, H*W)", _TOKEN_FIX)
+    if target == "mean" and len(shape) == 3 and (node.kwargs.get("keepdim") or (len(args) > 1 and args[1] is True)):
+        return NotLayer(ObstacleKind.OPERATION, f"{at} averages over the map keeping a 1x1 map (keepdim=True, "
+                        "squeeze-excite's pool)", "advdim's global pools give flat (B, C): x.mean((2, 3))")
     if target == "mean" and len(shape) == 2:
         return NotLayer(ObstacleKind.OPERATION, f"{at} averages tokens (B, N, D) (token mean)",
                         "keep the (D, H, W) map and pool it (globalavgpool)")
@@ -480,7 +486,7 @@ def layer_of(node: torch.fx.Node, gm: torch.fx.GraphModule, shape: Shape, sizes:
         if target in (torch.mean, torch.amax) and _global_dims(node):
             return GlobalAvgPool() if target is torch.mean else GlobalMaxPool()
         if target in (F.max_pool2d, F.avg_pool2d):
-            return _functional_pool(node, at)
+            return _functional_pool(node, at, shape)
         if target in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d) and node.kwargs.get(
                 "training", node.args[2] if len(node.args) > 2 else True) is False:
             return None

@@ -8,9 +8,10 @@ reads its graph as a chain of spec layers and residual blocks:
 - ``ReLU`` (module, ``inplace=True``, ``F.relu``, ``torch.relu``, ``x.relu()``), ``GELU`` (exact form;
   module or ``F.gelu``);
 - ``MaxPool2d`` / ``F.max_pool2d`` of any stride and padding (``maxpool(k,s=S,pad=P)``, floor mode),
-  ``AvgPool2d`` of kernel = stride; ``AdaptiveAvgPool2d`` / ``AdaptiveMaxPool2d``, ``x.mean((2, 3))`` /
-  ``x.amax((2, 3))`` as global pools (output 1), identities (output = the map) or pools of kernel
-  ``n / o`` (output ``o`` dividing the map's side ``n``);
+  ``AvgPool2d`` of kernel = stride (``ceil_mode=True`` where the windows tile the map: floor mode);
+  ``AdaptiveAvgPool2d`` / ``AdaptiveMaxPool2d``, ``x.mean((2, 3))`` / ``x.amax((2, 3))`` as global pools
+  (output 1), identities (output = the map) or pools of kernel ``n / o`` (output ``o`` dividing the
+  map's side ``n``);
 - ``Flatten``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(B, -1)`` / ``x.reshape(B, -1)``;
 - ``BatchNorm2d`` / ``BatchNorm1d`` anywhere at initialisation (bias 0, one weight ``gamma`` for all
   channels): ``batchnorm`` with running mean 0, variance 1 -- with another ``eps`` than the theory's
@@ -239,6 +240,8 @@ class _Reader:
     # -- obstacles ---------------------------------------------------------------------------
     def note(self, e: NotLayer, node: torch.fx.Node | None) -> None:
         """Keep the obstacle ``e`` met at ``node`` (the first one for each node)."""
+        if e.secondary:
+            return
         at = e.node or node
         path, cls = where(at, self.gm) if at is not None else ("", type(self.gm).__name__)
         self.obstacles.setdefault(at, Obstacle(path, cls, e.kind, e.what, e.fix))
@@ -570,7 +573,11 @@ class _Reader:
         whys: list[tuple[tuple[bool, int], NotLayer]] = []  # by preference: a skip starting with the projection
         for br, sk in ((0, 1), (1, 0)):
             branch, skip = _split_scale(paths[br].layers), _split_scale(paths[sk].layers)
-            rank = (False, len(paths[sk].layers))
+            rank = (True, len(paths[sk].layers))
+            if any(isinstance(x, Opaque) for x in paths[sk].layers):  # its obstacle is noted: read past
+                whys.append(((False, 0), NotLayer(ObstacleKind.TOPOLOGY, "a skip through an obstacle", node=join,
+                                                  secondary=True)))
+                continue
             if skip[1] != 1.0:
                 whys.append((rank, NotLayer(ObstacleKind.TOPOLOGY, f"the skip connection from {value.name!r} is "
                                             f"scaled (by {skip[1]:g})", "advdim's residual blocks scale only their "

@@ -187,7 +187,8 @@ def _bn_trained() -> nn.Module:
      "mode 'replicate'"),
     (lambda: _seq(nn.Conv2d(2, 4, 3, stride=2), nn.Flatten(), nn.Linear(4, 3)), "does not divide the map"),
     (lambda: _seq(nn.AvgPool2d(3, stride=1), nn.Flatten(), nn.Linear(8, 3)), "not a non-overlapping average pool"),
-    (lambda: _seq(nn.MaxPool2d(3, stride=1, ceil_mode=True), nn.Flatten(), nn.Linear(8, 3)), "ceil_mode=True"),
+    (lambda: _seq(nn.MaxPool2d(3, stride=2, ceil_mode=True), nn.Flatten(), nn.Linear(8, 3)),
+     "ceil_mode=True) on the map (2, 4, 4): a partial last window"),
     (lambda: _seq(nn.AdaptiveAvgPool2d((2, 1)), nn.Flatten(), nn.Linear(4, 3)), "pools to (2, 1)"),
     (_bn_trained, "running statistics or an affine map other than at initialisation"),
     (_with_hook, "the trace does not reproduce the module's output"),
@@ -361,6 +362,9 @@ class Stem(nn.Module):
      f"3x8x8 > conv(4,pad=zeros) > gelu > maxpool(3,s=2,pad=1) > batchnorm > scale({((1 + 1e-5) / 1.001) ** 0.5!r})"
      " > flatten > batchnorm > dense(3)"),
     (Stem, "3x8x8 > conv(4,pad=zeros) > gelu > maxpool(3,s=2,pad=1) > scale(0.5) > flatten > scale(0.25) > dense(5)"),
+    (lambda: _seq(nn.Conv2d(3, 4, 1), nn.AvgPool2d(2, ceil_mode=True), nn.MaxPool2d(3, 1, ceil_mode=True),
+                  nn.Flatten(), nn.Linear(16, 3)),  # ceil mode where the windows tile the map: floor mode
+     "3x8x8 > conv(4,1,pad=zeros) > avgpool(2) > maxpool(3,s=1) > flatten > dense(3)"),
 ])
 def test_an_idiom_of_the_libraries_is_traced_to_its_spec(make: object, text: str) -> None:
     """Each trace is kept only when the spec's network reproduces the module's logits."""
