@@ -67,6 +67,7 @@ from advdim.arch import (
     Padding,
     ReLU,
     Residual,
+    Scale,
     Shape,
     Spec,
 )
@@ -551,7 +552,10 @@ def _run(layers: Sequence[Layer], in_shape: Shape, h: Rep, flat: bool, params: I
             w, bias = next(params)
             proj = _projection(layer, shape)
             assert out_flat == flat
-            h = _add(h if proj is None else _linear(proj, h, flat, w, bias, at), out, layer.scale)
+            skip = h if proj is None else _linear(proj, h, flat, w, bias, at)
+            if proj is not None and layer.projbn:  # its batch norm at init, running statistics: 1 / sqrt(1 + eps)
+                skip = _map(skip, lambda t: t / math.sqrt(1.0 + _BN_EPS))
+            h = _add(skip, out, layer.scale)
         elif isinstance(layer, Attention):
             ws, bs = zip(*(next(params) for _ in range(4)))
             if flat:
@@ -588,7 +592,10 @@ def _pointwise(layer: Layer, h: Rep, flat: bool, at: _Batch) -> tuple[Rep, bool]
     if isinstance(layer, AvgPool):
         return _map(h, functools.partial(F.avg_pool2d, kernel_size=layer.size)), flat
     if isinstance(layer, MaxPool):
-        return _map(h, functools.partial(F.max_pool2d, kernel_size=layer.size)), flat
+        return _map(h, functools.partial(F.max_pool2d, kernel_size=layer.size, stride=layer.step,
+                                         padding=layer.pad)), flat
+    if isinstance(layer, Scale):
+        return _map(h, lambda t: t * layer.factor), flat
     if isinstance(layer, (Flatten, GlobalAvgPool, GlobalMaxPool)):
         if flat:
             return h, flat

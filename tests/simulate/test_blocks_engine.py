@@ -261,3 +261,32 @@ def test_study_runs_the_block_families(text: str) -> None:
     for key in ("1", "2", "inf"):
         assert math.isfinite(res.q[key].measured_slope)
     assert all(v > 0 for v in res.sq_measured)
+
+
+#: the layers of library code (issue 20): overlapping max pooling, a batch norm after the projection, scale(a)
+LIBRARY_SPECS = [
+    "3x16x16 > conv(8,pad=zeros) > batchnorm > relu > maxpool(3,s=2,pad=1) > res(conv(8,pad=zeros) > relu > "
+    "conv(8,pad=zeros)) > relu > globalavgpool > dense(10)",
+    "3x16x16 > conv(8,pad=zeros) > relu > maxpool(3,s=2,pad=1) > flatten > dense(10)",
+    "3x16x16 > conv(8,pad=zeros) > relu > res(conv(16,s=2,pad=zeros) > relu > conv(16,pad=zeros),projbn=true) > "
+    "relu > scale(1.7) > globalavgpool > dense(10) > scale(0.3)",
+]
+
+
+@pytest.mark.parametrize("text", LIBRARY_SPECS)
+def test_engine_equals_per_net_modules_on_library_layers(text: str) -> None:
+    """The same check as above on the layers torchvision's ResNets need: the engine pools with the
+    spec's stride and padding, scales, and divides the projected skip by its batch norm's sqrt(1 + eps)."""
+    from advdim.arch import parse
+
+    spec = parse(text)
+    stack = draw_stack(spec, 3, torch.Generator().manual_seed(5), dtype=torch.float64)
+    nets = _modules_from_stack(stack)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, *spec.input_shape, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, spec.n_classes, (4, 3), generator=gen)
+    for target in Target:
+        ref = torch.stack([input_gradient(net, x[:, r], target, 1, labels[:, r]) for r, net in enumerate(nets)], dim=1)
+        for scheme, channels_last in LAYOUTS:
+            got = input_gradients(stack, x, target, 1, labels, scheme, channels_last)
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
