@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from advdim.simulate._engine import Q_KEYS
 from advdim.simulate._result import FamilyResult, QResult
+from advdim.theory._best import Level
 
 from advdim.arch import Dense, Family, Target, resolve_target
 from advdim.build import Init
@@ -44,12 +45,12 @@ class TopologyLaw:
     slopes: dict[str, float | None]
     sq_exact: str | None = None  # why the path sum is only approximate (H1 fails), None when it is exact
     #: the level of each predicted quantity (q key, and "sq" for E||d_x f_k||_2^2): the words of
-    #: ``advdim.theory._cli.Level`` (exact / wide-limit / approximate / extreme-value fallback)
+    #: ``advdim.theory._best.Level`` (exact / wide-limit / approximate / extreme-value fallback)
     levels: dict[str, str] = field(default_factory=dict)
 
 
-#: the levels of the laws, best first: the words of ``advdim.theory._cli.Level`` (without its CLI imports)
-LEVELS = ("exact", "wide-limit", "approximate", "extreme-value fallback", "none")
+#: the levels of the laws, best first: the words of ``advdim.theory._best.Level``
+LEVELS = tuple(level.value for level in Level)
 
 
 def worst_level(words: Sequence[str | None]) -> str | None:
