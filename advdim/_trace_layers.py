@@ -73,6 +73,10 @@ class Obstacle:
     def __str__(self) -> str:
         return f"{self.what} ({self.fix})" if self.fix else self.what
 
+    def to_json(self) -> dict[str, str]:
+        """The record's fields as strings (the kind by its value), for tables and stored results."""
+        return {"path": self.path, "cls": self.cls, "kind": self.kind.value, "what": self.what, "fix": self.fix}
+
 
 class NotLayer(Exception):  # noqa: N818 - internal: becomes an Obstacle
     """A node (``node``, or the one being read) that is an obstacle; ``secondary``: one that follows

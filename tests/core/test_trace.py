@@ -267,6 +267,9 @@ def test_one_run_lists_all_of_three_planted_obstacles() -> None:
         ("gate", "_DataDependent", ObstacleKind.FX)]
     assert "depthwise convolution (groups=4)" in got.obstacles[1].what
     assert got.obstacles[1].fix == "advdim's conv has groups=1"
+    assert got.obstacles[1].to_json() == {"path": "dw", "cls": "Conv2d", "kind": "setting",
+                                          "what": "module 'dw' (Conv2d) is a depthwise convolution (groups=4)",
+                                          "fix": "advdim's conv has groups=1"}
     assert "torch.fx cannot trace inside 'gate'" in got.obstacles[2].what
     assert "\n" not in got.reason and got.reason.startswith("module 'act' (Tanh) is not a layer")
     assert "and 2 more: module 'dw' (Conv2d) is a depthwise convolution" in got.reason
