@@ -555,8 +555,8 @@ def naive_path_sum(spec: Spec, init: str = "he", logit: int = 0) -> np.ndarray:
 #: the level of the law, as ``Prediction.approximate`` states it
 LEVEL = ("post-activation residual blocks: the wide-limit chain law (gradient independence; docs/theory.md, "
          "'Post-activation residual blocks'); at finite width E||d_x f||_2^2 lies O(1/C) above it (Monte Carlo of "
-         "advdim and torchvision nets, 1 to 4 blocks: +0% to +5% at 16 channels, -0% to +4% at 64; extrapolated "
-         "to infinite width 1.008 +- 0.003 of the law over 13 nets)")
+         "advdim and torchvision nets, 1 to 4 blocks: -0.4% to +4.9% at 16 channels, -0.5% to +3.2% at 64, about "
+         "+1% at 128 to 256 for four blocks; extrapolated to infinite width 1.004 +- 0.003 of the law over 13 nets)")
 
 
 def growth(members: Sequence[Spec], init: str) -> tuple[float | None, str]:
