@@ -39,8 +39,9 @@ the path sum's Bernoulli(1/2) gate (H1, S) does not hold.  The law (docs/theory.
   +0.3% to +0.5% here, and exactly the wide limit (``coupling=False``: without it).
 
 The run probabilities are iterated 1-D integrals: each chain's density is carried on a grid of
-``points`` nodes over ``[0, 9 sd]`` of the current pre-activation ``z_k`` (trapezoid rule; the
-discretisation error is below 1e-7 relative at the default, tests/theory/test_postact.py), per
+``points`` nodes over ``[0, 9 sd]`` of the current pre-activation ``z_k`` (Gregory's end-corrected
+trapezoid rule; the discretisation error is below 1e-7 relative at the default,
+tests/theory/test_postact.py), per
 position (zero padding makes ``v_k`` position-dependent; positions with equal histories share one
 chain).  The forward moments are those of the input's expectation (``E x^2 = 1``), or of given
 inputs (``inputs``: the exact wide limit given each input, averaged), since ``q_0(p)`` fluctuates
@@ -63,7 +64,7 @@ from advdim.theory._graph import BN_EPS, Sign, Step
 from advdim.arch import AvgPool, BatchNorm, BNMode, Conv, Dense, GlobalAvgPool, MaxPool, ReLU, Residual, Spec
 from advdim.errors import HypothesisError
 
-#: grid nodes per chain density (trapezoid on [0, SPAN sd]); error below 1e-7 relative (test_postact.py)
+#: grid nodes per chain density (Gregory's rule on [0, SPAN sd]); error below 1e-7 relative (test_postact.py)
 POINTS = 401
 #: the grid spans this many standard deviations of the current pre-activation
 SPAN = 9.0
