@@ -433,6 +433,15 @@ def _flat_view(node: torch.fx.Node, sizes: set[torch.fx.Node], flat: int) -> boo
     return bool((first in sizes and second == -1) or (first == -1 and second == flat))
 
 
+def _into_tokens(node: torch.fx.Node) -> bool:
+    """``x.flatten(2)`` / ``torch.flatten(x, 2)`` or a view / reshape of a map (the tokens' first step)."""
+    method = node.op == "call_method"
+    if (method and node.target == "flatten") or (node.op == "call_function" and node.target is torch.flatten):
+        return _flatten_args(node, 1)[0] == 2
+    return (method and node.target in ("view", "reshape")) or (node.op == "call_function"
+                                                                and node.target is torch.reshape)
+
+
 def _layout(node: torch.fx.Node, at: str, shape: Shape, out: Shape | None) -> NotLayer:
     """The obstacle of an operation that moves axes or selects entries (the idioms of tokens)."""
     target = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
@@ -451,7 +460,10 @@ def _layout(node: torch.fx.Node, at: str, shape: Shape, out: Shape | None) -> No
     if target in ("transpose", "permute", "movedim", "swapaxes"):
         what = "tokens (B, N, D)" if len(shape) == 2 or (target == "transpose" and args[:2] == (1, 2)) \
             else "the axes back from channels last" if is_permute(node, (0, 3, 1, 2)) else "the axes (channels last)"
-        return NotLayer(ObstacleKind.OPERATION, f"{at} reorders {what}", _TOKEN_FIX)
+        source = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
+        # (B, D, N) -> (B, N, D) right after flattening the map: one idiom, named at the flatten
+        return NotLayer(ObstacleKind.OPERATION, f"{at} reorders {what}", _TOKEN_FIX,
+                        secondary=len(shape) == 2 and source is not None and _into_tokens(source))
     if target in ("view", "reshape") and len(shape) == 3 and out == (shape[0], shape[1] * shape[2]):
         return NotLayer(ObstacleKind.OPERATION, f"{at} flattens the map into tokens (B, D, H*W)", _TOKEN_FIX)
     if target == "mean" and len(shape) == 3 and (node.kwargs.get("keepdim") or (len(args) > 1 and args[1] is True)):

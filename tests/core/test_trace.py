@@ -468,7 +468,7 @@ K = ObstacleKind
 
 @pytest.mark.parametrize(("make", "shape", "expected"), [
     (TinyViT, (3, 4, 4), [
-        ("", K.OPERATION, "flattens the map into tokens"), ("", K.OPERATION, "reorders tokens"),
+        ("", K.OPERATION, "flattens the map into tokens (x.flatten(2))"),  # the transpose after it: the same idiom
         ("", K.PARAMETER, "concatenates the parameter 'cls_token' (a class token)"),
         ("", K.PARAMETER, "adds the parameter 'pos_embed' (a positional embedding)"),
         ("norm", K.SETTING, "normalises tokens (B, N, D) = (B, 5, 8)"),
