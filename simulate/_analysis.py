@@ -67,12 +67,14 @@ def _levels(pred: Any, sizes: tuple[int, ...], keys: tuple[str, ...], target: Gr
             wide_used: bool) -> dict[str, str]:
     """The level of each quantity of a :class:`TopologyLaw` (the rules of ``advdim theory``'s table,
     ``advdim.theory._cli.norm_law``), from the structure alone: no law is computed twice."""
-    from advdim.theory import _maxnorm
+    from advdim.theory import _maxnorm, _postact
 
     # an average pool after the first conv: the path sum drops cross terms the wide limit keeps (theory's H1 note)
     pooled = any(pred.pooling_correction_applies(s) for s in sizes)
-    approx_any = approx is not None or pooled
-    sq = "wide-limit" if wide_used else ("approximate" if approx_any else "exact")
+    # ReLUs after residual adds: the post-activation chain law, exact as the widths grow
+    chains = approx is not None and all(_postact.applies(pred.spec_at(s)) for s in sizes)
+    approx_any = (approx is not None and not chains) or pooled
+    sq = "wide-limit" if wide_used or (chains and not pooled) else ("approximate" if approx_any else "exact")
     out = {"sq": sq}
     for key in keys:
         if target is GradTarget.LOSS:  # the softmax factor under the predicted logit law: about 1% (docs/theory.md)

@@ -96,6 +96,10 @@ def sq_norm_law(pred: Prediction, size: int, wide: bool = True) -> Law:
                    f"{why}, which this law keeps; real nets with >= 64 channels agree within 2.5 se, 16 channels "
                    "run 1-3% higher (docs/theory.md, 'Average pooling beyond the path sum')", law.stderr, path)
     if pred.approximate is not None:
+        from advdim.theory import _postact
+
+        if _postact.applies(pred.spec_at(size)):  # ReLUs after residual adds: the chain law, exact as widths grow
+            return Law(path, Level.WIDE, "post-activation chain law (theory/_postact.py)", pred.approximate)
         return Law(path, Level.APPROXIMATE, "path sum", pred.approximate)
     return Law(path, Level.EXACT, "path sum on the real graph", "exact at every width")
 
