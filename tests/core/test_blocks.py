@@ -420,17 +420,25 @@ class _ScaledInside(nn.Module):
 
 
 @pytest.mark.parametrize(("make", "words"), [
-    (lambda: _Shortcut(bn=True), "is conv(4,1,s=2,pad=zeros,bias=false) > batchnorm, not the projection"),
     (_Tokens, "module 'mha' (MultiheadAttention) is not traced"),
     (_MapNorm, "normalises the last axis of the (C, H, W) map"),
     (lambda: nn.Sequential(nn.Conv2d(2, 4, 1), nn.GELU(approximate="tanh"), nn.Flatten(), nn.Linear(64, 3)),
      "'tanh' approximation"),
-    (_ScaledInside, "multiplies by a constant before its last operation"),
 ])
 def test_untraceable_blocks_say_why(make: object, words: str) -> None:
     got = trace(make(), (2, 4, 4))  # type: ignore[operator]
     assert isinstance(got, Untraceable), got
     assert words in got.reason and "\n" not in got.reason
+
+
+@pytest.mark.parametrize(("make", "text"), [
+    # torchvision's downsample (conv1x1, BatchNorm2d): the projection with its batch norm (issue 20)
+    (lambda: _Shortcut(bn=True), "2x4x4 > res(conv(4,s=2,pad=zeros),projbn=true) > globalavgpool > dense(3)"),
+    # a constant inside the branch: scale(a) (issue 20)
+    (_ScaledInside, "2x4x4 > res(conv(2,pad=zeros) > scale(2.0) > relu) > globalavgpool > dense(3)"),
+])
+def test_blocks_of_library_idioms_trace_to_the_new_layers(make: object, text: str) -> None:
+    assert trace(make(), (2, 4, 4)) == parse(text)  # type: ignore[operator]
 
 
 def test_the_shortcut_without_batch_norm_is_the_projection() -> None:
