@@ -58,16 +58,14 @@ def _obstacles(theory: Any) -> str:
     if not bad:
         return "yes"
     first = bad[0]
-    obstacles = getattr(first, "obstacles", ())
-    if obstacles:
-        return f"{len(obstacles)} obstacle(s): " + "; ".join(str(o) for o in obstacles)
-    return f"no: {first.reason}"
+    return first.summary() if first.obstacles else f"no: {first.reason}"
 
 
 def measure_one(model: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """One zoo row: ``advdim.measure.measure`` on the model's factory at the table's budget."""
     from advdim.errors import AdvdimError
     from advdim.measure import MeasureConfig, measure
+    from advdim.trace import Untraceable
 
     cfg = MeasureConfig(input_shape=(3, args.base, args.base), factors=tuple(args.sizes), qs=QS,
                         inputs=args.inputs, seed=args.seed, draws=args.draws, steps=1)
@@ -81,6 +79,8 @@ def measure_one(model: Any, args: argparse.Namespace, device: torch.device) -> d
         return row
     th = m.theory
     row["traced"] = _obstacles(th)
+    bad = next((t for t in th.traces.values() if isinstance(t, Untraceable)), None)
+    row["obstacles"] = [o.to_json() for o in bad.obstacles] if bad is not None else []
     row["init"] = th.init.law_text() if th.init is not None else "not examined (no trace)"
     pred = th.prediction
     if th.reason is None and pred is not None:
@@ -110,6 +110,22 @@ def _cell(row: dict[str, Any], q: float) -> str:
     return f"{s:+.2f}{ci} {row.get(f'verdict_{key}', '')}"
 
 
+def _short(text: str, n: int = 160) -> str:
+    return text if len(text) <= n else text[: n - 1].rstrip() + "\u2026"
+
+
+def _traced_cell(row: dict[str, Any]) -> str:
+    """``yes``, or the obstacles counted by class and kind (the JSON keeps each with its path and fix)."""
+    obstacles = row.get("obstacles") or []
+    if not obstacles:
+        return _short(row["traced"])
+    groups: dict[tuple[str, str], int] = {}
+    for o in obstacles:
+        groups[(o["cls"], o["kind"])] = groups.get((o["cls"], o["kind"]), 0) + 1
+    parts = [f"{n} x {cls} ({kind})" for (cls, kind), n in sorted(groups.items(), key=lambda kv: -kv[1])]
+    return f"no, {len(obstacles)} obstacles: " + ", ".join(parts)
+
+
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> str:
     sides = ", ".join(str(args.base * k) for k in args.sizes)
     head = [f"Budget: sides {sides} (d = 3 x side^2), {args.draws} draws per side, {args.inputs} Gaussian inputs per "
@@ -126,10 +142,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) 
             word = "n/a (zero gradient)" if zero else "-"
             head.append(f"| {r['library']} `{r['model']}` | {why} | | | {word} | {word} | {word} | {r['seconds']} |")
             continue
-        pred = r["prediction"] if r["prediction"] == "none" else f"{r['prediction']} ({r['level']})"
-        if r["prediction"] == "none":
-            pred = f"none: {r['level']}"
-        cells = [f"{r['library']} `{r['model']}`", r["traced"], r["init"], pred, *(_cell(r, q) for q in QS),
+        pred = f"none: {_short(r['level'])}" if r["prediction"] == "none" else f"{r['prediction']} ({r['level']})"
+        cells = [f"{r['library']} `{r['model']}`", _traced_cell(r), r["init"], pred, *(_cell(r, q) for q in QS),
                  str(r["seconds"])]
         head.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(head) + "\n"
@@ -156,7 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--no-write", action="store_true", help="print the table, leave docs/zoo.md")
+    p.add_argument("--from-json", type=Path, default=None, help="render the rows of an earlier --json, measure nothing")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text(encoding="utf-8"))
+        for k, v in saved.get("budget", {}).items():
+            setattr(args, k, v)
+        table = markdown(saved["rows"], args, saved["seconds"])
+        print(table)
+        if not args.no_write:
+            write_doc(table)
+        return 0
     models = [m for m in ZOO if not args.only or m.name in args.only]
     unknown = set(args.only) - {m.name for m in ZOO}
     if unknown:
@@ -167,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         row = measure_one(m, args, device)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    table = markdown(rows, args, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    table = markdown(rows, args, wall)
     print(table)
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps({"seconds": wall, "rows": rows, "budget": {
+            k: getattr(args, k) for k in ("base", "sizes", "draws", "inputs", "seed")}}, indent=1), encoding="utf-8")
     if not args.no_write:
         write_doc(table)
     return 0
