@@ -337,7 +337,7 @@ def _batchnorm_rows(scale: Scale, seed: int, device: str, workers: int,
     """The runs of the batch-norm check: {BN, none} x {no decay, decay} at each size, two seeds.
 
     ``TINY``: the synthetic set at 14 and 28 px, one epoch of 64 images (seconds); ``DEFAULT``:
-    Fashion-MNIST at 28 / 56 / 112 px, 2 epochs of 800 images, the gradient norms of 128 test
+    Fashion-MNIST at 28 / 56 / 112 px, 2 epochs of 600 images, the gradient norms of 128 test
     points (no vulnerability), decay 5e-2 only (about 2 minutes on one core); ``PAPER``: the whole
     ``small`` preset of ``advdim experiment batchnorm`` (both decays, vulnerability too).
     """
@@ -355,7 +355,7 @@ def _batchnorm_rows(scale: Scale, seed: int, device: str, workers: int,
             sizes = [14, 28]
         else:
             small = ex.PRESETS["batchnorm"]["small"]
-            base = {**small["base"], "n_train": 800, "epochs": 2, "n_test": 128}
+            base = {**small["base"], "n_train": 600, "epochs": 2, "n_test": 128}
             sizes = small["sizes"]
         # n_eval 8: training's own evaluation and attack are not used here
         cells = ex.grid({**base, "n_eval": 8, "device": dev}, sizes, [seed, seed + 1], [BN_DECAY])
