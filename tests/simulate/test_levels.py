@@ -45,3 +45,20 @@ def test_the_table_cell_shows_the_level_under_the_value():
     assert predicted_cell({"predicted": 0.25, "extra": {"level": "approximate"}}) == "0.25\n(approx.)"
     assert predicted_cell({"predicted": None, "extra": {"level": "exact"}}) == "-"
     assert predicted_cell({"predicted": 1.0, "extra": {}}) == "1"
+
+
+def test_an_approximate_prediction_is_judged_with_its_documented_margin():
+    """The avgpool path sum is approximate (its slope sits +0.014 to +0.031 below real nets): a deviation
+    inside that margin is not a FAIL, one beyond it is; the row leaves Holm's point-null family."""
+    from advdim.simulate._result import APPROX_SLOPE_BOUND
+
+    res = study("avgpool", (8, 16), nets=4, draws=2, inputs=2, seed=3, progress=False)
+    assert res.prefactor_approximate is not None
+    p, se, n = -0.5, 0.004, 200.0
+    ok, tol = res._slope_test(p + 0.02, p, se, 0.01, n)  # +0.02: what the approximation explains
+    assert ok and tol > APPROX_SLOPE_BOUND
+    assert not res._slope_test(p + tol + 0.01, p, se, 0.01, n)[0]  # beyond the margin: FAIL
+    assert res._two_sided(p + 0.02, p, se, n) is None
+    exact = study("dense", (4, 8), nets=4, draws=2, inputs=2, seed=3, progress=False)
+    assert exact.prefactor_approximate is None and not exact._slope_test(p + 0.02, p, se, 0.01, n)[0]
+    assert exact._two_sided(p + 0.02, p, se, n) is not None
