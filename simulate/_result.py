@@ -35,6 +35,22 @@ from advdim.verdict import MIN_POWER, Outcome, Verdict, count, power_note
 #: replicates and the 2000-topology run) and up to +0.031 on Fashion-MNIST (docs/simulate.md)
 APPROX_SLOPE_BOUND = 0.035
 
+
+
+def margin_slope_test(measured: float, predicted: float, se: float, alpha: float, n: float | None,
+                      margin: float) -> tuple[bool, float]:
+    """:func:`advdim.stats.slope_test` with ``margin`` (the prediction's own documented error) added to
+    its tolerance: ``(passed, tol + margin)``.
+
+    >>> [margin_slope_test(0.52, 0.5, 0.004, 0.01, 200.0, m)[0] for m in (0.035, 0.0)]
+    [True, False]
+    """
+    passed, tol = slope_test(measured, predicted, se, alpha, n)
+    if margin == 0.0 or not math.isfinite(tol):
+        return passed, tol
+    return bool(abs(measured - predicted) <= tol + margin), tol + margin
+
+
 REFERENCES = {"dense": "Theorem 4", "strided": "Theorem 5 / Corollary 6", "gap": "Theorem 5 / Corollary 6",
               "avgpool": "Appendix B", "maxpool": "Section 3.2 (no law: max pooling breaks H1-H3)"}
 
@@ -321,11 +337,7 @@ class FamilyResult:
     def _slope_test(self, measured: float, predicted: float, se: float, alpha: float, n: float
                     ) -> tuple[bool, float]:
         """:func:`advdim.stats.slope_test`, with the approximation's margin added to its tolerance."""
-        passed, tol = slope_test(measured, predicted, se, alpha, n)
-        margin = self._margin()
-        if margin == 0.0 or not math.isfinite(tol):
-            return passed, tol
-        return bool(abs(measured - predicted) <= tol + margin), tol + margin
+        return margin_slope_test(measured, predicted, se, alpha, n, self._margin())
 
     def _resolution(self) -> str:
         """The error the row's power is stated against (beyond the approximation's margin)."""
