@@ -277,3 +277,31 @@ def test_bad_requests_raise_one_line_errors() -> None:
         sample_gradients(family("maxpool", channels=4, final=2).spec(8), 4)
     with pytest.raises(AdvdimError, match="logit"):
         sample_gradients(spec, 4, logit=10)
+
+
+@pytest.mark.parametrize(("head", "size"), [("globalavgpool", 8), ("globalavgpool", 16), ("flatten", 8),
+                                            ("flatten", 16)])
+def test_the_stated_bound_holds_outside_the_validated_members(head: str, size: int) -> None:
+    """Issue 22: the level states the channel-gate model's error bound (``channel_gate_bound``): 2%, or 7%
+    with a global-average-pool head (real nets 3-6% above the model: issue 22's zero-padded kernel-4 net,
+    no validated member).  20000 real He nets, one input each: |relative gap| <= bound + Z * combined
+    relative se (false failure about 5.7e-7 when the gap is at most the bound); without the pool, a
+    model 1.1x off is outside it (the check can fail)."""
+    import torch
+    from advdim.simulate._engine import sample_norms
+    from advdim.theory._best import channel_gate_bound
+    from advdim.theory._maxnorm import covers
+
+    torch.set_num_threads(1)
+    spec = parse(f"3x{size}x{size} > conv(8,4,s=2,pad=zeros) > relu > conv(8,pad=zeros) > relu > {head} > dense(10)")
+    assert covers(spec) is None
+    out = sample_norms(spec, nets=20000, inputs=1, seed=11)["inf"][:, 0]
+    meas, meas_se = float(out.mean()), float(out.std(ddof=1) / math.sqrt(out.size))
+    est = expected_max_norm(spec, rel_se=0.003, seed=12)
+    assert est is not None
+    bound, _ = channel_gate_bound(spec)
+    assert bound == (0.07 if head == "globalavgpool" else 0.02)
+    rel_tol = bound + Z * math.hypot(meas_se / meas, est.se / est.mean)
+    assert abs(est.mean / meas - 1) <= rel_tol, (est.mean, meas, rel_tol)
+    if head == "flatten":
+        assert abs(1.1 * est.mean / meas - 1) > rel_tol
