@@ -61,6 +61,19 @@ def fits(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[float, dict[str,
     return out
 
 
+def display_name(arch: str) -> str:
+    """A target's name for a title: a user file's canonical text (an absolute ``/path/to/file.py:NAME``, the
+    store key) is shown as ``file.py:NAME``, so that a figure holds no machine path.
+
+    >>> display_name("/home/me/lab/archs.py:mycnn"), display_name("strided(channels=16)")
+    ('archs.py:mycnn', 'strided(channels=16)')
+    """
+    path, sep, name = arch.rpartition(":")
+    if sep and path.endswith(".py") and "/" in path:
+        return f"{path.rsplit('/', 1)[1]}:{name}"
+    return arch
+
+
 def _fmt(fit: HierarchicalFit | None) -> str:
     return "n/a" if fit is None else f"{fit.slope:+.2f} [{fit.lo:+.2f}, {fit.hi:+.2f}]"
 
@@ -121,5 +134,5 @@ def plot(rows: Sequence[dict[str, Any]], out: Path | OutputFolder, seed: int = 0
     ax_slopes.set(ylabel="slope vs sqrt(d) (open: init, filled: trained)", title="99% hierarchical bootstrap")
     ax_slopes.legend(fontsize=7)
     arch = rows[0]["arch"] if rows else "?"
-    fig.suptitle(f"Dimension experiment: {arch}", fontsize=9)
+    fig.suptitle(f"Dimension experiment: {display_name(str(arch))}", fontsize=9)
     return save_figure(fig, out, FIGURE)
