@@ -66,7 +66,7 @@ def worst_level(words: Sequence[str | None]) -> str | None:
 def _levels(pred: Any, sizes: tuple[int, ...], keys: tuple[str, ...], target: GradTarget, approx: str | None,
             wide_used: bool) -> dict[str, str]:
     """The level of each quantity of a :class:`TopologyLaw` (the rules of ``advdim theory``'s table,
-    ``advdim.theory._cli.norm_law``), from the structure alone: no law is computed twice."""
+    ``advdim.theory._best.norm_law``), from the structure alone: no law is computed twice."""
     from advdim.theory import _maxnorm, _postact
 
     # an average pool after the first conv: the path sum drops cross terms the wide limit keeps (theory's H1 note)
@@ -238,10 +238,23 @@ def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np
     theory_available = all(law is not None for law in laws)
     has_law = any_law(laws)
     index = np.zeros(nets) if index is None else index
+    sq_pred: tuple[float, ...] | None = None
+    ratio = ratio_se = None
+    ratio_n: float | None = None
+    approx: str | None = None
+    if theory_available and tgt is GradTarget.LOGIT:
+        smask = np.array([law is not None and law.sq is not None for law in laws])
+        if smask.sum() >= 2:
+            p = np.array([law.sq for law, m in zip(laws, smask) if m and law is not None], dtype=np.float64)
+            sq_pred = tuple(map(float, p.mean(axis=0)))
+            ratio, ratio_se = ratio_fit(sq[smask], p, seed=seed)
+            ratio_n = ratio_units(sq[smask])
+            approx = next((law.sq_exact for law, m in zip(laws, smask) if m and law is not None and law.sq_exact),
+                          None)
+    # an approximate path sum (H1 fails) is judged with its documented slope error: the rule of
+    # FamilyResult._margin, read from the same ``approx``
+    margin = APPROX_SLOPE_BOUND if approx is not None else 0.0
     qres: dict[str, QResult] = {}
-    # an approximate path sum (H1 fails) is judged with its documented slope error (FamilyResult._margin)
-    margin = APPROX_SLOPE_BOUND if (theory_available and tgt is GradTarget.LOGIT and any(
-        law is not None and law.sq is not None and law.sq_exact for law in laws)) else 0.0
     for i, key in enumerate(values):
         limit: WidthLimit | None = None
         fit = fit_slope(d, values[key], seed=seed + i)
@@ -275,19 +288,6 @@ def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np
         qres[key] = QResult(key, fit.slope, fit.se, fit.ci, pred_slope, tol, passed, power(se, n=n_test), fit.means,
                             fit.lo, fit.hi, pred_means, fit.per_topology, used, limit, fit.units)
 
-    sq_pred: tuple[float, ...] | None = None
-    ratio = ratio_se = None
-    ratio_n: float | None = None
-    approx: str | None = None
-    if theory_available and tgt is GradTarget.LOGIT:
-        smask = np.array([law is not None and law.sq is not None for law in laws])
-        if smask.sum() >= 2:
-            p = np.array([law.sq for law, m in zip(laws, smask) if m and law is not None], dtype=np.float64)
-            sq_pred = tuple(map(float, p.mean(axis=0)))
-            ratio, ratio_se = ratio_fit(sq[smask], p, seed=seed)
-            ratio_n = ratio_units(sq[smask])
-            approx = next((law.sq_exact for law, m in zip(laws, smask) if m and law is not None and law.sq_exact),
-                          None)
     levels = {k: w for k in ("sq", *values) if (w := worst_level([law.levels.get(k) for law in laws
                                                                    if law is not None])) is not None}
     return FamilyResult(
