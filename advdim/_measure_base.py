@@ -156,6 +156,9 @@ class Theory:
     reason: str | None
     law_target: ArchTarget | None = None
     notes: tuple[str, ...] = ()
+    #: a token-readout network's exponent-only law (:class:`advdim.theory._tokens.TokenLaw`), judged on
+    #: the rows without a prediction instead of the paper's exponent
+    token_law: Any = None
 
     def to_json(self) -> dict[str, Any]:
         bad = next((t.reason for t in self.traces.values() if isinstance(t, Untraceable)), None)
@@ -172,6 +175,8 @@ class Theory:
                            "law_specs": None if self.law_target is None else {  # with the init's scale layers
                                str(k): self.law_target.spec(t.spec.input_shape[1], t.spec.input_shape[0]).to_text()
                                for k, t in self.traces.items() if isinstance(t, Traced)}},
+            "token_law": None if self.token_law is None else {
+                "readout": self.token_law.kind, "law": self.token_law.name(), "tokens": list(self.token_law.tokens)},
         }
 
 
@@ -248,7 +253,8 @@ def per_size_verdicts(sample: Sample, results: dict[str, FamilyResult], independ
             if sample.init_law is not None:
                 v = replace(v, detail=f"{v.detail}; init of the draws: {sample.init_law}",
                             extra={**v.extra, "init_law": sample.init_law})
-            out.append(replace(v, claim=claim, reference=REFERENCE))
+            token_row = v.extra.get("level") == "exponent only"  # judged against the token-readout law
+            out.append(replace(v, claim=claim, reference=v.reference if token_row else REFERENCE))
     return out
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from advdim._trace_tokens import TokenReadout, read_tokens
 from advdim.arch import Target as ArchTarget
 from advdim.arch import TargetKind
 from advdim.errors import AdvdimError, SpecError
@@ -24,6 +25,7 @@ from advdim.models import (
     first_line,
     probe,
 )
+from advdim.theory._tokens import TokenLaw
 from advdim.trace import InitGuess, InitStats, Traced, Untraceable, trace_module
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ class _PerSize:
     #: per traced size factor: the init recognised from those moments (:mod:`advdim.initlaw`)
     inits: dict[int, InitGuess] = field(default_factory=dict)
     same_weights: list[int] = field(default_factory=list)  # factors at which every draw had the same weights
+    #: per untraced size factor: the token-readout network read in its graph, or why it is none
+    tokens: dict[int, TokenReadout | list[str]] = field(default_factory=dict)
 
 
 def _fingerprint(model: nn.Module) -> tuple[float, ...]:
@@ -106,6 +110,8 @@ def prepass(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
                               f"d = {d}: the number of classes must not depend on the input size")
         k_out, last = got.logits, Probe(k, got.logits, got.saved_bytes)
         traced = info.traces[k] = trace_module(model, shape)
+        if isinstance(traced, Untraceable):
+            info.tokens[k] = read_tokens(model, shape)
         stats: InitStats | str | None = InitStats(traced.spec) if isinstance(traced, Traced) else None
         prints = []
         for draw in range(min(cfg.draws, INIT_DRAWS)):
@@ -146,7 +152,15 @@ def theory_per_size(name: str, cfg: MeasureConfig, factors: Sequence[int], info:
     if len(factors) < 2:
         return without("one input size only: no slope")
     if bad is not None:
-        return without(f"the module is outside the theory's specs (at d = {cfg.d_at(bad[0])}: {bad[1].reason})")
+        reason = f"the module is outside the theory's specs (at d = {cfg.d_at(bad[0])}: {bad[1].reason})"
+        readouts = [info.tokens.get(k) for k in factors]
+        if all(isinstance(r, TokenReadout) for r in readouts) and not info.same_weights:
+            first = cast(TokenReadout, readouts[0])
+            if len({cast(TokenReadout, r).kind for r in readouts}) == 1:
+                law = TokenLaw(first.kind, tuple(cast(TokenReadout, r).tokens for r in readouts))
+                return Theory(dict(info.traces), init, None, reason, None,
+                              (*notes, f"token readout: {first.summary()} at d = {cfg.d_at(factors[0])}"), law)
+        return without(reason)
     if info.same_weights:
         return without(f"the factory returned the same weights for every draw at d = {cfg.d_at(info.same_weights[0])}"
                        " (does it seed its own generator?): the law is an average over initialisations; let it draw "
@@ -253,5 +267,6 @@ def analyse_per_size(name: str, sample: Sample, theory: Theory, cfg: MeasureConf
             init = _law_init(theory).value
         values = {key: sample.values[(tgt, key)] for key in keys}
         out[tgt] = analyse(name, sides, d, values, sample.sq[tgt], [law] * cfg.draws, units, gt, iid_inf=iid_inf,
-                           fixed=True, init=init, law_init=init, no_law_reason=theory.reason)
+                           fixed=True, init=init, law_init=init, no_law_reason=theory.reason,
+                           token_law=theory.token_law)
     return out

@@ -148,6 +148,8 @@ def through_points(x: Iterable[float], y: Iterable[float], slope: float) -> list
 
 #: the label of the paper's law drawn on rows without a law of their own
 PAPER_LAW_LABEL = "paper's law d^(1/q-1/2) (reference)"
+#: the reference line of a token-readout network's rows (advdim.theory._tokens): its own exponent-only law
+TOKEN_LAW_LABEL = "token-readout law d^(1/q-1) (exponent only)"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from advdim.paths import slug
 from advdim.plotting import (  # noqa: F401 - the plot helpers, re-exported
     COLOURS,
     PAPER_LAW_LABEL,
+    TOKEN_LAW_LABEL,
     chars_per_line,
     readable_log_axis,
     short_name,
@@ -336,17 +337,24 @@ class _Drawn:
 
     @property
     def reference_slope(self) -> float | None:
-        """The paper's ``d^(1/q - 1/2)`` slope of a row without a law that states its consistency with it."""
+        """The paper's ``d^(1/q - 1/2)`` slope of a row without a law that states its consistency with it
+        (a token-readout network's row: its own exponent-only law's)."""
         extra = self.row.get("extra") or {}
         if self.series.get("predicted") or not extra.get("consistency"):
             return None
-        return _num(extra.get("paper_law_slope"))
+        return _num(extra.get("law_slope", extra.get("paper_law_slope")))
+
+    @property
+    def reference_label(self) -> str:
+        return TOKEN_LAW_LABEL if (self.row.get("extra") or {}).get("law_slope") is not None else PAPER_LAW_LABEL
 
     def phrase(self) -> str:
         """What was judged on this series, and the outcome: "slope at infinite width: pass (power 0.93)"."""
         outcome = row_outcome(self.judge)
         if not outcome.judged:
             consistency = (self.row.get("extra") or {}).get("consistency")
+            if consistency and (self.row.get("extra") or {}).get("law"):
+                return f"exponent-only law {self.row['extra']['law']}: {consistency}"
             if consistency:
                 return f"no law; paper's law: {consistency} (not judged)"
             return "reported, not judged" + (" (its dashed line is not validated here)" if self.series.get("predicted")
@@ -394,7 +402,7 @@ def _draw_series(ax: Any, item: _Drawn, colour: str, loglog: bool) -> list[str]:
                 label=f"{item.label}: infinite-width limit (judged)")
     ref = item.reference_slope
     if ref is not None and loglog:
-        ax.plot(x, through_points(x, y, ref), ":", color=colour, lw=1.8, label=f"{item.label}: {PAPER_LAW_LABEL}")
+        ax.plot(x, through_points(x, y, ref), ":", color=colour, lw=1.8, label=f"{item.label}: {item.reference_label}")
     return notes
 
 
@@ -442,7 +450,8 @@ def _series_plots(rows: list[dict[str, Any]], folder: Path) -> list[_Figure]:
                   ("--", "theory (finite-d law)", any(m.series.get("predicted") for m in members)),
                   ("-.", "infinite-width limit (judged), drawn through the points",
                    loglog and any(m.limit for m in members)),
-                  (":", PAPER_LAW_LABEL, loglog and any(m.reference_slope is not None for m in members))]
+                  (":", next((m.reference_label for m in members if m.reference_slope is not None), PAPER_LAW_LABEL),
+                   loglog and any(m.reference_slope is not None for m in members))]
         for style, text, shown in styles:
             if shown:
                 handles.append(Line2D([], [], color="black", linestyle=style, lw=1.3))
@@ -482,6 +491,9 @@ def _panel_word(members: list[_Drawn]) -> str:
     others = [m.label for m in members if not row_outcome(m.judge).judged]
     slopes = all(m.series.get("loglog") for m in members) and any(m.series.get("predicted") for m in judged)
     if not judged:
+        if any(m.reference_label == TOKEN_LAW_LABEL for m in members if m.reference_slope is not None):
+            return ("no path-sum law here; the token-readout law d^(1/q-1) (exponent only) is drawn through the "
+                    "points, its consistency in the legend")
         if any(m.reference_slope is not None for m in members):
             return "nothing judged: no law here; the paper's d^(1/q-1/2) is drawn through the points for reference"
         return "nothing judged: values reported"

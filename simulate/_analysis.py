@@ -216,7 +216,7 @@ def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np
             laws: Sequence[TopologyLaw | None], units: Units, target: GradTarget, *, index: np.ndarray | None = None,
             iid_inf: bool = True, plant_exponent: float = 0.0, exact_shortcuts: bool = True,
             topologies: tuple[str, ...] = (), data: str | None = None, fixed: bool = True, init: str = "he",
-            law_init: str = "he", no_law_reason: str | None = None) -> FamilyResult:
+            law_init: str = "he", no_law_reason: str | None = None, token_law: Any = None) -> FamilyResult:
     """Per-unit records -> slope fits, width limits, prefactor ratio: one :class:`FamilyResult`.
 
     The one analysis of ``simulate`` and ``measure`` (``advdim.stats`` does the statistics).
@@ -227,6 +227,8 @@ def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np
         laws: one :class:`TopologyLaw` per unit (``None`` entries: the theory layer is not available).
         index: the finite-width index of each unit (:func:`width_index`; ``None``: all 0).
         plant_exponent: multiply every measured norm by ``d**plant_exponent`` (a planted error).
+        token_law: a :class:`advdim.theory._tokens.TokenLaw` (a token-readout network): the rows without
+            a prediction are judged against its exponent instead of the paper's.
     """
     nets = units.nets
     seed = units.seed
@@ -294,4 +296,4 @@ def analyse(name: str, sizes: Sequence[int], d: np.ndarray, values: dict[str, np
         name, sizes_t, tuple(int(x) for x in d), units.channels, nets, units.draws, units.inputs, seed, tgt.value,
         exact_shortcuts, plant_exponent, has_law, qres, tuple(map(float, sq.mean(axis=0))), sq_pred, ratio, ratio_se,
         approx, {k: values[k].tolist() for k in values}, topologies, data, iid_inf, fixed, init, law_init, ratio_n,
-        no_law_reason, levels)
+        no_law_reason, levels, token_law)

@@ -27,6 +27,7 @@ from advdim.paths import OutputFolder, slug
 from advdim.plotting import (
     COLOURS,
     PAPER_LAW_LABEL,
+    TOKEN_LAW_LABEL,
     readable_log_axis,
     short_name,
     through_points,
@@ -77,7 +78,9 @@ def _panels(result: FamilyResult) -> dict[str, _Panel]:
         outcome = v.outcome if v is not None else r.outcome
         limit = v is not None and v.claim.endswith("(infinite-width limit)")
         fallback = False
-        if r.predicted_slope is None:
+        if r.predicted_slope is None and v is not None and v.extra.get("law"):
+            word = f"exponent-only law d^(1/q-1), its 1/N term fitted: {v.extra.get('consistency')}"
+        elif r.predicted_slope is None:
             word = (v.extra.get("consistency") if v is not None else None) or "not tested"
             word = f"no law, not judged; the paper's d^(1/q-1/2): {word}"
         elif not outcome.judged:
@@ -173,9 +176,9 @@ def _loglog_panel(ax: Any, result: FamilyResult, key: str, r: QResult, panel: _P
         entries.append((lim, f"infinite-width limit (judged): slope {limit:.3f} [{lo_l:.3f}, {hi_l:.3f}], "
                              "drawn through the points"))
     if r.predicted_slope is None:
-        ref = paper_law_slope(result.d, key)
+        ref, label = _reference(result, key)
         (pl,) = ax.plot(d, through_points(d, m, ref), ":", color=GREY, lw=1.6)
-        entries.append((pl, PAPER_LAW_LABEL))
+        entries.append((pl, label))
     ax.set_xscale("log")
     ax.set_yscale("log")
     readable_log_axis(ax, "x", result.d)
@@ -185,6 +188,17 @@ def _loglog_panel(ax: Any, result: FamilyResult, key: str, r: QResult, panel: _P
     ax.tick_params(labelsize=8)
     ax.grid(True, which="major", alpha=0.25)
     return _finish(ax, key, panel, entries)
+
+
+def _reference(result: FamilyResult, key: str) -> tuple[float, str]:
+    """The reference slope of a row without a prediction, and its label: the paper's exponent, or a
+    token-readout network's own (its asymptotic ``1/q - 1``, with the log factor of q = inf)."""
+    law = result.token_law
+    if law is None:
+        return paper_law_slope(result.d, key), PAPER_LAW_LABEL
+    from advdim.theory._tokens import exponent
+
+    return (paper_law_slope(result.d, key) - 0.5 if key == "inf" else exponent(key)), TOKEN_LAW_LABEL
 
 
 def _finish(ax: Any, key: str, panel: _Panel, entries: list[tuple[Any, str]]) -> tuple[list[Any], list[str]]:
@@ -217,8 +231,8 @@ def _hist_panel(ax: Any, result: FamilyResult, key: str, r: QResult, panel: _Pan
         entries.append((ax.axvline(r.limit_slope, color="C2", linestyle="-."),
                         f"infinite-width limit (judged): {r.limit_slope:.3f}"))
     if r.predicted_slope is None:
-        entries.append((ax.axvline(paper_law_slope(result.d, key), color=GREY, linestyle=":", lw=1.6),
-                        PAPER_LAW_LABEL))
+        ref, label = _reference(result, key)
+        entries.append((ax.axvline(ref, color=GREY, linestyle=":", lw=1.6), label))
     ax.set_xlabel(f"slope of log ||d_x f||_{key} vs log d", fontsize=9)
     ax.set_ylabel("independent nets" if result.fixed else "topologies", fontsize=9)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -23,6 +23,7 @@ from advdim.stats import (
     TwoSided,
     WidthLimit,
     critical,
+    fit_slope,
     paper_law_consistency,
     power,
     ratio_test,
@@ -160,6 +161,9 @@ class FamilyResult:
     #: the level of the law behind each prediction (q key, "sq" for the prefactor): exact / wide-limit /
     #: approximate / extreme-value fallback, the worst over the units' laws (``simulate._analysis.worst_level``)
     levels: dict[str, str] = field(default_factory=dict)
+    #: a token-readout network's exponent-only law (:class:`advdim.theory._tokens.TokenLaw`): the rows
+    #: without a prediction are judged against it, not against the paper's exponent
+    token_law: Any = None
 
     @property
     def reference(self) -> str:
@@ -225,6 +229,9 @@ class FamilyResult:
         what = "d_x L" if self.target == "loss" else "d_x f_k"
         for key, r in self.q.items():
             claim = f"{self.family}: slope of E||{what}||_{key} vs d"
+            if r.predicted_slope is None and self.token_law is not None:
+                out.append(self._token_verdict(claim, key, alpha, consistency, consistency_fails))
+                continue
             if r.predicted_slope is None:
                 reason = self.no_law_reason or ("theory layer not available" if self.has_law is None
                                                 else "the theory gives no law for this family")
@@ -274,6 +281,37 @@ class FamilyResult:
         if prefactor is not None:
             out.append(prefactor)
         return [self._with_level(v) for v in out]
+
+    def _token_verdict(self, claim: str, key: str, alpha: float, consistency: bool, fails: bool) -> Verdict:
+        """A token-readout network's slope row: the exponent fitted with its 1/N term over the sizes with
+        enough patch tokens, against the exponent-only law ``d^(1/q - 1)`` (advdim.theory._tokens)."""
+        from advdim.theory import _tokens
+
+        law = self.token_law
+        r = self.q[key]
+        series = self._series(key)
+        base = {"series": series, "level": _tokens.LEVEL, "law": law.name(), "tokens": list(law.tokens)}
+        why = _tokens.too_few(law)
+        if why is not None:
+            return Verdict(claim, "docs/theory.md, 'Class-token and token-mean readouts'", None, r.measured_slope,
+                           r.ci, None, f"{law.name()}: not judged: {why}; plain slope over all sizes "
+                           f"{r.measured_slope:.3f} +- {r.se:.3f} (se)",
+                           {**base, "se": r.se, **({"consistency": _tokens.CANNOT_TELL_SIZES} if consistency else {})})
+        idx = law.usable()
+        d = [self.d[i] for i in idx]
+        values = np.asarray(self.values[key], dtype=np.float64)[:, idx]
+        tokens = np.asarray(law.tokens, dtype=np.float64)[idx]
+        fit = fit_slope(d, values, seed=self.seed, correction=1.0 / tokens)
+        word, ref, tol = _tokens.consistency(law, self.d, key, fit.slope, fit.se, alpha, fit.units)
+        return Verdict(claim, "docs/theory.md, 'Class-token and token-mean readouts'", None, fit.slope, fit.ci, None,
+                       f"{law.name()}: exponent fitted with its 1/N term over d = {', '.join(map(str, d))} "
+                       f"(patch tokens {', '.join(str(int(t)) for t in tokens)}): {fit.slope:.3f} +- {tol:.3f} "
+                       f"(c*se, alpha {alpha:g}, n_eff {fit.units:.1f}) against the law's {ref:.3f}"
+                       + (f": {word}" if consistency else "") + f"; plain slope over all sizes {r.measured_slope:.3f}",
+                       {**base, "se": fit.se, "units": fit.units, "law_slope": ref,
+                        **({"consistency": word} if consistency else {})},
+                       status=Outcome.FAIL if consistency and fails and word == INCONSISTENT else None,
+                       test=TwoSided(fit.slope, ref, fit.se, fit.units) if consistency and fails else None)
 
     def _with_level(self, v: Verdict) -> Verdict:
         """``v`` with the level of the law behind its prediction in ``extra["level"]`` (rows with a prediction)."""

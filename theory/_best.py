@@ -29,6 +29,7 @@ class Level(enum.Enum):
     WIDE = "wide-limit"  # exact as the hidden widths grow; finite widths move it (the note says how)
     APPROXIMATE = "approximate"  # a law with a known or bounded error (the note gives it)
     FALLBACK = "extreme-value fallback"  # q = inf by independent Gaussian coordinates outside the model's envelope
+    EXPONENT = "exponent only"  # an asymptotic exponent, no prefactor (token readouts: advdim.theory._tokens)
     NONE = "none"  # no law (max pooling, ...): the simulation measures it
 
 

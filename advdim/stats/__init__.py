@@ -77,6 +77,7 @@ from advdim.stats._units import (
     ratio_test,
     ratio_units,
     slope_test,
+    slope_weights,
     tolerance,
     z_value,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "effective_units",
     "fit_hierarchical_slope",
     "fit_slope",
+    "slope_weights",
     "fit_width_limit",
     "holm",
     "is_finite",

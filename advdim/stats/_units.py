@@ -189,14 +189,36 @@ def _check_values(d: np.ndarray, values: np.ndarray) -> None:
         raise AdvdimError("gradient norms must be finite and non-negative to fit a log-log slope")
 
 
-def fit_slope(d: np.ndarray | Sequence[float], values: np.ndarray, seed: int = 0, n_boot: int = BOOTSTRAP
-              ) -> SlopeFit:
+def slope_weights(log_d: np.ndarray, correction: np.ndarray | None = None) -> np.ndarray:
+    """The least-squares weights ``w`` of the slope: ``slope = sum_s w_s log M_s`` for the fit of
+    ``log M`` on ``(1, log d)``, or on ``(1, log d, correction)`` (a finite-size term, e.g. ``1/N``:
+    the slope is then the exponent with that term's part removed; needs 3 sizes or more).
+
+    >>> slope_weights(np.log([1.0, np.e])).round(6).tolist()
+    [-1.0, 1.0]
+    """
+    if correction is None:
+        xc = log_d - log_d.mean()
+        return xc / (xc**2).sum()
+    design = np.stack([np.ones_like(log_d), log_d, np.asarray(correction, dtype=np.float64)], axis=1)
+    if log_d.size < 3 or np.linalg.matrix_rank(design) < 3:
+        raise AdvdimError(f"a slope with a finite-size term needs 3 sizes or more with distinct terms, "
+                          f"got {log_d.size}")
+    return np.linalg.pinv(design)[1]
+
+
+def fit_slope(d: np.ndarray | Sequence[float], values: np.ndarray, seed: int = 0, n_boot: int = BOOTSTRAP,
+              correction: np.ndarray | Sequence[float] | None = None) -> SlopeFit:
     """Fit ``log M(d)`` against ``log d`` over units (rows of ``values``); see the module docstring.
 
     Args:
         d: input dimensions, shape ``(S,)``, ``S >= 2``.
         values: non-negative per-unit means, shape ``(U, S)``, ``U >= 2``; every size needs a positive mean.
         seed, n_boot: the bootstrap of the plot bands (``lo`` / ``hi``) only.
+        correction: a finite-size regressor per size (``1/N``, N tokens: the exponent-only law's leading
+            correction); the slope is then that of ``log M = a + s log d + c * correction``, its standard
+            error by the same linearisation over units (``intercept`` places that slope's line through the
+            mean of ``log M``, for plots).
     """
     d = np.asarray(d, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
@@ -206,8 +228,7 @@ def fit_slope(d: np.ndarray | Sequence[float], values: np.ndarray, seed: int = 0
     if np.any(means <= 0):
         raise AdvdimError("every size needs a positive mean gradient norm to fit a log-log slope")
     n = values.shape[0]
-    xc = log_d - log_d.mean()
-    w = xc / (xc**2).sum()
+    w = slope_weights(log_d, None if correction is None else np.asarray(correction, dtype=np.float64))
     slope = float((w * np.log(means)).sum())
     intercept = float(np.log(means).mean() - slope * log_d.mean())
     psi = ((values - means) / means * w).sum(axis=1)
@@ -218,7 +239,7 @@ def fit_slope(d: np.ndarray | Sequence[float], values: np.ndarray, seed: int = 0
     boot_means = values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)  # (n_boot, S)
     lo, hi = np.percentile(boot_means, [2.5, 97.5], axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):  # a dead net (zero gradient) has no slope of its own
-        per_topo = np.where(np.all(values > 0, axis=1), ols_slope(log_d, np.log(values)), np.nan)
+        per_topo = np.where(np.all(values > 0, axis=1), np.log(np.where(values > 0, values, 1.0)) @ w, np.nan)
     return SlopeFit(slope, se, (slope - half, slope + half), intercept, tuple(map(float, means)),
                     tuple(map(float, lo)), tuple(map(float, hi)), tuple(map(float, per_topo)), units, n)
 
