@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from advdim.theory._tokens import MIN_TOKENS, TokenLaw, consistency, exponent, finite_size_term
 from torch import nn
 
 from advdim.stats import fit_slope
-from advdim.theory._tokens import MIN_TOKENS, TokenLaw, consistency, exponent
 
 KEYS = ("1", "2", "inf")
 
@@ -56,7 +56,8 @@ CONFIGS = [
 ]
 
 
-def measure(build: Callable[[int], nn.Module], sides: tuple[int, ...], draws: int, inputs: int) -> dict[str, np.ndarray]:
+def measure(build: Callable[[int], nn.Module], sides: tuple[int, ...], draws: int, inputs: int
+            ) -> dict[str, np.ndarray]:
     out = {k: np.zeros((draws, len(sides))) for k in KEYS}
     for j, side in enumerate(sides):
         for u in range(draws):
@@ -83,7 +84,9 @@ def row(name: str, patch: int, sides: tuple[int, ...], values: dict[str, np.ndar
         fit = fit_slope([d[i] for i in idx], v[:, idx], correction=[1.0 / tokens[i] for i in idx])
         word, ref, tol = consistency(law, d, k, fit.slope, fit.se, n=fit.units)
         with4 = fit_slope(d, v, correction=[1.0 / t for t in tokens])
-        rec["q"][k] = {"law": ref, "exponent": exponent(k), "plain": plain.slope, "corrected": fit.slope,
+        term = finite_size_term(law, d, v.mean(axis=0))
+        rec["q"][k] = {"means": v.mean(axis=0).tolist(), "term_at_min": term, "law": ref, "exponent": exponent(k),
+                       "plain": plain.slope, "corrected": fit.slope,
                        "se": fit.se, "tol": tol, "word": word, "z": (fit.slope - ref) / fit.se,
                        "with_4_tokens": with4.slope, "with_4_z": (with4.slope - ref) / with4.se}
     return rec
@@ -92,12 +95,14 @@ def row(name: str, patch: int, sides: tuple[int, ...], values: dict[str, np.ndar
 def table(rows: list[dict], draws: int, inputs: int) -> str:
     lines = [f"{draws} draws per size (a new model each), {inputs} Gaussian inputs per draw; fit over the sizes with "
              f">= {MIN_TOKENS} patch tokens; z = (corrected - law) / se.", "",
-             "| model | patch tokens | q | law | plain slope | corrected slope (se) | z | with the 4-token size (z) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | patch tokens | q | law | plain slope | corrected slope (se) | z | 1/N term at 16 "
+             "| with the 4-token size (z) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for k, q in r["q"].items():
             lines.append(f"| {r['model']} | {', '.join(map(str, r['tokens'][1:]))} | {k} | {q['law']:+.3f} | "
                          f"{q['plain']:+.3f} | {q['corrected']:+.3f} ({q['se']:.3f}) | {q['z']:+.1f} | "
+                         f"{q['term_at_min']:+.2f} | "
                          f"{q['with_4_tokens']:+.3f} ({q['with_4_z']:+.1f}) |")
     return "\n".join(lines)
 

@@ -291,7 +291,7 @@ class FamilyResult:
         r = self.q[key]
         series = self._series(key)
         base = {"series": series, "level": _tokens.LEVEL, "law": law.name(), "tokens": list(law.tokens)}
-        why = _tokens.too_few(law)
+        why = _tokens.too_few(law) or _tokens.pre_asymptotic(law, self.d, r.means)
         if why is not None:
             return Verdict(claim, "docs/theory.md, 'Class-token and token-mean readouts'", None, r.measured_slope,
                            r.ci, None, f"{law.name()}: not judged: {why}; plain slope over all sizes "

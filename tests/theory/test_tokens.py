@@ -12,15 +12,15 @@ import math
 
 import numpy as np
 import pytest
+from advdim.simulate import TopologyLaw, Units, analyse
+from advdim.theory import _tokens
+from advdim.theory._tokens import CANNOT_TELL_SIZES, TokenLaw, consistency, exponent
 from scipy import stats
 
 from advdim.errors import AdvdimError
 from advdim.gradients import Target as GradTarget
-from advdim.simulate import TopologyLaw, Units, analyse
 from advdim.stats import fit_slope, slope_weights
 from advdim.stats._units import CANNOT_TELL, CONSISTENT, INCONSISTENT
-from advdim.theory import _tokens
-from advdim.theory._tokens import CANNOT_TELL_SIZES, TokenLaw, consistency, exponent
 from advdim.verdict import Outcome
 
 KEYS = ("1", "2", "inf")
@@ -134,3 +134,14 @@ def test_sizes_with_too_few_tokens_are_left_out_of_the_fit() -> None:
     q2 = next(v for v in res.verdicts(consistency_fails=True) if "||_2 vs d" in v.claim)
     assert "d = 3072, 12288, 49152" in q2.detail and "patch tokens 16, 64, 256" in q2.detail
     assert q2.extra["law_slope"] == pytest.approx(-0.5) and q2.outcome is not Outcome.FAIL
+
+
+def test_a_pre_asymptotic_study_says_cannot_tell_never_fail() -> None:
+    """A 1/N term of 2.0 in log at 16 tokens (c = 32): the series' next order is not negligible there,
+    so even a planted exponent is not judged; at c = 3 (0.19) the same study is judged."""
+    law = TokenLaw("class token", TOKENS)
+    far = np.exp(-0.5 * np.log(D) + 32.0 / np.asarray(TOKENS, float))
+    near = np.exp(-0.5 * np.log(D) + 3.0 / np.asarray(TOKENS, float))
+    assert _tokens.finite_size_term(law, D, far) == pytest.approx(2.0)
+    assert "pre-asymptotic" in (_tokens.pre_asymptotic(law, D, far) or "")
+    assert _tokens.pre_asymptotic(law, D, near) is None
