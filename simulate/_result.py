@@ -23,7 +23,6 @@ from advdim.stats import (
     TwoSided,
     WidthLimit,
     critical,
-    fit_slope,
     paper_law_consistency,
     power,
     ratio_test,
@@ -230,7 +229,7 @@ class FamilyResult:
         for key, r in self.q.items():
             claim = f"{self.family}: slope of E||{what}||_{key} vs d"
             if r.predicted_slope is None and self.token_law is not None:
-                out.append(self._token_verdict(claim, key, alpha, consistency, consistency_fails))
+                out.append(self._token_verdict(claim, key, alpha, consistency))
                 continue
             if r.predicted_slope is None:
                 reason = self.no_law_reason or ("theory layer not available" if self.has_law is None
@@ -282,36 +281,38 @@ class FamilyResult:
             out.append(prefactor)
         return [self._with_level(v) for v in out]
 
-    def _token_verdict(self, claim: str, key: str, alpha: float, consistency: bool, fails: bool) -> Verdict:
+    def _token_verdict(self, claim: str, key: str, alpha: float, consistency: bool) -> Verdict:
         """A token-readout network's slope row: the exponent fitted with its 1/N term over the sizes with
-        enough patch tokens, against the exponent-only law ``d^(1/q - 1)`` (advdim.theory._tokens)."""
+        enough patch tokens, against the exponent-only law ``d^(1/q - 1)`` (advdim.theory._tokens).
+
+        Its word (consistent / inconsistent / cannot tell) is never a FAIL, even where the paper-law
+        rows of ``measure`` fail: the law is asymptotic and the theory bounds none of its finite-size
+        corrections (docs/theory.md: torchvision's ViT is still 6-7 se off at 1024 tokens)."""
         from advdim.theory import _tokens
 
         law = self.token_law
         r = self.q[key]
         series = self._series(key)
         base = {"series": series, "level": _tokens.LEVEL, "law": law.name(), "tokens": list(law.tokens)}
-        why = _tokens.too_few(law) or _tokens.pre_asymptotic(law, self.d, r.means)
+        why = _tokens.too_few(law)
+        ref_doc = "docs/theory.md, 'Class-token and token-mean readouts'"
         if why is not None:
-            return Verdict(claim, "docs/theory.md, 'Class-token and token-mean readouts'", None, r.measured_slope,
-                           r.ci, None, f"{law.name()}: not judged: {why}; plain slope over all sizes "
-                           f"{r.measured_slope:.3f} +- {r.se:.3f} (se)",
+            return Verdict(claim, ref_doc, None, r.measured_slope, r.ci, None,
+                           f"{law.name()}: not judged: {why}; plain slope over all sizes {r.measured_slope:.3f} +- "
+                           f"{r.se:.3f} (se)",
                            {**base, "se": r.se, **({"consistency": _tokens.CANNOT_TELL_SIZES} if consistency else {})})
         idx = law.usable()
-        d = [self.d[i] for i in idx]
-        values = np.asarray(self.values[key], dtype=np.float64)[:, idx]
-        tokens = np.asarray(law.tokens, dtype=np.float64)[idx]
-        fit = fit_slope(d, values, seed=self.seed, correction=1.0 / tokens)
-        word, ref, tol = _tokens.consistency(law, self.d, key, fit.slope, fit.se, alpha, fit.units)
-        return Verdict(claim, "docs/theory.md, 'Class-token and token-mean readouts'", None, fit.slope, fit.ci, None,
-                       f"{law.name()}: exponent fitted with its 1/N term over d = {', '.join(map(str, d))} "
-                       f"(patch tokens {', '.join(str(int(t)) for t in tokens)}): {fit.slope:.3f} +- {tol:.3f} "
-                       f"(c*se, alpha {alpha:g}, n_eff {fit.units:.1f}) against the law's {ref:.3f}"
-                       + (f": {word}" if consistency else "") + f"; plain slope over all sizes {r.measured_slope:.3f}",
-                       {**base, "se": fit.se, "units": fit.units, "law_slope": ref,
-                        **({"consistency": word} if consistency else {})},
-                       status=Outcome.FAIL if consistency and fails and word == INCONSISTENT else None,
-                       test=TwoSided(fit.slope, ref, fit.se, fit.units) if consistency and fails else None)
+        j = _tokens.judge(law, self.d, np.asarray(self.values[key], dtype=np.float64), key, alpha)
+        d = ", ".join(str(self.d[i]) for i in idx)
+        tokens = ", ".join(str(law.tokens[i]) for i in idx)
+        return Verdict(claim, ref_doc, None, j.slope, (j.slope - j.tol, j.slope + j.tol), None,
+                       f"{law.name()}: exponent fitted with its 1/N term over d = {d} (patch tokens {tokens}): "
+                       f"{j.slope:.3f} +- {j.tol:.3f} (c*se, alpha {alpha:g}, n_eff {j.units:.1f}) against the law's "
+                       f"{j.reference:.3f}" + (f": {j.word}" if consistency else "") + "; not judged (an exponent-only "
+                       f"law: its finite-size corrections have no bound); plain slope over all sizes "
+                       f"{r.measured_slope:.3f}",
+                       {**base, "se": j.se, "units": j.units, "law_slope": j.reference,
+                        **({"consistency": j.word} if consistency else {})})
 
     def _with_level(self, v: Verdict) -> Verdict:
         """``v`` with the level of the law behind its prediction in ``extra["level"]`` (rows with a prediction)."""

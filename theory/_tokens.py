@@ -42,11 +42,6 @@ MIN_TOKENS = 16
 #: fewest such sizes: the fit has three coefficients (scale, exponent, 1/N term)
 MIN_SIZES = 3
 LEVEL = "exponent only"
-#: largest fitted finite-size term ``|c| / N`` (in log units) at the smallest size used that the fit
-#: trusts: beyond it the next order of the 1/N series is not negligible (the Monte Carlo table: timm's
-#: ViTs have 0.18-0.40 and agree with the law; torchvision's 4-layer ViT, its class token zero and its
-#: attention scores 6x timm's, has 0.60-0.69 and still sits 6-7 se off at 1024 tokens)
-MAX_TERM = 0.5
 #: the word of a row whose sizes have too few patch tokens to judge the exponent
 CANNOT_TELL_SIZES = "cannot tell at these sizes"
 
@@ -112,14 +107,29 @@ def finite_size_term(law: TokenLaw, d: Sequence[float], means: Sequence[float]) 
     return float(coef[2] / n.min())
 
 
-def pre_asymptotic(law: TokenLaw, d: Sequence[float], means: Sequence[float]) -> str | None:
-    """Why the usable sizes are still too far from the asymptote for the 1/N fit (None: they are not)."""
-    term = finite_size_term(law, d, means)
-    if abs(term) <= MAX_TERM:
-        return None
-    smallest = min(law.tokens[i] for i in law.usable())
-    return (f"pre-asymptotic: the fitted 1/N term is {term:+.2f} in log at {smallest} patch tokens (the fit trusts "
-            f"at most {MAX_TERM:g}; larger sides go on)")
+@dataclass(frozen=True)
+class Judged:
+    """A token-readout row: the exponent fitted with its 1/N term over the usable sizes (``slope``, ``se``
+    over ``units`` effective units), the law's ``reference`` over the same sizes, the tolerance ``tol``
+    (``c * se``) and the consistency ``word``."""
+
+    slope: float
+    se: float
+    units: float
+    reference: float
+    tol: float
+    word: str
+
+
+def judge(law: TokenLaw, d: Sequence[float], values: np.ndarray, key: str, alpha: float = ALPHA) -> Judged:
+    """The consistency of one q's per-unit values ``(U, S)`` at every size ``d`` with the law's exponent."""
+    from advdim.stats import fit_slope
+
+    idx = law.usable()
+    fit = fit_slope(np.asarray(d, dtype=np.float64)[idx], np.asarray(values, dtype=np.float64)[:, idx],
+                    correction=1.0 / np.asarray(law.tokens, dtype=np.float64)[idx])
+    word, ref, tol = consistency(law, d, key, fit.slope, fit.se, alpha, fit.units)
+    return Judged(fit.slope, fit.se, fit.units, ref, tol, word)
 
 
 def too_few(law: TokenLaw) -> str | None:
@@ -127,9 +137,9 @@ def too_few(law: TokenLaw) -> str | None:
     got = len(law.usable())
     if got >= MIN_SIZES:
         return None
-    return (f"the exponent is asymptotic: its fit needs {MIN_SIZES} sizes with >= {MIN_TOKENS} patch tokens, these "
-            f"sizes have {got} (tokens {', '.join(map(str, law.tokens))}; double the side to go on)")
+    return (f"the exponent is asymptotic: its fit with the 1/N term needs {MIN_SIZES} sizes with >= {MIN_TOKENS} patch "
+            f"tokens, these sizes have {got} (tokens {', '.join(map(str, law.tokens))}; double the side to go on)")
 
 
-__all__ = ["CANNOT_TELL_SIZES", "LEVEL", "MAX_TERM", "MIN_SIZES", "MIN_TOKENS", "TokenLaw", "consistency", "exponent",
-           "finite_size_term", "law_log", "pre_asymptotic", "too_few"]
+__all__ = ["CANNOT_TELL_SIZES", "LEVEL", "MIN_SIZES", "MIN_TOKENS", "Judged", "TokenLaw", "consistency", "exponent",
+           "finite_size_term", "judge", "law_log", "too_few"]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-from advdim.theory._tokens import TokenLaw, consistency
+from advdim.theory._tokens import TokenLaw, judge
 
 from advdim import zoo
 from advdim._trace_tokens import CLASS_TOKEN, TOKEN_MEAN, TokenReadout, read_tokens
-from advdim.stats import fit_slope, paper_law_slope
+from advdim.stats import paper_law_slope
 from advdim.stats._units import INCONSISTENT, slope_test
 
 
@@ -61,14 +61,12 @@ def one_block_vit() -> dict[str, np.ndarray]:
 def test_real_vits_follow_the_token_law_and_not_the_papers(one_block_vit) -> None:
     """Each q's corrected exponent is not inconsistent with the law (false-failure rate 0.01 per q), the
     paper's exponent lies outside its interval, and with d^0.1 planted (the same draws times d^0.1)
-    the law's test says inconsistent."""
+    the word is inconsistent."""
     d = np.array([3.0 * s * s for s in SIDES])
     tokens = tuple((s // 4) ** 2 for s in SIDES)
     law = TokenLaw(CLASS_TOKEN, tokens)
     for key, v in one_block_vit.items():
-        fit = fit_slope(d, v, correction=[1.0 / t for t in tokens])
-        word, ref, tol = consistency(law, d, key, fit.slope, fit.se, n=fit.units)
-        assert word != INCONSISTENT, (key, fit.slope, ref, tol)
-        assert not slope_test(fit.slope, paper_law_slope(d, key), fit.se, n=fit.units)[0], key
-        planted = fit_slope(d, v * d**0.1, correction=[1.0 / t for t in tokens])
-        assert consistency(law, d, key, planted.slope, planted.se, n=planted.units)[0] == INCONSISTENT, key
+        j = judge(law, d, v, key)
+        assert j.word != INCONSISTENT, (key, j)
+        assert not slope_test(j.slope, paper_law_slope(d, key), j.se, n=j.units)[0], key
+        assert judge(law, d, v * d**0.1, key).word == INCONSISTENT, key
