@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "zoo.md"
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 QS = (1.0, 2.0, math.inf)
+#: token-readout models (ViTs, patch 16 or 8): one more doubling of the side, so that three sizes have the 16
+#: patch tokens their exponent-only law is fitted on (docs/theory.md, "Class-token and token-mean readouts")
+TOKEN_MODELS = ("timm_vit_tiny_patch16_224", "timm_deit_tiny_patch16_224", "tv_vit_small_drawn_head")
 
 
 def _q(q: float) -> str:
@@ -67,10 +70,11 @@ def measure_one(model: Any, args: argparse.Namespace, device: torch.device) -> d
     from advdim.measure import MeasureConfig, measure
     from advdim.trace import Untraceable
 
-    cfg = MeasureConfig(input_shape=(3, args.base, args.base), factors=tuple(args.sizes), qs=QS,
+    sizes = tuple(args.sizes) + ((2 * args.sizes[-1],) if model.name in TOKEN_MODELS else ())
+    cfg = MeasureConfig(input_shape=(3, args.base, args.base), factors=sizes, qs=QS,
                         inputs=args.inputs, seed=args.seed, draws=args.draws, steps=1)
     row: dict[str, Any] = {"model": model.name, "library": model.library, "builds": model.builds,
-                           "target": model.target, "sides": [args.base * k for k in args.sizes]}
+                           "target": model.target, "sides": [args.base * k for k in sizes]}
     t0 = time.perf_counter()
     try:
         m = measure(model.factory, cfg, device, name=model.target)
@@ -83,7 +87,10 @@ def measure_one(model: Any, args: argparse.Namespace, device: torch.device) -> d
     row["obstacles"] = [o.to_json() for o in bad.obstacles] if bad is not None else []
     row["init"] = th.init.law_text() if th.init is not None else "not examined (no trace)"
     pred = th.prediction
-    if th.reason is None and pred is not None:
+    if th.token_law is not None:
+        row["prediction"] = "d^(1/q - 1)"
+        row["level"] = f"exponent only: {th.token_law.kind} readout"
+    elif th.reason is None and pred is not None:
         row["prediction"] = "; ".join(f"q={k}: {v:+.3f}" for k, v in sorted(dict(pred.predicted_slope).items())
                                       if isinstance(v, float)) or "judged"
         row["level"] = str(getattr(pred, "level", "") or "judged against advdim.theory.predict")
@@ -128,9 +135,9 @@ def _traced_cell(row: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> str:
     sides = ", ".join(str(args.base * k) for k in args.sizes)
-    head = [f"Budget: sides {sides} (d = 3 x side^2), {args.draws} draws per side, {args.inputs} Gaussian inputs per "
-            f"draw, seed {args.seed}; {wall:.0f} s in all on {platform.machine()} CPU ({torch.get_num_threads()} "
-            f"threads), torch {torch.__version__}.",
+    head = [f"Budget: sides {sides} (ViT rows also {2 * args.base * args.sizes[-1]}; d = 3 x side^2), {args.draws} "
+            f"draws per side, {args.inputs} Gaussian inputs per draw, seed {args.seed}; {wall:.0f} s in all on "
+            f"{platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}.",
             "",
             "| model | traced | init law | prediction (level) | q = 1 | q = 2 | q = inf | seconds |",
             "|---|---|---|---|---|---|---|---|"]
