@@ -11,7 +11,8 @@ an exponent for (docs/theory.md, "Class-token and token-mean readouts"):
 3. **token-wise or attention**: every module on the tokens either acts on each token alone by the same
    function (checked numerically: perturbing one token moves only that token's output, and permuting
    the patch tokens permutes the output), or is softmax attention (``nn.MultiheadAttention`` without
-   masks, timm's ``Attention``, modules whose class name ends in ``Attention``; checked numerically:
+   masks, timm's ``Attention``, modules whose class name ends in ``Attention``, ``nn.TransformerEncoderLayer``
+   and ``nn.TransformerEncoder`` with ``batch_first=True`` and no mask; checked numerically:
    permuting the patch tokens permutes the output, and doubling every token leaves each output as it
    is, which an average over the tokens does and a sum does not); element-wise functions, residual
    additions and layer scales;
@@ -37,15 +38,16 @@ from torch import nn
 from advdim._trace_fx import dynamic_nodes, graph_of, node_shapes
 from advdim._trace_layers import NotLayer
 from advdim.gradients import mode
-
-CLASS_TOKEN, TOKEN_MEAN = "class token", "token mean"
+from advdim.theory._tokens import CLASS_TOKEN, TOKEN_MEAN
 
 #: element-wise functions and methods that act on each token alone
 _ELEMENTWISE_FUNCTIONS = {F.gelu, F.relu, F.silu, F.dropout, torch.relu, torch.tanh, torch.sigmoid, F.tanh,
                           F.sigmoid, F.hardswish, F.mish, F.elu, F.leaky_relu}
 _ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "clone", "float", "to", "type_as"}
-#: attention modules by class: softmax over the tokens of scores q.k (no positional bias)
-_ATTENTION_CLASSES = ("MultiheadAttention", "Attention", "SelfAttention")
+#: attention modules by class: softmax over the tokens of scores q.k (no positional bias); torch's encoder
+#: layers are softmax attention and token-wise layers (norms, MLP, residual additions) in one module
+_ATTENTION_CLASSES = ("MultiheadAttention", "Attention", "SelfAttention", "TransformerEncoderLayer",
+                      "TransformerEncoder")
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,14 @@ class _Reader:
                                  "value, batch_first=True)")
             if any(node.kwargs.get(k) is not None for k in ("attn_mask", "key_padding_mask")):
                 raise _NotTokens(f"{self._where(node)} has a mask")
-        elif any(isinstance(v, torch.fx.Node) or (v is not None and k != "is_causal") or (k == "is_causal" and v)
-                 for k, v in node.kwargs.items()):
-            raise _NotTokens(f"{self._where(node)} is called with a mask or extra inputs")
+        else:
+            encoders = m.layers if isinstance(m, nn.TransformerEncoder) else [m] \
+                if isinstance(m, nn.TransformerEncoderLayer) else []
+            if not all(layer.self_attn.batch_first for layer in encoders):
+                raise _NotTokens(f"{self._where(node)} is not batch_first: its tokens are not the (B, L, D) axis 1")
+            if len(node.args) > 1 or any(isinstance(v, torch.fx.Node) or (v is not None and k != "is_causal")
+                                         or (k == "is_causal" and v) for k, v in node.kwargs.items()):
+                raise _NotTokens(f"{self._where(node)} is called with a mask or extra inputs")
         x, y, perm = self._probe(node, m)
         if y.shape != x.shape or not self._equivariant(node, m, role, x, y, perm):
             raise _NotTokens(f"{self._where(node)} is not permutation-equivariant over the tokens (a positional bias, "

@@ -32,6 +32,7 @@ from advdim.simulate._analysis import (
 )
 from advdim.simulate._engine import Q_KEYS, batch_statistics, memory_entries, sample_norms, shortcut_applies
 from advdim.simulate._result import FamilyResult, QResult
+from advdim.theory._tokens import family_law
 
 from advdim.arch import Conv, Dense, Family, Spec, Target, family, resolve_target, sample_family
 from advdim.build import Init
@@ -376,7 +377,10 @@ def study(
     sq = np.array([r["sq2"] for r in results], dtype=np.float64).reshape(nets, n_s)
     has_law = any_law(laws)
     index = np.array([width_index(f, sizes_t, channels) for f in topos]) if has_law else np.zeros(nets)
+    # a token readout without a path-sum law (the vit family): its exponent-only law (advdim.theory._tokens)
+    token_law = None if has_law or not with_theory else family_law(
+        [[f.spec(s, channels) for s in sizes_t] for f in topos])
     return analyse(arch.text, sizes_t, d, values, sq, laws, Units(nets, draws, inputs, channels, seed), tgt,
                    index=index, iid_inf=iid_inf, plant_exponent=plant_exponent, exact_shortcuts=exact_shortcuts,
                    topologies=tuple(f.to_text() for f in topos), data=data, fixed=not arch.random,
-                   init=init_e.value, law_init=law_e.value)
+                   init=init_e.value, law_init=law_e.value, token_law=token_law)

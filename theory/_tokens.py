@@ -6,7 +6,8 @@ patch tokens.  Between the two, every layer acts on each token alone (layer norm
 additions, layer scale) except softmax attention.  Then (docs/theory.md, "Class-token and token-mean
 readouts")
 
-    E||d_x f||_q  ~  C_q d^(1/q - 1) (1 + c_q / N + O(N^-2))        (q = inf: times sqrt(2 log d))
+    E||d_x f||_q  ~  C_q d^(1/q - 1) (1 + c_q / N + O(N^-2))        (q = 1, 2; q = inf: d^-1 up to a
+                                                                    sub-polynomial factor)
 
 **Argument.** The class token depends on the input only through attention weights
 ``A_0j = exp(s_0j) / sum_k exp(s_0k)``, whose scores ``s`` have a law that does not depend on N (the
@@ -21,16 +22,19 @@ initialisation a transformer's first-order vulnerability does not grow with d in
 
 Only the exponent is claimed (``C_q`` and ``c_q`` depend on the weights' laws, the depth and the
 width): a measured slope is compared with it after fitting the ``1/N`` term over sizes with at least
-:data:`MIN_TOKENS` patch tokens, where the Monte Carlo of real timm and torchvision transformers
-(docs/theory.md) shows the next order negligible; with fewer tokens the correction is not yet of order
-1/N (at 4 tokens a 12-block ViT's local slope is still 0.4 above the exponent).  The verdict is of the
-consistency kind (consistent / inconsistent / cannot tell), as for any asymptotic exponent.
+:data:`MIN_TOKENS` patch tokens (with 4 tokens timm's ViTs are still up to 9.7 se off: docs/theory.md's
+table).  The row's word is of the consistency kind (consistent / inconsistent / cannot tell) and never
+a FAIL: the theory bounds none of the finite-size corrections, and torchvision's ViT is still 6-7 se
+off at 1024 tokens.  For q = inf the maximum over the N tokens carries the largest of N per-token
+scales, a sub-polynomial factor whose law depends on how sharp the attention is: those rows report
+their exponent and cannot tell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +46,15 @@ MIN_TOKENS = 16
 #: fewest such sizes: the fit has three coefficients (scale, exponent, 1/N term)
 MIN_SIZES = 3
 LEVEL = "exponent only"
+#: the readouts (the names advdim._trace_tokens gives them)
+CLASS_TOKEN, TOKEN_MEAN = "class token", "token mean"
 #: the word of a row whose sizes have too few patch tokens to judge the exponent
 CANNOT_TELL_SIZES = "cannot tell at these sizes"
+#: the word of every q = inf row: the maximum over the N tokens carries the largest of N per-token scales
+#: (set by each token's key and layer-norm scale), a sub-polynomial factor whose law depends on how
+#: sharp the attention is (timm's near-uniform attention: about sqrt(2 log d), as for Gaussian
+#: coordinates; the He-initialised ``vit`` family's: -0.65 measured where -0.95 would be Gaussian)
+CANNOT_TELL_INF = "cannot tell (q = inf: the maximum's sub-polynomial factor is not given)"
 
 
 def exponent(key: str) -> float:
@@ -129,7 +140,65 @@ def judge(law: TokenLaw, d: Sequence[float], values: np.ndarray, key: str, alpha
     fit = fit_slope(np.asarray(d, dtype=np.float64)[idx], np.asarray(values, dtype=np.float64)[:, idx],
                     correction=1.0 / np.asarray(law.tokens, dtype=np.float64)[idx])
     word, ref, tol = consistency(law, d, key, fit.slope, fit.se, alpha, fit.units)
-    return Judged(fit.slope, fit.se, fit.units, ref, tol, word)
+    return Judged(fit.slope, fit.se, fit.units, ref, tol, CANNOT_TELL_INF if key == "inf" else word)
+
+
+def spec_readout(spec: Any) -> tuple[str, int] | None:
+    """``(kind, patch tokens)`` when an advdim spec is a token-readout network (the ``vit`` family): a
+    patch embedding ``conv(D, k=p, s=p, pad=valid)``, then only layers that act on each position (token)
+    alone -- ``layernorm``, 1x1 convs, ``gelu`` / ``relu``, ``scale``, batch norm with running statistics,
+    identity-skip residual blocks of those -- and ``attn``; then ``globalavgpool`` (a token mean) and any
+    head.  None for anything else."""
+    from advdim.arch import (
+        GELU,
+        Attention,
+        BatchNorm,
+        BNMode,
+        Conv,
+        GlobalAvgPool,
+        LayerNorm,
+        Padding,
+        ReLU,
+        Residual,
+        Scale,
+    )
+
+    def tokenwise(layer: Any, shape: tuple[int, ...]) -> bool:
+        if isinstance(layer, Residual):
+            return layer.projection(shape) is None and all(tokenwise(b, shape) for b in layer.branch)
+        if isinstance(layer, Conv):
+            return layer.kernel == 1 and layer.stride == 1 and layer.dilation == 1
+        if isinstance(layer, BatchNorm):
+            return layer.mode is not BNMode.BATCH
+        return isinstance(layer, (Attention, LayerNorm, GELU, ReLU, Scale))
+
+    layers, shapes = list(spec.layers), spec.shapes()
+    first = layers[0] if layers else None
+    if not (isinstance(first, Conv) and first.kernel == first.stride and first.dilation == 1
+            and (first.padding is Padding.VALID or first.pad == 0)):
+        return None
+    for layer, shape in zip(layers[1:], shapes[1:]):
+        if isinstance(layer, GlobalAvgPool):
+            _, h, w = shapes[1]
+            return TOKEN_MEAN, h * w
+        if not tokenwise(layer, shape):
+            return None
+    return None
+
+
+def family_law(specs: Sequence[Sequence[Any]]) -> TokenLaw | None:
+    """The token law of a study whose units (rows) have these specs at each size (columns): every unit
+    a token readout of one kind whose patch tokens grow with the size; ``tokens`` the fewest over the
+    units at each size (the 1/N term is then proportional to every unit's, patch sizes apart: N = d /
+    (C p^2)).  None otherwise (a fixed token grid, ``vit(scaling=tokens)``, has no such law)."""
+    got = [[spec_readout(s) for s in row] for row in specs]
+    if not got or any(r is None for row in got for r in row):
+        return None
+    kinds = {r[0] for row in got for r in row if r is not None}
+    tokens = [[r[1] for r in row if r is not None] for row in got]
+    if len(kinds) != 1 or any(any(b <= a for a, b in zip(t, t[1:])) for t in tokens):
+        return None
+    return TokenLaw(kinds.pop(), tuple(min(t[j] for t in tokens) for j in range(len(tokens[0]))))
 
 
 def too_few(law: TokenLaw) -> str | None:
@@ -141,5 +210,6 @@ def too_few(law: TokenLaw) -> str | None:
             f"tokens, these sizes have {got} (tokens {', '.join(map(str, law.tokens))}; double the side to go on)")
 
 
-__all__ = ["CANNOT_TELL_SIZES", "LEVEL", "MIN_SIZES", "MIN_TOKENS", "Judged", "TokenLaw", "consistency", "exponent",
-           "finite_size_term", "judge", "law_log", "too_few"]
+__all__ = ["CANNOT_TELL_INF", "CANNOT_TELL_SIZES", "CLASS_TOKEN", "LEVEL", "MIN_SIZES", "MIN_TOKENS", "TOKEN_MEAN",
+           "Judged", "TokenLaw", "consistency", "exponent", "family_law", "finite_size_term", "judge", "law_log",
+           "spec_readout", "too_few"]

@@ -102,3 +102,27 @@ def test_a_convnet_is_no_token_readout() -> None:
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
     got = read_tokens(net, (3, 8, 8))
     assert isinstance(got, list) and any("no patch embedding" in r for r in got)
+
+
+class EncoderViT(nn.Module):
+    """The same readout through ``nn.TransformerEncoder`` (pre-norm layers, ``batch_first``)."""
+
+    def __init__(self, side: int, dim: int = 16, batch_first: bool = True) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.1, batch_first=batch_first, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(self.encoder(x)[:, 0])
+
+
+def test_a_transformer_encoder_vit_is_read_and_seq_first_is_refused() -> None:
+    got = read_tokens(EncoderViT(16).eval(), (3, 16, 16))
+    assert got == TokenReadout(CLASS_TOKEN, 4, 16, 1, 16, ("encoder",))
+    bad = read_tokens(EncoderViT(16, batch_first=False).eval(), (3, 16, 16))
+    assert isinstance(bad, list) and any("not batch_first" in r for r in bad), bad

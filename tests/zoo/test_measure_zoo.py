@@ -14,9 +14,10 @@ import torchvision  # noqa: F401 - the zoo venv must have the real libraries
 from advdim import zoo
 from advdim.measure import MeasureConfig, analyse_per_size, measure, per_size_verdicts
 from advdim.stats import CANNOT_TELL, CONSISTENT, INCONSISTENT
+from advdim.theory._tokens import CANNOT_TELL_INF
 
 CPU = torch.device("cpu")
-WORDS = {CONSISTENT, INCONSISTENT, CANNOT_TELL}
+WORDS = {CONSISTENT, INCONSISTENT, CANNOT_TELL, CANNOT_TELL_INF}
 
 
 def _planted(m, cfg: MeasureConfig, exponent: float = 0.1):

@@ -61,7 +61,7 @@ def one_block_vit() -> dict[str, np.ndarray]:
 def test_real_vits_follow_the_token_law_and_not_the_papers(one_block_vit) -> None:
     """Each q's corrected exponent is not inconsistent with the law (false-failure rate 0.01 per q), the
     paper's exponent lies outside its interval, and with d^0.1 planted (the same draws times d^0.1)
-    the word is inconsistent."""
+    the word is inconsistent (q = 1, 2)."""
     d = np.array([3.0 * s * s for s in SIDES])
     tokens = tuple((s // 4) ** 2 for s in SIDES)
     law = TokenLaw(CLASS_TOKEN, tokens)
@@ -69,4 +69,5 @@ def test_real_vits_follow_the_token_law_and_not_the_papers(one_block_vit) -> Non
         j = judge(law, d, v, key)
         assert j.word != INCONSISTENT, (key, j)
         assert not slope_test(j.slope, paper_law_slope(d, key), j.se, n=j.units)[0], key
-        assert judge(law, d, v * d**0.1, key).word == INCONSISTENT, key
+        if key != "inf":  # q = inf is never judged (the maximum's sub-polynomial factor is not given)
+            assert judge(law, d, v * d**0.1, key).word == INCONSISTENT, key
