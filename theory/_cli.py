@@ -69,6 +69,18 @@ def _slope(pred: Prediction, values: list[float | None]) -> float | None:
     return float(np.polyfit(x, np.log([float(v) for v in values if v is not None]), 1)[0])
 
 
+def token_law(pred: Prediction) -> Any:
+    """The exponent-only law of a token-readout target without a path-sum law (None: none applies)."""
+    from advdim.theory._tokens import family_law
+
+    if pred.has_law or len(pred.sizes) < 2:
+        return None
+    try:
+        return family_law([[pred.spec_at(s) for s in pred.sizes]])
+    except Exception:  # noqa: BLE001 - a target whose specs cannot be built has no token law either
+        return None
+
+
 def record(pred: Prediction, laws: dict[str, dict[int, Law]]) -> dict[str, Any]:
     """The ``--json`` record: the Prediction's own keys with ``best`` (each quantity's best law and level)
     after ``d``, ``approximate``, and the H1 reason made consistent with the levels (:func:`h1_display`)."""
@@ -91,6 +103,10 @@ def record(pred: Prediction, laws: dict[str, dict[int, Law]]) -> dict[str, Any]:
     out["reasons"] = {**base["reasons"], "H1": reason}
     out["H1_display"] = word
     out["approximate"] = pred.approximate or (reason if word == "approx." else None)
+    token = token_law(pred)
+    out["exponent_only"] = None if token is None else {
+        "law": token.name(), "level": "exponent only", "exponent": {"1": 0.0, "2": -0.5, "inf": -1.0},
+        "tokens": list(token.tokens), "note": "q = inf: up to a sub-polynomial factor, not judged"}
     out["grad_sq_norm_is"] = ("the path sum (symbolic; grad_sq_norm_exact_symbolic says whether the expression "
                               "equals the path sums at every size): best.grad_sq_norm holds the best law and its level")
     return out
@@ -138,6 +154,13 @@ def print_prediction(pred: Prediction, laws: dict[str, dict[int, Law]], title: s
     out.print(table(title, ["", "holds", "why"], rows))
     if not pred.has_law:
         out.print(pred.reasons.get("law", "no law"), highlight=False)
+        token = token_law(pred)
+        if token is not None:
+            out.print(f"exponent only: {token.name()}: E||d_x f||_q ~ d^(1/q - 1) for q = 1, 2 (slopes +0, -0.5; q = "
+                      f"inf: -1 up to a sub-polynomial factor), patch tokens {', '.join(map(str, token.tokens))} at "
+                      f"sizes {', '.join(map(str, pred.sizes))} (docs/theory.md, 'Class-token and token-mean "
+                      "readouts'; simulate fits it with its 1/N term over sizes with 16 tokens or more)",
+                      highlight=False)
         return
     sq = laws[SQ]
     shows_path = any(law.path_sum is not None for law in sq.values())

@@ -140,3 +140,48 @@ def test_sizes_with_too_few_tokens_are_left_out_of_the_fit() -> None:
     q2 = next(v for v in res.verdicts(consistency_fails=True) if "||_2 vs d" in v.claim)
     assert "d = 3072, 12288, 49152" in q2.detail and "patch tokens 16, 64, 256" in q2.detail
     assert q2.extra["law_slope"] == pytest.approx(-0.5) and q2.extra["consistency"] != INCONSISTENT
+
+
+# --------------------------------------------------------------------------------------------
+# Spec targets: the vit family is a token-mean readout
+# --------------------------------------------------------------------------------------------
+def test_the_vit_family_is_a_token_mean_readout_and_the_others_are_not() -> None:
+    from advdim.arch import family, parse
+
+    assert _tokens.spec_readout(family("vit", side=4).spec(32)) == (_tokens.TOKEN_MEAN, 64)
+    grid = family("vit", scaling="tokens", side=4)  # a fixed 4x4 grid: N does not grow with d
+    assert _tokens.family_law([[grid.spec(s) for s in (16, 32, 64)]]) is None
+    assert _tokens.family_law([[family("vit", side=4).spec(s) for s in (16, 32, 64)]]) == TokenLaw(
+        _tokens.TOKEN_MEAN, (16, 64, 256))
+    for text in ("3x16x16 > conv(8) > relu > globalavgpool > dense(2)",  # overlapping conv: no patches
+                 "3x16x16 > conv(8,k=4,s=4,pad=valid) > conv(8,k=3) > globalavgpool > dense(2)",  # mixes neighbours
+                 "3x16x16 > conv(8,k=4,s=4,pad=valid) > relu > flatten > dense(2)"):  # no token mean
+        assert _tokens.spec_readout(parse(text)) is None, text
+
+
+def test_theory_names_the_exponent_only_law_of_a_token_readout(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from advdim.cli import main
+
+    assert main(["theory", "vit(side=4)", "--sizes", "16,32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["has_law"] is False and out["exponent_only"]["tokens"] == [16, 64]
+    assert out["exponent_only"]["exponent"] == {"1": 0.0, "2": -0.5, "inf": -1.0}
+    assert main(["theory", "avgpool(final=2,channels=4)", "--sizes", "8,16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exponent_only"] is None
+
+
+def test_simulate_judges_the_vit_family_against_its_token_law() -> None:
+    """The spec family through the one pipeline: its rows carry the exponent-only level and the law's
+    slope; no row fails (q = 1, 2 have a consistency word, q = inf cannot tell)."""
+    from advdim.simulate._study import study
+
+    res = study("vit(side=4,dim=16,depth=1,heads=2)", sizes=(16, 32, 64), nets=6, inputs=2, draws=1,
+                progress=False)
+    assert res.token_law == TokenLaw(_tokens.TOKEN_MEAN, (16, 64, 256))
+    rows = [v for v in res.verdicts() if "vs d" in v.claim]
+    assert [v.extra["level"] for v in rows] == ["exponent only"] * 3
+    assert [v.extra["law_slope"] for v in rows][:2] == pytest.approx([0.0, -0.5])
+    assert all(v.outcome is not Outcome.FAIL for v in rows)
+    assert rows[2].extra["consistency"] == _tokens.CANNOT_TELL_INF
