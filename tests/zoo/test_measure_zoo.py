@@ -10,11 +10,11 @@ import pytest
 import timm  # noqa: F401
 import torch
 import torchvision  # noqa: F401 - the zoo venv must have the real libraries
+from advdim.theory._tokens import CANNOT_TELL_INF
 
 from advdim import zoo
 from advdim.measure import MeasureConfig, analyse_per_size, measure, per_size_verdicts
 from advdim.stats import CANNOT_TELL, CONSISTENT, INCONSISTENT
-from advdim.theory._tokens import CANNOT_TELL_INF
 
 CPU = torch.device("cpu")
 WORDS = {CONSISTENT, INCONSISTENT, CANNOT_TELL, CANNOT_TELL_INF}
