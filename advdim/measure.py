@@ -131,7 +131,7 @@ def measure(factory: Callable[..., Any], cfg: MeasureConfig, device: torch.devic
              f"initialisation: {theory.init.reason if theory.init is not None else 'not examined (no trace)'}",
              "slope rows judged against the theory's prediction for this model" if judged
              else f"no path-sum prediction: {theory.reason}; each slope row says whether its exponent is consistent "
-                  f"with the law {theory.token_law.name()} (docs/theory.md; inconsistent: FAIL)"
+                  f"with the law {theory.token_law.name()} (docs/theory.md; never a FAIL: the law is asymptotic)"
              if theory.token_law is not None
              else f"no prediction: {theory.reason}" + ("; each slope row says whether it is consistent with the "
                                                        "paper's d^(1/q - 1/2) (inconsistent: FAIL)"

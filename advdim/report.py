@@ -354,7 +354,7 @@ class _Drawn:
         if not outcome.judged:
             consistency = (self.row.get("extra") or {}).get("consistency")
             if consistency and (self.row.get("extra") or {}).get("law"):
-                return f"exponent-only law {self.row['extra']['law']}: {consistency}"
+                return f"{self.row['extra']['law']}: {consistency}"
             if consistency:
                 return f"no law; paper's law: {consistency} (not judged)"
             return "reported, not judged" + (" (its dashed line is not validated here)" if self.series.get("predicted")

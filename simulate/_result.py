@@ -295,7 +295,7 @@ class FamilyResult:
         series = self._series(key)
         base = {"series": series, "level": _tokens.LEVEL, "law": law.name(), "tokens": list(law.tokens)}
         why = _tokens.too_few(law)
-        ref_doc = "docs/theory.md, 'Class-token and token-mean readouts'"
+        ref_doc = "theory.md: token readouts"
         if why is not None:
             return Verdict(claim, ref_doc, None, r.measured_slope, r.ci, None,
                            f"{law.name()}: not judged: {why}; plain slope over all sizes {r.measured_slope:.3f} +- "
@@ -309,8 +309,10 @@ class FamilyResult:
                        f"{law.name()}: exponent fitted with its 1/N term over d = {d} (patch tokens {tokens}): "
                        f"{j.slope:.3f} +- {j.tol:.3f} (c*se, alpha {alpha:g}, n_eff {j.units:.1f}) against the law's "
                        f"{j.reference:.3f}" + (f": {j.word}" if consistency else "") + "; not judged (an exponent-only "
-                       f"law: its finite-size corrections have no bound); plain slope over all sizes "
-                       f"{r.measured_slope:.3f}",
+                       "law: its finite-size corrections have no bound"
+                       + ("; for q = inf the maximum over the tokens carries a sub-polynomial factor the law does not "
+                          "give, and the reference is that of Gaussian coordinates" if key == "inf" else "")
+                       + f"); plain slope over all sizes {r.measured_slope:.3f}",
                        {**base, "se": j.se, "units": j.units, "law_slope": j.reference,
                         **({"consistency": j.word} if consistency else {})})
 

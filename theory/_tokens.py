@@ -54,7 +54,7 @@ CANNOT_TELL_SIZES = "cannot tell at these sizes"
 #: (set by each token's key and layer-norm scale), a sub-polynomial factor whose law depends on how
 #: sharp the attention is (timm's near-uniform attention: about sqrt(2 log d), as for Gaussian
 #: coordinates; the He-initialised ``vit`` family's: -0.65 measured where -0.95 would be Gaussian)
-CANNOT_TELL_INF = "cannot tell (q = inf: the maximum's sub-polynomial factor is not given)"
+CANNOT_TELL_INF = "cannot tell (q = inf)"
 
 
 def exponent(key: str) -> float:
