@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
 
-from advdim._trace_fx import dynamic_nodes, graph_of, node_shapes
+from advdim._trace_fx import dynamic_nodes, first_line, graph_of, node_shapes
 from advdim._trace_layers import NotLayer
 from advdim.gradients import mode
 from advdim.theory._tokens import CLASS_TOKEN, TOKEN_MEAN
@@ -90,7 +90,10 @@ def read_tokens(module: nn.Module, input_shape: Sequence[int]) -> TokenReadout |
         return [e.what]
     if leaves:
         return [f"torch.fx cannot trace inside {p!r}" for p in leaves]
-    return _Reader(gm, module, shapes).read()
+    try:
+        return _Reader(gm, module, shapes).read()
+    except Exception as e:  # noqa: BLE001 - a graph this reader does not foresee is no token readout, not a crash
+        return [f"not read as a token readout: {first_line(e)}"]
 
 
 class _Reader:

@@ -126,3 +126,13 @@ def test_a_transformer_encoder_vit_is_read_and_seq_first_is_refused() -> None:
     assert got == TokenReadout(CLASS_TOKEN, 4, 16, 1, 16, ("encoder",))
     bad = read_tokens(EncoderViT(16, batch_first=False).eval(), (3, 16, 16))
     assert isinstance(bad, list) and any("not batch_first" in r for r in bad), bad
+
+
+def test_a_module_the_reader_does_not_foresee_gives_reasons_not_a_traceback() -> None:
+    class Odd(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = nn.functional.conv2d(x, torch.ones(4, 3, 4, 4), stride=4).flatten(2).transpose(1, 2)
+            return t[:, :, 0].sum(1, keepdim=True)  # a feature of every token, summed
+
+    got = read_tokens(Odd(), (3, 8, 8))
+    assert isinstance(got, list) and got
