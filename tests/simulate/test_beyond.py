@@ -2,10 +2,13 @@
 it), the families without a law are reported with a consistency word, never judged."""
 
 from advdim.simulate._checks import BEYOND_TARGETS, check_beyond
+from advdim.theory._tokens import CANNOT_TELL_INF, CANNOT_TELL_SIZES
 
 from advdim.checks import Budget, Scale
 from advdim.stats import CANNOT_TELL, CONSISTENT, INCONSISTENT
 from advdim.verdict import MIN_POWER, Outcome
+
+WORDS = (CONSISTENT, INCONSISTENT, CANNOT_TELL)
 
 
 def test_beyond_section_judges_the_residual_member_and_reports_the_rest() -> None:
@@ -18,7 +21,12 @@ def test_beyond_section_judges_the_residual_member_and_reports_the_rest() -> Non
     for v in judged:  # never a pass without the power to see the error
         assert v.outcome is not Outcome.PASS or (v.power is not None and v.power >= MIN_POWER)
     assert all(v.outcome is Outcome.REPORTED and v.extra["consistency"] in (CONSISTENT, INCONSISTENT, CANNOT_TELL)
-               for v in others)
+               for v in others if not v.claim.startswith("vit:"))
+    # vit is a token-mean readout: its rows are compared with its exponent-only law, never judged; at
+    # verify's sides (8-32, patch 4: at most 64 patch tokens) its fit has too few sizes with 16 tokens
+    vit = [v for v in others if v.claim.startswith("vit:")]  # not vit(scaling=tokens): a fixed token grid
+    assert vit and all(v.outcome is Outcome.REPORTED and v.extra["level"] == "exponent only" for v in vit)
+    assert all(v.extra["consistency"] in (CANNOT_TELL_SIZES, CANNOT_TELL_INF, *WORDS) for v in vit)
 
 
 def test_a_planted_exponent_fails_the_residual_rows() -> None:
