@@ -307,7 +307,7 @@ class _Reader:
         if network != [len(parts) - 1] or self.roles[parts[-1]].what != "tokens":
             raise _NotTokens(f"{self._where(node)} concatenates paths of the input (only constant tokens may be put "
                              "in front of the patch tokens)")
-        added = sum(self.shapes[p][1] for p in parts[:-1])  # type: ignore[index]
+        added = sum(self.shapes[p][1] for p in parts[:-1])
         return _Role("tokens", self.roles[parts[-1]].prefix + added)
 
     def _getitem(self, node: torch.fx.Node, ins: list[tuple[torch.fx.Node, _Role]]) -> _Role:
