@@ -82,13 +82,12 @@ def row(name: str, patch: int, sides: tuple[int, ...], values: dict[str, np.ndar
         v = values[k]
         plain = fit_slope([d[i] for i in idx], v[:, idx])
         j = judge(law, d, v, k)
-        fit, word, ref, tol = j, j.word if j.why is None else f"{j.word} (pre-asymptotic)", j.reference, j.tol
+        fit, word, ref, tol = j, j.word, j.reference, j.tol
         with4 = fit_slope(d, v, correction=[1.0 / t for t in tokens])
         term = finite_size_term(law, d, v.mean(axis=0))
         rec["q"][k] = {"means": v.mean(axis=0).tolist(), "term_at_min": term, "law": ref, "exponent": exponent(k),
                        "plain": plain.slope, "corrected": fit.slope,
-                       "se": fit.se, "tol": tol, "word": word, "z": (fit.slope - ref) / fit.se, "drift": j.drift,
-                       "drift_se": j.drift_se,
+                       "se": fit.se, "tol": tol, "word": word, "z": (fit.slope - ref) / fit.se,
                        "with_4_tokens": with4.slope, "with_4_z": (with4.slope - ref) / with4.se}
     return rec
 
@@ -96,14 +95,14 @@ def row(name: str, patch: int, sides: tuple[int, ...], values: dict[str, np.ndar
 def table(rows: list[dict], draws: int, inputs: int) -> str:
     lines = [f"{draws} draws per size (a new model each), {inputs} Gaussian inputs per draw; fit over the sizes with "
              f">= {MIN_TOKENS} patch tokens; z = (corrected - law) / se.", "",
-             "| model | patch tokens | q | law | plain slope | corrected slope (se) | z | drift (se) | verdict "
+             "| model | patch tokens | q | law | plain slope | corrected slope (se) | z | word "
              "| 1/N term at 16 | with the 4-token size (z) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for k, q in r["q"].items():
             lines.append(f"| {r['model']} | {', '.join(map(str, r['tokens'][1:]))} | {k} | {q['law']:+.3f} | "
                          f"{q['plain']:+.3f} | {q['corrected']:+.3f} ({q['se']:.3f}) | {q['z']:+.1f} | "
-                         f"{q['drift']:+.3f} ({q['drift_se']:.3f}) | {q['word']} | {q['term_at_min']:+.2f} | "
+                         f"{q['word']} | {q['term_at_min']:+.2f} | "
                          f"{q['with_4_tokens']:+.3f} ({q['with_4_z']:+.1f}) |")
     return "\n".join(lines)
 
