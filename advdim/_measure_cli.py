@@ -135,7 +135,8 @@ def _json(target: str, cfg: Any, result: Any, rows: list[dict[str, Any]], report
                 "predicted_slope": r["predicted"], "measured_slope": r["measured"] if slope else None,
                 "interval": r["interval"] if slope else None, "verdict": VERDICT_WORDS[row_outcome(r)],
                 "pass": r["passed"], "outcome": r["outcome"], "power": r["power"], "norms": ex["norms_mean"],
-                "consistency": ex.get("consistency")}
+                "consistency": ex.get("consistency"), "level": ex.get("level"),
+                "law_slope": ex.get("law_slope")}
         elif "eps" in ex:
             res["vulnerability"].append({"d": ex["d"], "eps": ex["eps"], "share": r["measured"],
                                          "interval": r["interval"], "attack": ex["attack"]})
