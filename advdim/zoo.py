@@ -46,6 +46,28 @@ def _side(input_shape: tuple[int, int, int]) -> int:
     return h
 
 
+def resnet_init(net: nn.Module) -> nn.Module:
+    """``net`` initialised as ``torchvision.models.ResNet.__init__`` does: ``kaiming_normal_(mode="fan_out")``
+    on every conv, batch norms weight 1 and bias 0, the rest (``nn.Linear``) left at PyTorch's default."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return net
+
+
+def resnet_variance(step: Any) -> float:
+    """The per-weight variance of :func:`resnet_init` on one weight step of a spec (``theory._graph.Step``):
+    He fan_out on convs, PyTorch's default on dense layers (``advdim.inits.WeightLaw``)."""
+    from advdim.arch import Conv
+    from advdim.inits import WeightLaw
+
+    law = WeightLaw.HE_FAN_OUT if isinstance(step.layer, Conv) else WeightLaw.TORCH
+    return law.variance(*step.fans)
+
+
 def _tv(name: str) -> Callable[..., nn.Module]:
     def factory(input_shape: tuple[int, int, int]) -> nn.Module:
         _side(input_shape)

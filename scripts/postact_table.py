@@ -19,13 +19,13 @@ import time
 import numpy as np
 import torch
 from advdim.theory import _gauss, _postact
-from advdim.theory._graph import Step
 from advdim.theory._postact import GateLaw
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
-from advdim.arch import Conv, parse
+from advdim.arch import parse
 from advdim.build import build
+from advdim.zoo import resnet_init, resnet_variance
 
 NETS = {16: 300, 64: 200}
 INPUTS = 8
@@ -54,18 +54,7 @@ def torchvision_net(c: int, s: int, k: int, down: bool, pool: bool, seed: int) -
                                                                                nn.BatchNorm2d(2 * c))))
         width, side = 2 * c, side // 2
     net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * side * side, 10))
-    for m in net.modules():  # as torchvision.models.ResNet.__init__
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-    return net.double().eval()
-
-
-def torchvision_variance(step: Step) -> float:
-    fan_in, fan_out, _ = step.fans
-    return 2.0 / fan_out if isinstance(step.layer, Conv) else 1.0 / (3.0 * fan_in)
+    return resnet_init(net).double().eval()
 
 
 def sample(make, s: int, nets: int, seed: int, q: float | None = None) -> np.ndarray:
@@ -83,7 +72,7 @@ def sample(make, s: int, nets: int, seed: int, q: float | None = None) -> np.nda
 
 def row(builder: str, c: int, s: int, k: int, pad: str, down: bool, pool: bool, seed: int) -> dict:
     spec = parse(spec_text(c, s, k, pad, down, pool))
-    variance = torchvision_variance if builder == "torchvision" else None
+    variance = resnet_variance if builder == "torchvision" else None
     laws = {g.value: _postact.grad_sq_norm(spec, gate_law=g, variance=variance) for g in GateLaw}
     if builder == "torchvision":
         def make(seed: int) -> nn.Module:

@@ -20,6 +20,7 @@ import torch
 from advdim.theory._tokens import MIN_TOKENS, TokenLaw, exponent, finite_size_term, judge
 from torch import nn
 
+from advdim.gradients import input_gradient, lp_norm
 from advdim.stats import fit_slope
 
 KEYS = ("1", "2", "inf")
@@ -63,12 +64,9 @@ def measure(build: Callable[[int], nn.Module], sides: tuple[int, ...], draws: in
         for u in range(draws):
             torch.manual_seed(10_000 * side + u)
             model = build(side).eval()
-            x = torch.randn(inputs, 3, side, side, requires_grad=True)
-            (g,) = torch.autograd.grad(model(x)[:, 0].sum(), x)
-            g = g.flatten(1).double()
-            out["1"][u, j] = float(g.abs().sum(1).mean())
-            out["2"][u, j] = float(g.norm(dim=1).mean())
-            out["inf"][u, j] = float(g.abs().amax(1).mean())
+            g = input_gradient(model, torch.randn(inputs, 3, side, side)).double()
+            for k in KEYS:
+                out[k][u, j] = float(lp_norm(g, k).mean())
     return out
 
 

@@ -211,3 +211,15 @@ def test_measure_compares_a_hand_written_vit_with_its_token_law() -> None:
     assert len(rows) == 6 and all(v.extra["level"] == "exponent only" for v in rows)
     assert all(v.outcome is not Outcome.FAIL and v.extra["consistency"] for v in rows)
     assert sorted({round(v.extra["law_slope"], 6) for v in rows if "||_inf" not in v.claim}) == [-0.5, 0.0]
+
+
+@pytest.mark.parametrize("units", [2, 3, 4])
+def test_a_two_to_four_draw_study_never_says_consistent_nor_fails(units: int) -> None:
+    """An underpowered run (2-4 weight draws, the independent unit) says cannot tell on the law, never
+    consistent (the power to see +-0.05 is missing); with d^0.3 planted a row may say inconsistent
+    where the t interval on that few units excludes the law, but no row is a PASS or a FAIL."""
+    rows = [v for v in _study(units=units).verdicts(consistency_fails=True) if "vs d" in v.claim]
+    assert [v.extra["consistency"] for v in rows] == [CANNOT_TELL, CANNOT_TELL, _tokens.CANNOT_TELL_INF]
+    planted = [v for v in _study(plant=0.3, units=units).verdicts(consistency_fails=True) if "vs d" in v.claim]
+    assert all(v.extra["consistency"] != CONSISTENT for v in planted)
+    assert all(v.outcome not in (Outcome.FAIL, Outcome.PASS) for v in rows + planted)

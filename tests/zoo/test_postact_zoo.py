@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 from advdim.theory import _postact
-from advdim.theory._graph import Step
 from advdim.theory._postact import GateLaw
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
-from advdim.arch import Conv, Spec, parse
+from advdim.arch import Spec, parse
 from advdim.trace import trace
+from advdim.zoo import resnet_init, resnet_variance
 
 SIDE = 8
 SIGMAS = 5.0  # two-sided false-failure rate 5.7e-7 for a normal mean
@@ -35,13 +35,7 @@ def torchvision_net(c: int, seed: int) -> nn.Module:
     net = nn.Sequential(conv3x3(3, c), nn.BatchNorm2d(c), nn.ReLU(inplace=True), BasicBlock(c, c), BasicBlock(c, c),
                         BasicBlock(c, 2 * c, stride=2, downsample=down), nn.Flatten(),
                         nn.Linear(2 * c * (SIDE // 2) ** 2, 10))
-    for m in net.modules():  # as torchvision.models.ResNet.__init__
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-    return net.double().eval()
+    return resnet_init(net).double().eval()
 
 
 def matching_spec(c: int) -> str:
@@ -49,12 +43,6 @@ def matching_spec(c: int) -> str:
     block = f"res(conv({c},{conv}) > batchnorm > relu > conv({c},{conv}) > batchnorm) > relu"
     down = f"res(conv({2 * c},s=2,{conv}) > batchnorm > relu > conv({2 * c},{conv}) > batchnorm,projbn=true) > relu"
     return f"3x{SIDE}x{SIDE} > conv({c},{conv}) > batchnorm > relu > {block} > {block} > {down} > flatten > dense(10)"
-
-
-def torchvision_variance(step: Step) -> float:
-    """kaiming_normal_(mode="fan_out") on convs: 2 / (C_out k^2); nn.Linear's default: 1 / (3 fan_in)."""
-    fan_in, fan_out, _ = step.fans
-    return 2.0 / fan_out if isinstance(step.layer, Conv) else 1.0 / (3.0 * fan_in)
 
 
 def measured(c: int, nets: int, seed: int, inputs: int = 8) -> tuple[float, float]:
@@ -80,7 +68,7 @@ def test_torchvision_basic_blocks_follow_the_chain_law_and_not_the_planted_ones(
     specs = [trace(torchvision_net(c, 0).float(), (3, SIDE, SIDE)) for c in (16, 64)]
     for c, spec in zip((16, 64), specs):
         assert isinstance(spec, Spec) and spec == parse(matching_spec(c)), spec
-    laws = {g: [_postact.grad_sq_norm(spec, gate_law=g, variance=torchvision_variance) for spec in specs]
+    laws = {g: [_postact.grad_sq_norm(spec, gate_law=g, variance=resnet_variance) for spec in specs]
             for g in GateLaw}
     law = laws[GateLaw.CHAIN]
     (m16, se16), (m64, se64) = measured(16, 300, 0), measured(64, 300, 1)

@@ -14,6 +14,7 @@ from advdim.theory._tokens import TokenLaw, judge
 
 from advdim import zoo
 from advdim._trace_tokens import CLASS_TOKEN, TOKEN_MEAN, TokenReadout, read_tokens
+from advdim.gradients import input_gradient, lp_norm
 from advdim.stats import paper_law_slope
 from advdim.stats._units import INCONSISTENT, slope_test
 
@@ -49,12 +50,9 @@ def one_block_vit() -> dict[str, np.ndarray]:
             torch.manual_seed(7919 * side + u)
             m = timm.models.vision_transformer.VisionTransformer(
                 img_size=side, patch_size=4, embed_dim=192, depth=1, num_heads=3, num_classes=10).eval()
-            x = torch.randn(8, 3, side, side, requires_grad=True)
-            (g,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
-            g = g.flatten(1).double()
-            out["1"][u, j] = float(g.abs().sum(1).mean())
-            out["2"][u, j] = float(g.norm(dim=1).mean())
-            out["inf"][u, j] = float(g.abs().amax(1).mean())
+            g = input_gradient(m, torch.randn(8, 3, side, side)).double()
+            for k in out:
+                out[k][u, j] = float(lp_norm(g, k).mean())
     return out
 
 
